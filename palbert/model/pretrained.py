@@ -9,6 +9,11 @@ from __future__ import annotations
 import importlib.resources
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +46,21 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_pretrained(name), use_fast=True)
+
+
+def load_pretrained_bert(name: str) -> tuple["BertConfig", dict[str, "torch.Tensor"]]:
+    """The config and float32 ``state_dict`` of a BERT checkpoint, read through ``BertModel.from_pretrained``.
+
+    Going through BertModel (public API) lets transformers handle the checkpoint's quirks: a
+    ``bert.`` prefix, old ``gamma``/``beta`` names, .bin or safetensors, sharding, the hub cache.
+    """
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = resolve_pretrained(name)
+    config = BertConfig.from_pretrained(path)
+    if config.model_type != "bert":
+        raise ValueError(f"{name}: model_type is {config.model_type!r}, not a BERT checkpoint")
+    bert = BertModel.from_pretrained(path, config=config, dtype=torch.float32, add_pooling_layer=True)
+    logger.info("loaded pretrained BERT %s (%d layers, hidden %d)", path, config.num_hidden_layers, config.hidden_size)
+    return config, {k: v.detach().clone() for k, v in bert.state_dict().items()}
