@@ -1,0 +1,35 @@
+"""Mixed precision: bf16 autocast where the hardware supports it, float32 master weights always."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import ContextManager
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # oneDNN's bf16 kernels need AVX512-BF16 / AMX; elsewhere bf16 on CPU is slower than fp32.
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where supported, else ``fp32``; an explicit ``bf16`` is honoured."""
+    if choice == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if choice == "bf16" and not bf16_supported(device):
+        log.warning("train.precision=bf16 on %s without native bf16 support: expect it to be slow", device)
+    return choice
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

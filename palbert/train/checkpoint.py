@@ -1,0 +1,112 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a folder ``checkpoints/latest/`` with the model weights (safetensors), the optimizer and
+LR-scheduler state (``torch.save``; read back with ``weights_only=True``, so no pickle runs on load), the
+RNG state of every rank, and ``state.json`` (step, epoch, data stream positions, logged history, MLflow
+run id). It is replaced in one rename, so a run killed mid-write leaves the previous checkpoint intact.
+
+A checkpoint records a fingerprint of the settings that shape the result; a run with other settings
+starts afresh instead of resuming someone else's training. Launch settings (number of processes) are
+not part of it: a run may resume with a different number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from palbert.atomic import atomic_dir
+from palbert.config import Params
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+
+#: Train settings that do not change what is computed, so a resumed run may change them.
+_NOT_FINGERPRINTED = {"checkpoint_every", "log_every", "threads"}
+
+
+def fingerprint(params: Params, data_meta: dict[str, Any]) -> str:
+    """Hash of every setting (and the prepared data's identity) that shapes the trained weights."""
+    relevant = {
+        "data": dataclasses.asdict(params.data) | {"mirror": None},
+        "model": dataclasses.asdict(params.model),
+        "train": {k: v for k, v in dataclasses.asdict(params.train).items() if k not in _NOT_FINGERPRINTED},
+        "evaluate": dataclasses.asdict(params.evaluate),
+        "data_meta": data_meta,
+        "format": FORMAT_VERSION,
+    }
+    blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng_states: list[torch.Tensor],
+    state: dict[str, Any],
+) -> Path:
+    """Write ``root/latest`` atomically (rank 0 only; ``rng_states`` holds every rank's RNG state)."""
+    target = root / LATEST
+    with atomic_dir(target) as tmp:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states},
+            tmp / "optimizer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    path = root / LATEST / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+        return None
+
+
+def load_checkpoint(
+    root: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Restore model, optimizer and scheduler in place; return the state and the saved RNG states."""
+    folder = root / LATEST
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    return state, list(extra["rng"])
+
+
+def resumable_state(root: Path, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint's state when it belongs to this configuration and is unfinished, else None."""
+    state = read_state(root)
+    if state is None:
+        return None
+    if state.get("format") != FORMAT_VERSION or state.get("fingerprint") != expected_fingerprint:
+        log.info("checkpoint in %s is from other settings: starting a new run", root)
+        return None
+    if state.get("complete"):
+        log.info("checkpoint in %s is of a finished run: starting a new run", root)
+        return None
+    return state

@@ -1,0 +1,344 @@
+"""The multi-task training loop, top to bottom.
+
+One run: load the prepared splits, build PAL BERT, then for every step let the task sampler pick a
+dataset (the same on every rank), take that dataset's next batch (a disjoint shard per rank), run the
+model with that task's PALs, add the SimCSE term, and take an AdamW step. After each epoch the dev
+splits are scored and the best epoch's model is kept. Checkpoints make a killed run resume exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from palbert.atomic import atomic_path, write_json
+from palbert.config import DATASET_TASK, TASK_DATASET, Params
+from palbert.data.batching import SpecialTokens, make_batch
+from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
+from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
+from palbert.model import MultitaskBert, load_tokenizer, save_model
+from palbert.precision import autocast, resolve_precision
+from palbert.tracking import start_tracking
+from palbert.train import checkpoint
+from palbert.train.distributed import DistContext, init_distributed
+from palbert.train.losses import simcse_loss, task_loss
+from palbert.train.sampling import make_task_sampler
+from palbert.train.schedule import lr_multiplier
+from palbert.train.streams import IndexStream
+
+log = logging.getLogger(__name__)
+
+MAIN_DATASETS = ("sst", "quora", "sts")
+#: Every dataset a sampler may name, in the column order of the sampling plot.
+ALL_DATASETS = ("sst", "quora", "sts", "snli", "cfimdb")
+
+
+@dataclass
+class TrainPaths:
+    project_root: Path = Path(".")
+    prepared: Path = Path("data/prepared")
+    checkpoints: Path = Path("checkpoints")
+    best_model: Path = Path("models/best")
+    summary: Path = Path("metrics/train.json")
+    plots: Path = Path("metrics/plots/train")
+
+
+@dataclass
+class RunState:
+    """Everything about the run's progress that a checkpoint must carry (JSON-serialisable)."""
+
+    fingerprint: str
+    epoch: int = 1  # the epoch in progress, 1-based
+    position: int = 0  # steps of that epoch already taken
+    step: int = 0  # steps taken in the whole run
+    examples: int = 0  # training examples seen by all ranks together
+    best_overall: float = -math.inf
+    best_epoch: int = 0
+    streams: dict[str, dict] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    elapsed_s: float = 0.0
+    #: Plot data: {"loss_<task>": [[step, loss]], "lr": [[step, lr]], "sampling": [[step, {ds: p}]], "dev": [...]}
+    history: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    complete: bool = False
+    format: int = checkpoint.FORMAT_VERSION
+
+
+def training_datasets(params: Params) -> list[str]:
+    return [*MAIN_DATASETS, *params.data.extra]
+
+
+def load_training_data(params: Params, prepared_root: Path) -> tuple[dict[str, PreparedSplit], dict]:
+    """Train splits of every dataset the run uses, and the prepared data's tokenizer description."""
+    splits, metas = {}, {}
+    for dataset in training_datasets(params):
+        split = load_prepared(prepared_root, dataset, "train")
+        if split is None or len(split) == 0:
+            raise FileNotFoundError(
+                f"{prepared_root / dataset}: no prepared train split; run `dvc repro prepare@{dataset}` "
+                f"(for extra datasets, the raw files must be fetched: `data.extra` lists {dataset})"
+            )
+        splits[dataset] = split
+        metas[dataset] = read_meta(prepared_root, dataset)
+    tokenizers = {m.get("tokenizer") for m in metas.values()}
+    if len(tokenizers) != 1:
+        raise ValueError(f"prepared datasets were tokenized with different tokenizers: {tokenizers}")
+    return splits, metas["sst"]
+
+
+def make_optimizer(model: torch.nn.Module, params: Params, device: torch.device) -> torch.optim.AdamW:
+    """AdamW (paper 5.3); the fused kernel where this PyTorch has one for the device."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    kwargs: dict[str, Any] = dict(lr=params.train.lr, betas=(params.train.beta1, params.train.beta2),
+                                  weight_decay=params.train.weight_decay)
+    try:
+        return torch.optim.AdamW(trainable, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(trainable, foreach=True, **kwargs)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_plots(history: dict[str, list], folder: Path) -> None:
+    """CSV files behind `dvc plots` (loss per task, LR, sampling probabilities, dev per epoch)."""
+    for task in ("sst", "para", "sts"):
+        _write_csv(folder / f"loss_{task}.csv", ["step", "loss"], history.get(f"loss_{task}", []))
+    _write_csv(folder / "lr.csv", ["step", "lr"], history.get("lr", []))
+    _write_csv(folder / "sampling.csv", ["step", *ALL_DATASETS],
+               [[step, *(probs.get(ds, 0.0) for ds in ALL_DATASETS)] for step, probs in history.get("sampling", [])])
+    names = ["sst_acc", "para_acc", "sts_pearson", "overall"]
+    _write_csv(folder / "dev_epochs.csv", ["epoch", *names],
+               [[row["epoch"], *(row.get(n, float("nan")) for n in names)] for row in history.get("dev", [])])
+
+
+def _plan_fractions(plan: list[str]) -> dict[str, float]:
+    counts: dict[str, int] = defaultdict(int)
+    for dataset in plan:
+        counts[dataset] += 1
+    return {ds: n / max(1, len(plan)) for ds, n in counts.items()}
+
+
+def _save_checkpoint(ctx: DistContext, paths: TrainPaths, model: torch.nn.Module, optimizer, scheduler,
+                     state: RunState, streams: dict[str, IndexStream], started: float) -> None:
+    state.streams = {ds: stream.state_dict() for ds, stream in streams.items()}
+    rng_states = ctx.all_gather_objects(torch.get_rng_state())
+    if ctx.is_main:
+        snapshot = dataclasses.asdict(state) | {"elapsed_s": state.elapsed_s + time.perf_counter() - started}
+        checkpoint.save_checkpoint(paths.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler,
+                                   rng_states=rng_states, state=snapshot)
+    ctx.barrier()
+
+
+def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
+    ctx = init_distributed(params.distributed)
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    device = ctx.device
+    precision = resolve_precision(params.train.precision, device)
+    torch.manual_seed(params.train.seed)
+
+    # ---- data ----------------------------------------------------------------------------------
+    train_splits, meta = load_training_data(params, paths.prepared)
+    dev_splits = load_eval_splits(paths.prepared, "dev")
+    special = SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"])
+    max_length = min(params.data.max_length, meta["max_length"])
+    batch_sizes = {ds: params.train.cfimdb_batch_size if ds == "cfimdb" else params.train.batch_size
+                   for ds in train_splits}
+
+    # ---- model, optimizer, schedule, sampler ---------------------------------------------------
+    model = MultitaskBert.from_pretrained(params.model).to(device)
+    tokenizer = load_tokenizer(params.model.pretrained)
+    report = model.parameter_report()
+    optimizer = make_optimizer(model, params, device)
+    sampler = make_task_sampler(
+        params.train.sampling,
+        sizes={ds: len(split) for ds, split in train_splits.items()},
+        batch_sizes=batch_sizes,
+        world_size=ctx.world_size,
+        steps_per_epoch=params.train.steps_per_epoch,
+        epochs=params.train.epochs,
+        seed=params.train.seed,
+        snli_prob_factor=params.data.snli_prob_factor,
+    )
+    total_steps = sampler.total_steps()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(params.train.schedule, total_steps, params.train.warmup_fraction))
+    streams = {
+        ds: IndexStream(len(split), batch_sizes[ds], seed=params.train.seed * 1009 + i, rank=ctx.rank,
+                        world_size=ctx.world_size)
+        for i, (ds, split) in enumerate(sorted(train_splits.items()))
+    }
+
+    # ---- resume or start -------------------------------------------------------------------------
+    state = RunState(fingerprint=checkpoint.fingerprint(params, meta))
+    saved = ctx.broadcast_object(
+        checkpoint.resumable_state(paths.checkpoints, state.fingerprint) if ctx.is_main else None)
+    if saved is not None:
+        saved_state, rng_states = checkpoint.load_checkpoint(paths.checkpoints, model=model,
+                                                             optimizer=optimizer, scheduler=scheduler)
+        state = RunState(**{**saved_state, "history": defaultdict(list, saved_state["history"])})
+        for ds, stream in streams.items():
+            stream.load_state_dict(state.streams[ds])
+        if ctx.rank < len(rng_states):
+            torch.set_rng_state(rng_states[ctx.rank])
+        log.info("resuming at step %d of %d (epoch %d, %d steps into it)", state.step, total_steps,
+                 state.epoch, state.position)
+    elif ctx.is_main:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    ddp_model = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
+    ) if ctx.distributed else model
+
+    tracker = start_tracking(params, paths.project_root, resume_run_id=state.mlflow_run_id, enabled=ctx.is_main)
+    state.mlflow_run_id = tracker.run_id
+    tracker.log_metrics({f"params_{k}": float(v) for k, v in report.items() if isinstance(v, (int, float))}, step=0)
+    eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
+                                 max_length=max_length, batch_size=params.evaluate.batch_size,
+                                 device=device, precision=precision)
+    log.info("training %d steps (%d epochs, sampling=%s, precision=%s, %d process(es), batch %d per process)",
+             total_steps, params.train.epochs, params.train.sampling, precision, ctx.world_size,
+             params.train.batch_size)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    started = time.perf_counter()
+    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
+                    dynamic_ncols=True)
+    window_losses: dict[str, list[float]] = defaultdict(list)
+    window_examples, window_started = 0, time.perf_counter()
+    model.train()
+    try:
+        while state.epoch <= params.train.epochs:
+            plan = sampler.epoch_plan(state.epoch)
+            probabilities = sampler.probabilities(state.epoch) or _plan_fractions(plan)
+            if state.position == 0:
+                log.info("epoch %d: %d steps, task probabilities %s", state.epoch, len(plan),
+                         {ds: round(p, 4) for ds, p in probabilities.items()})
+            while state.position < len(plan):
+                dataset = plan[state.position]
+                task = DATASET_TASK[dataset]
+                indices = streams[dataset].next_batch()
+                batch = make_batch(train_splits[dataset], indices, task=task,
+                                   pair_encoding=params.model.pair_encoding, special=special,
+                                   max_length=max_length).to(device, non_blocking=True)
+                with autocast(precision, device):
+                    output = ddp_model(batch, simcse=params.train.simcse)
+                loss = task_loss(task, output.prediction.float(), batch.labels)
+                if params.train.simcse:
+                    loss = loss + params.train.simcse_weight * simcse_loss(
+                        output.embedding.float(), output.embedding_again.float(),
+                        params.train.simcse_temperature)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                state.position += 1
+                state.step += 1
+                window_losses[task].append(loss.item())
+                window_examples += len(batch) * ctx.world_size
+                state.examples += len(batch) * ctx.world_size
+                progress.update(1)
+
+                if state.step % params.train.log_every == 0 or state.position == len(plan):
+                    elapsed = time.perf_counter() - window_started
+                    rate = window_examples / max(elapsed, 1e-9)
+                    lr = scheduler.get_last_lr()[0]
+                    metrics = {"lr": lr, "examples_per_s": rate}
+                    for t, values in window_losses.items():
+                        mean = sum(values) / len(values)
+                        metrics[f"train_loss_{t}"] = mean
+                        state.history[f"loss_{t}"].append([state.step, mean])
+                    for ds, p in probabilities.items():
+                        metrics[f"sampling_p_{ds}"] = p
+                    state.history["lr"].append([state.step, lr])
+                    state.history["sampling"].append([state.step, probabilities])
+                    tracker.log_metrics(metrics, step=state.step)
+                    progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.3f}" for t, v in window_losses.items()}
+                                         | {"ex/s": f"{rate:.0f}"})
+                    window_losses.clear()
+                    window_examples, window_started = 0, time.perf_counter()
+
+                if state.step % params.train.checkpoint_every == 0 and state.position < len(plan):
+                    _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+
+            # ---- end of epoch: score dev, keep the best model ---------------------------------------
+            results = [predict_split(model, split, task, eval_settings, ctx) for task, split in dev_splits.items()]
+            dev = dev_metrics(results) if ctx.is_main else {}
+            if ctx.is_main:
+                state.history["dev"].append({"epoch": state.epoch, **dev})
+                tracker.log_metrics({f"dev_{k}": v for k, v in dev.items()}, step=state.step)
+                log.info("epoch %d dev: %s", state.epoch, _format_metrics(dev))
+                score = dev.get("overall", -math.inf)
+                if score > state.best_overall:
+                    state.best_overall, state.best_epoch = score, state.epoch
+                    save_model(model, tokenizer, paths.checkpoints / "best")
+            state.best_overall, state.best_epoch = ctx.broadcast_object((state.best_overall, state.best_epoch))
+            state.epoch += 1
+            state.position = 0
+            state.complete = state.epoch > params.train.epochs
+            _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+    except KeyboardInterrupt:
+        progress.close()
+        tracker.end("KILLED")
+        log.warning("interrupted at step %d; the next run resumes from the last checkpoint", state.step)
+        raise
+    except Exception:
+        progress.close()
+        tracker.end("FAILED")
+        raise
+    progress.close()
+
+    # ---- outputs (rank 0) -------------------------------------------------------------------------
+    wall_s = state.elapsed_s + time.perf_counter() - started
+    summary: dict[str, Any] = {}
+    if ctx.is_main:
+        paths.best_model.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(paths.best_model, ignore_errors=True)
+        shutil.copytree(paths.checkpoints / "best", paths.best_model)
+        best_dev = next(row for row in state.history["dev"] if row["epoch"] == state.best_epoch)
+        summary = {
+            "steps": state.step,
+            "epochs": params.train.epochs,
+            "best_epoch": state.best_epoch,
+            "best_dev": {k: v for k, v in best_dev.items() if k != "epoch"},
+            "dev_per_epoch": state.history["dev"],
+            "sampling_probabilities": {str(e): sampler.probabilities(e) or _plan_fractions(sampler.epoch_plan(e))
+                                       for e in range(1, params.train.epochs + 1)},
+            "train_wall_s": round(wall_s, 1),
+            "examples_per_s": round(state.examples / max(wall_s, 1e-9), 2),
+            "world_size": ctx.world_size,
+            "precision": precision,
+            "parameters": report,
+            "mlflow_run_id": tracker.run_id,
+            "tracking_uri": tracker.tracking_uri,
+        }
+        write_plots(state.history, paths.plots)
+        write_json(paths.summary, summary)
+        tracker.log_metrics({"train_wall_s": wall_s, "best_epoch": state.best_epoch}, step=state.step)
+        tracker.log_artifacts(paths.plots, "plots")
+        tracker.log_artifact(paths.summary, "metrics")
+        tracker.end("FINISHED")
+        log.info("trained %d steps in %.0f s; best epoch %d: %s", state.step, wall_s, state.best_epoch,
+                 _format_metrics(summary["best_dev"]))
+    ctx.barrier()
+    return summary
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -1,0 +1,21 @@
+"""DVC stage `train`: multi-task fine-tuning (under torchrun when more than one process is asked for)."""
+
+from palbert.config import load_params
+from palbert.stage import run_stage
+from palbert.train.distributed import launch, needs_launch, shutdown_distributed
+from palbert.train.loop import TrainPaths, train
+
+
+def main() -> int:
+    params = load_params("params.yaml")
+    if needs_launch(params):
+        return launch(params, __file__)
+    try:
+        train(params, TrainPaths())
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

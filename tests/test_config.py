@@ -1,0 +1,80 @@
+"""params.yaml is read into typed dataclasses; every mistake names its key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from palbert.config import ParamsError, apply_overrides, load_params, params_from_dict, params_to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_load_and_are_the_papers_best_configuration():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.pals and params.train.sampling == "annealed" and params.train.simcse
+    assert params.train.lr == pytest.approx(2e-5)
+    assert (params.train.batch_size, params.train.epochs, params.train.steps_per_epoch) == (16, 3, 1800)
+    assert (params.model.pal_size, params.model.pal_heads) == (204, 12)
+    assert [row.id for row in params.table3.rows] == ["0", "1", "BP1", "3", "4", "5", "6"]
+
+
+def test_yaml_1_2_float_written_by_dvc_exp_run_is_accepted(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["lr"] = "2e-05"  # what PyYAML makes of `dvc exp run -S train.lr=2e-5`
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_params(path).train.lr == pytest.approx(2e-5)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "lrr", 1e-3, "train.lrr: unknown key"),
+        ("train", "lr", "fast", "train.lr: expected a number"),
+        ("train", "lr", -1.0, "train.lr: must be > 0"),
+        ("train", "batch_size", 0, "train.batch_size: must be >= 1"),
+        ("train", "epochs", 2.5, "train.epochs: expected an integer"),
+        ("model", "pals", "yes", "model.pals: expected true or false"),
+        ("train", "sampling", "random", "train.sampling: must be one of"),
+        ("data", "extra", ["snli", "imdb"], "data.extra[1]: must be one of"),
+        ("model", "hidden_dropout", 1.5, "model.hidden_dropout: must be <= 1"),
+    ],
+)
+def test_bad_values_name_the_key(section, key, value, message):
+    raw = params_to_dict(load_params(ROOT / "params.yaml"))
+    raw[section][key] = value
+    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        params_from_dict(raw)
+
+
+def test_unknown_section_and_cross_field_checks():
+    with pytest.raises(ParamsError, match="trian: unknown key"):
+        params_from_dict({"trian": {}})
+    with pytest.raises(ParamsError, match="model.pal_heads: 5 heads must divide model.pal_size 204"):
+        params_from_dict({"model": {"pal_heads": 5}})
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: {lr: [1, 2]}\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: train.lr: expected a number"):
+        load_params(path)
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_table3_overrides_are_validated():
+    raw = params_to_dict(load_params(ROOT / "params.yaml"))
+    raw["table3"]["rows"][0]["overrides"]["train.sampling"] = "bogus"
+    with pytest.raises(ParamsError, match=r"table3.rows\[0\] \(0\).overrides: train.sampling: must be one of"):
+        params_from_dict(raw)
+    out = apply_overrides(params_to_dict(load_params(ROOT / "params.yaml"), include_table3=False),
+                          {"model.pals": False})
+    assert out["model"]["pals"] is False
+
+
+def test_flat_params_for_mlflow():
+    flat = load_params(ROOT / "params.yaml").flat()
+    assert flat["model.pals"] is True and flat["train.sampling"] == "annealed"
+    assert not any(k.startswith("table3") for k in flat)
