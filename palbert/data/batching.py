@@ -1,0 +1,132 @@
+"""Turn rows of a prepared split into padded tensors for the encoder.
+
+Padding is dynamic (to the longest row of the batch), since sentence lengths vary from 5 to 128
+tokens and padding to ``max_length`` would waste most of the compute on short SST batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from palbert.data.prepared import PreparedSplit
+
+
+@dataclass
+class SpecialTokens:
+    cls_id: int
+    sep_id: int
+    pad_id: int
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "SpecialTokens":
+        return cls(int(meta["cls_id"]), int(meta["sep_id"]), int(meta["pad_id"]))
+
+
+@dataclass
+class EncoderInputs:
+    """LongTensor [B, T], padded to the longest row."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    token_type_ids: Tensor
+
+    def to(self, device, non_blocking: bool = False) -> "EncoderInputs":
+        return EncoderInputs(
+            self.input_ids.to(device, non_blocking=non_blocking),
+            self.attention_mask.to(device, non_blocking=non_blocking),
+            self.token_type_ids.to(device, non_blocking=non_blocking),
+        )
+
+
+@dataclass
+class TaskBatch:
+    task: str
+    dataset: str
+    inputs: EncoderInputs  # the sentence, or the joint pair [CLS] a [SEP] b [SEP] (segment ids 0/1)
+    inputs_b: EncoderInputs | None  # sentence2 alone when pair_encoding == "separate"
+    labels: Tensor | None  # long for sst; float for para (0./1.) and sts
+    ids: list[str]
+
+    def to(self, device, non_blocking: bool = False) -> "TaskBatch":
+        return TaskBatch(
+            self.task,
+            self.dataset,
+            self.inputs.to(device, non_blocking),
+            None if self.inputs_b is None else self.inputs_b.to(device, non_blocking),
+            None if self.labels is None else self.labels.to(device, non_blocking=non_blocking),
+            self.ids,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Lengths of a and b after removing tokens one at a time from the longer (b on ties) until they fit.
+
+    The closed form of Hugging Face's ``truncation="longest_first"``.
+    """
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    if min(len_a, len_b) * 2 <= budget:  # the shorter one fits whole beside the cut longer one
+        return (len_a, budget - len_a) if len_a <= len_b else (budget - len_b, len_b)
+    return (budget + 1) // 2, budget // 2
+
+
+def _pad(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> EncoderInputs:
+    """(token ids, segment ids) per row -> padded tensors with an attention mask."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, segments) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
+        attention_mask[r, : len(ids)] = 1
+        token_type_ids[r, : len(ids)] = torch.from_numpy(segments.astype(np.int64))
+    return EncoderInputs(input_ids, attention_mask, token_type_ids)
+
+
+def _single(tokens: np.ndarray, special: SpecialTokens, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.concatenate(([special.cls_id], tokens[: max_length - 2], [special.sep_id]))
+    return ids, np.zeros(len(ids), dtype=np.int64)
+
+
+def _joint(a: np.ndarray, b: np.ndarray, special: SpecialTokens, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    keep_a, keep_b = truncate_longest_first(len(a), len(b), max_length - 3)
+    ids = np.concatenate(([special.cls_id], a[:keep_a], [special.sep_id], b[:keep_b], [special.sep_id]))
+    segments = np.concatenate((np.zeros(keep_a + 2, dtype=np.int64), np.ones(keep_b + 1, dtype=np.int64)))
+    return ids, segments
+
+
+def make_batch(
+    split: PreparedSplit,
+    indices: Sequence[int],
+    *,
+    task: str,
+    pair_encoding: str,
+    special: SpecialTokens,
+    max_length: int,
+) -> TaskBatch:
+    """Rows ``indices`` of ``split`` as one padded batch for ``task``'s head."""
+    if pair_encoding not in ("joint", "separate"):
+        raise ValueError(f"pair_encoding must be joint or separate, got {pair_encoding!r}")
+    rows = [int(i) for i in indices]
+    inputs_b = None
+    if split.second is None:
+        inputs = _pad([_single(split.first.get(i), special, max_length) for i in rows], special.pad_id)
+    elif pair_encoding == "joint":
+        inputs = _pad([_joint(split.first.get(i), split.second.get(i), special, max_length) for i in rows],
+                      special.pad_id)
+    else:
+        inputs = _pad([_single(split.first.get(i), special, max_length) for i in rows], special.pad_id)
+        inputs_b = _pad([_single(split.second.get(i), special, max_length) for i in rows], special.pad_id)
+    labels = None
+    if split.labels is not None:
+        picked = torch.from_numpy(np.asarray(split.labels[rows]))
+        labels = picked.long() if task == "sst" else picked.float()
+    return TaskBatch(task, split.dataset, inputs, inputs_b, labels, [str(split.ids[i]) for i in rows])

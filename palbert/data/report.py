@@ -1,0 +1,72 @@
+"""The ``data_report`` stage: one metrics file with every prepared split's counts, and Figure 4's data.
+
+``metrics/data.json`` is ``{dataset: {split: {"rows", "labels", "skipped", "dropped"}}}`` (DESIGN.md),
+so ``dvc metrics diff`` shows when a change of params or raw files changes what training sees.
+``metrics/plots/label_distribution.csv`` holds the label fractions of SST train, SST dev and
+CFIMDB train: the paper's Figure 4, which motivates rescaling CFIMDB to 0/4.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+from palbert.atomic import write_json, write_text
+from palbert.config import DATASETS
+from palbert.data.prepared import META_FILE, STATS_FILE
+
+logger = logging.getLogger(__name__)
+
+#: (dataset, split) pairs of the label-distribution plot (paper Figure 4).
+FIGURE4_SPLITS: tuple[tuple[str, str], ...] = (("sst", "train"), ("sst", "dev"), ("cfimdb", "train"))
+
+
+def collect_stats(prepared_root: Path) -> dict[str, dict]:
+    """``{dataset: {split: stats}}`` for every prepared dataset; absent datasets are left out."""
+    report: dict[str, dict] = {}
+    for dataset in DATASETS:
+        folder = Path(prepared_root) / dataset
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            logger.warning("%s: not prepared (no %s); left out of the report", dataset, meta_path)
+            continue
+        if json.loads(meta_path.read_text(encoding="utf-8")).get("absent"):
+            logger.info("%s: raw files were absent; left out of the report", dataset)
+            continue
+        report[dataset] = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
+    return report
+
+
+def label_distribution_csv(report: dict[str, dict]) -> str:
+    """CSV ``dataset_split,label,fraction`` for the Figure 4 splits that were prepared."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["dataset_split", "label", "fraction"])
+    for dataset, split in FIGURE4_SPLITS:
+        stats = report.get(dataset, {}).get(split)
+        if not stats or not stats["rows"]:
+            continue
+        for label, count in stats["labels"].items():
+            writer.writerow([f"{dataset}_{split}", label, f"{count / stats['rows']:.4f}"])
+    return out.getvalue()
+
+
+def write_data_report(prepared_root: Path, metrics_path: Path, plot_path: Path) -> dict[str, dict]:
+    """Write ``metrics/data.json`` and the Figure 4 CSV; returns the report."""
+    report = collect_stats(prepared_root)
+    write_json(metrics_path, report)
+    write_text(plot_path, label_distribution_csv(report))
+    return report
+
+
+def summary(report: dict[str, dict]) -> str:
+    """One line: rows per dataset and the bad rows skipped."""
+    parts = []
+    for dataset, splits in report.items():
+        rows = "/".join(f"{split} {stats['rows']}" for split, stats in splits.items())
+        parts.append(f"{dataset} ({rows})")
+    skipped = sum(n for splits in report.values() for stats in splits.values() for n in stats.get("skipped", {}).values())
+    return f"{'; '.join(parts)}; {skipped} bad rows skipped"
