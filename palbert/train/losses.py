@@ -1,0 +1,55 @@
+"""Training losses: one per task head (paper 5.1) and unsupervised SimCSE (paper 4.1, Gao et al. 2021)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def task_loss(task: str, prediction: Tensor, labels: Tensor) -> Tensor:
+    """Mean loss of a batch: sst cross-entropy on [B, 5] logits, para BCE on [B] logits, sts MSE on [B].
+
+    The prediction is cast to float32 so the loss is the same under bf16 autocast.
+    """
+    prediction = prediction.float()
+    if task == "sst":
+        return F.cross_entropy(prediction, labels.long())
+    if task == "para":
+        return F.binary_cross_entropy_with_logits(prediction, labels.float())
+    if task == "sts":
+        return F.mse_loss(prediction, labels.float())
+    raise ValueError(f"unknown task {task!r}: expected sst, para or sts")
+
+
+def _gather_with_grad(z: Tensor) -> Tensor:
+    """All ranks' rows of ``z`` in rank order; gradients flow back to the rank that owns each row."""
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(z), dim=0)
+
+
+def simcse_loss(z1: Tensor, z2: Tensor, temperature: float = 0.05) -> Tensor:
+    """Unsupervised SimCSE InfoNCE: row i of ``z1`` must pick its own second view ``z2[i]`` among all.
+
+    sim[i, j] = cos(z1_i, z2_j) / T and the loss is cross-entropy with target j = i, as in Gao et al.
+
+    Under torch.distributed with more than one rank, the negatives span the global batch: ``z2`` is
+    gathered from every rank with gradient, and each rank scores its own rows of ``z1`` against all
+    global columns. The mean over ranks of these local losses is the single-process loss over the
+    global batch. Because the all-gather's backward sums every rank's gradient for a row back onto the
+    rank that owns it, each rank's gradient is d(sum of all local losses)/d(its params), and DDP's
+    averaging over ranks yields exactly the single-process global-batch gradient. Gathering ``z1`` is
+    not needed: no rank scores another rank's rows. All ranks must pass the same number of rows.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"simcse_loss needs two [B, H] tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    z1, z2 = z1.float(), z2.float()
+    offset = 0
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        offset = dist.get_rank() * z1.shape[0]
+        z2 = _gather_with_grad(z2)
+    sim = F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T / temperature
+    targets = torch.arange(offset, offset + z1.shape[0], device=z1.device)
+    return F.cross_entropy(sim, targets)
