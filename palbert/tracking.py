@@ -1,0 +1,506 @@
+"""The MLflow side of a run: which store, whether it answers, and one MLflow run per training run.
+
+Only rank 0 talks to MLflow. ``RunTracker.start`` hands other ranks a ``NullTracker`` with the same
+methods, so the training loop calls the tracker everywhere and never checks its rank.
+
+Where runs go (``resolve_tracking_uri``): ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a
+SQLite store at an absolute path in the project root. MLflow's own default (``sqlite:///mlflow.db``
+and artifacts in ``./mlruns``) is relative to the current folder, and DVC runs queued and temporary
+experiments in ``.dvc/tmp/exps/<tmp>/``, which it deletes afterwards: relative paths would lose runs.
+
+The project root (``find_project_root``), first match wins:
+1. ``$PALBERT_PROJECT_ROOT``: an explicit override.
+2. ``$DVC_ROOT``: DVC sets it for every stage command (``dvc/stage/run.py``); for queued and
+   ``--temp`` experiments it points at the parent repository, not the temp workspace
+   (``dvc/repo/experiments/queue/base.py``, next to ``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV``).
+3. The git toplevel of the current folder; if that lies inside ``<repo>/.dvc/tmp/exps/``, ``<repo>``.
+4. The current folder.
+
+Local stores also get an absolute artifact location (beside the SQLite file, ``mlruns/<experiment>``)
+when this module creates the experiment, for the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+import types
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from palbert.config import Params, TrackingParams
+
+log = logging.getLogger(__name__)
+
+#: Tag names other parts of palbert (Table 3, the README's UI queries) rely on.
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_DVC_EXP_NAME = "dvc_exp_name"
+TAG_DVC_EXP_BASELINE_REV = "dvc_exp_baseline_rev"
+TAG_TABLE3_ID = "table3_id"
+TAG_TABLE3_ROW = "table3_row"
+TAG_SEED = "seed"
+TAG_FALLBACK_FROM = "palbert.fallback_from"
+TAG_RESUMED_FROM = "palbert.resumed_from"
+
+#: MLflow refuses longer param values.
+PARAM_VALUE_LIMIT = 6000
+#: How long the start-up check waits for a tracking server.
+CHECK_TIMEOUT_S = 5
+_BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer and ``tracking.on_unreachable`` is ``stop``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Where the store is
+# --------------------------------------------------------------------------------------------
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The real repository root, also from a subfolder or a DVC temp workspace (see module doc)."""
+    for name in ("PALBERT_PROJECT_ROOT", "DVC_ROOT"):
+        value = os.environ.get(name)
+        if value:
+            return Path(value).expanduser().resolve()
+    start = (start or Path.cwd()).resolve()
+    try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=start,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        root = Path(top).resolve() if top else start
+    except (OSError, subprocess.SubprocessError):
+        root = start
+    return _outside_dvc_temp(root)
+
+
+def _outside_dvc_temp(path: Path) -> Path:
+    """``<repo>/.dvc/tmp/exps/<tmp>/...`` → ``<repo>``: a DVC experiment workspace is not the project."""
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def default_store_uri(project_root: Path) -> str:
+    return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(params: TrackingParams, project_root: Path | None = None) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the project's SQLite store.
+
+    A relative SQLite or file path is taken relative to the project root, not the current folder.
+    """
+    root = Path(project_root) if project_root is not None else find_project_root()
+    uri = params.uri.strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        return default_store_uri(root)
+    return _anchor_local_uri(uri, root.resolve())
+
+
+def _anchor_local_uri(uri: str, root: Path) -> str:
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:" and not path.startswith("/"):
+            return f"sqlite:///{root / path}"
+        return uri
+    if uri.startswith("file:"):
+        return uri
+    if "://" not in uri and not uri.startswith("databricks"):
+        # MLflow reads a bare path as a file store.
+        return str(Path(uri) if Path(uri).is_absolute() else root / uri)
+    return uri
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _quick_http() -> Iterator[None]:
+    """No retries and a short timeout for MLflow's HTTP client (by default 7 retries, ~4 minutes)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_S)}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_reachable(uri: str) -> str | None:
+    """``None`` when the store answers, else the reason. Local stores always answer."""
+    if not is_remote(uri):
+        return None
+    from mlflow import MlflowClient
+
+    try:
+        with _quick_http():
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # connection refused, timeout, auth, proxy page: all mean "no store here"
+        return _short_reason(exc)
+    return None
+
+
+def _short_reason(exc: Exception) -> str:
+    """The root cause out of MLflow's nested requests/urllib3 message, e.g. ``[Errno 111] Connection refused``."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\][^\"')]*", text) or re.search(r"(Read|Connect)?\s*timed out", text)
+    if found:
+        return found.group(0).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def choose_store(params: TrackingParams, project_root: Path) -> tuple[str, str | None]:
+    """The URI to log to, and the URI it fell back from (``None`` when no fallback happened).
+
+    Runs before any training so that a dead server costs seconds, not a training run.
+    """
+    uri = resolve_tracking_uri(params, project_root)
+    reason = check_reachable(uri)
+    if reason is None:
+        return uri, None
+    log.error("MLflow tracking server %s is not reachable (%s)", uri, reason)
+    if params.on_unreachable == "stop":
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({reason}). Start it, e.g. "
+            f"`mlflow server --host 127.0.0.1 --port <port> --backend-store-uri sqlite:///mlflow.db`, "
+            f"point tracking.uri / MLFLOW_TRACKING_URI at a running one, or run with "
+            f"`-S tracking.on_unreachable=local` to log to the project's local store instead."
+        )
+    local = default_store_uri(project_root)
+    log.warning(
+        "!!! MLflow server %s unreachable: logging this run to the LOCAL store %s instead, "
+        "tagged %s=%s. Copy it over later if you need it on the server. !!!",
+        uri,
+        local,
+        TAG_FALLBACK_FROM,
+        uri,
+    )
+    return local, uri
+
+
+# --------------------------------------------------------------------------------------------
+# What gets logged
+# --------------------------------------------------------------------------------------------
+
+
+def param_strings(params: Params) -> dict[str, str]:
+    """``params.flat()`` as MLflow param strings: lists and mappings as JSON, capped at 6000 chars."""
+    out: dict[str, str] = {}
+    for key, value in params.flat().items():
+        text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+        if len(text) > PARAM_VALUE_LIMIT:
+            log.warning("param %s is %d chars long; MLflow keeps %d", key, len(text), PARAM_VALUE_LIMIT)
+            text = text[: PARAM_VALUE_LIMIT - 3] + "..."
+        out[key] = text
+    return out
+
+
+def git_commit(cwd: Path) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def run_tags(params: Params, project_root: Path) -> dict[str, str]:
+    """Tags that say where a run came from: commit, DVC experiment, Table 3 row, seed."""
+    tags = {TAG_SEED: str(params.train.seed)}
+    # The working folder's HEAD: in a DVC temp workspace that is the experiment's baseline commit.
+    commit = git_commit(Path.cwd()) or git_commit(project_root)
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    for env, tag in (("DVC_EXP_NAME", TAG_DVC_EXP_NAME), ("DVC_EXP_BASELINE_REV", TAG_DVC_EXP_BASELINE_REV)):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    if params.tracking.table3_id:
+        tags[TAG_TABLE3_ID] = params.tracking.table3_id
+    if params.tracking.table3_row:
+        tags[TAG_TABLE3_ROW] = params.tracking.table3_row
+    return tags
+
+
+def _context_tags(tags: dict[str, str]) -> dict[str, str]:
+    """MLflow's usual source/user tags (what ``mlflow.start_run`` adds), ours winning."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        return {**resolve_tags({}), **tags}
+    except Exception:  # an internal MLflow helper: its absence must not stop a run
+        log.debug("MLflow context tags unavailable", exc_info=True)
+        return tags
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
+
+
+def _local_artifact_location(uri: str, experiment: str, project_root: Path) -> str | None:
+    """An absolute artifact folder for a local store (MLflow's default is ``./mlruns`` of the cwd)."""
+    if is_remote(uri) or uri.startswith("databricks"):
+        return None
+    if uri.startswith("sqlite:///") and uri[len("sqlite:///") :].startswith("/"):
+        base = Path(uri[len("sqlite:///") :]).parent
+    else:
+        base = Path(project_root).resolve()
+    return (base / "mlruns" / _slug(experiment)).as_uri()
+
+
+def _system_metrics_available() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        log.debug("psutil is not installed: no system metrics")
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+class RunTracker:
+    """One MLflow run, driven through ``MlflowClient`` (no global active run to leave dangling).
+
+    Use as a context manager: an exception ends the run FAILED, Ctrl-C ends it KILLED.
+    """
+
+    def __init__(self, client: Any, run_id: str, tracking_uri: str, system_metrics: bool = True,
+                 resumed: bool = False) -> None:
+        self.client = client
+        self.run_id: str | None = run_id
+        self.tracking_uri = tracking_uri
+        self._monitor = None
+        self._ended = False
+        if system_metrics and _system_metrics_available():
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=tracking_uri)
+                self._monitor.start()
+            except Exception as exc:
+                log.warning("system metrics logging did not start: %s", exc)
+                self._monitor = None
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        params: Params,
+        project_root: Path | None = None,
+        run_name: str | None = None,
+        *,
+        rank: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        system_metrics: bool = True,
+    ) -> "RunTracker":
+        """Check the store, create the experiment if needed, start one run, log params and tags.
+
+        ``rank`` (default ``$RANK``, else 0) other than 0 gets a ``NullTracker``. ``run_name``
+        defaults to ``$DVC_EXP_NAME`` (MLflow picks a name when neither is set).
+        Raises ``TrackingUnavailable`` before anything is logged when the server is down and
+        ``tracking.on_unreachable`` is ``stop``.
+        """
+        if _rank(rank) != 0:
+            return NullTracker()
+        from mlflow import MlflowClient
+
+        root = Path(project_root) if project_root is not None else find_project_root()
+        uri, fallback_from = choose_store(params.tracking, root)
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, params.tracking.experiment, uri, root)
+        all_tags = {**run_tags(params, root), **dict(tags or {})}
+        if fallback_from:
+            all_tags[TAG_FALLBACK_FROM] = fallback_from
+        run_name = run_name or os.environ.get("DVC_EXP_NAME") or None
+        run = client.create_run(experiment_id, run_name=run_name, tags=_context_tags(all_tags))
+        run_id = run.info.run_id
+        try:
+            _log_params(client, run_id, param_strings(params))
+            tracker = cls(client, run_id, uri, system_metrics=system_metrics)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        log.info(
+            "MLflow run %s (%s) in experiment %r at %s",
+            run.info.run_name,
+            run_id,
+            params.tracking.experiment,
+            uri,
+        )
+        return tracker
+
+    @classmethod
+    def resume(
+        cls,
+        run_id: str,
+        params: Params,
+        project_root: Path | None = None,
+        *,
+        tracking_uri: str | None = None,
+        rank: int | None = None,
+        system_metrics: bool = True,
+    ) -> "RunTracker":
+        """Reopen a finished run to add to it (the evaluate stage adds dev metrics and predictions).
+
+        Pass ``tracking_uri=tracker.tracking_uri`` from the training run when known: after a fallback
+        the run lives in the local store. If the run is not in the chosen store (e.g. it was logged
+        elsewhere), a new run is started, tagged ``palbert.resumed_from=<run_id>``: nothing is lost.
+        """
+        if _rank(rank) != 0:
+            return NullTracker()
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        root = Path(project_root) if project_root is not None else find_project_root()
+        wanted = dataclasses.replace(params.tracking, uri=tracking_uri or params.tracking.uri)
+        uri, fallback_from = choose_store(wanted, root)
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            client.get_run(run_id)
+        except MlflowException as exc:
+            log.warning("run %s is not in %s (%s): starting a new run for it", run_id, uri, exc.error_code)
+            tags = {TAG_RESUMED_FROM: run_id}
+            if fallback_from:
+                tags[TAG_FALLBACK_FROM] = fallback_from
+            here = dataclasses.replace(params, tracking=dataclasses.replace(params.tracking, uri=uri))
+            return cls.start(here, root, tags=tags, rank=0, system_metrics=system_metrics)
+        if fallback_from:
+            client.set_tag(run_id, TAG_FALLBACK_FROM, fallback_from)
+        client.update_run(run_id, status="RUNNING")
+        log.info("MLflow run %s reopened at %s", run_id, uri)
+        return cls(client, run_id, uri, system_metrics=system_metrics, resumed=True)
+
+    # -- logging -----------------------------------------------------------------------------
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
+        for i in range(0, len(entries), 1000):
+            self.client.log_batch(self.run_id, metrics=entries[i : i + 1000])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Stop system metrics and mark the run; a second call does nothing."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        self.client.set_terminated(self.run_id, status=status)
+        log.info("MLflow run %s ended %s", self.run_id, status)
+
+    def __enter__(self) -> "RunTracker":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: types.TracebackType | None) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end("KILLED")
+        else:
+            self.end("FAILED")
+
+
+class NullTracker(RunTracker):
+    """What ranks other than 0 get: every method does nothing."""
+
+    def __init__(self) -> None:  # noqa: D107 - nothing to open
+        self.client = None
+        self.run_id = None
+        self.tracking_uri = ""
+        self._monitor = None
+        self._ended = True
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def _rank(rank: int | None) -> int:
+    return int(os.environ.get("RANK", "0")) if rank is None else rank
+
+
+def _experiment_id(client: Any, name: str, uri: str, project_root: Path) -> str:
+    """The experiment's id, creating it (with an absolute artifact folder for local stores)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise MlflowException(
+                f"MLflow experiment {name!r} is deleted in {uri}: restore it "
+                f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
+                f"or set tracking.experiment to another name"
+            )
+        return experiment.experiment_id
+    location = _local_artifact_location(uri, name, project_root)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process (a parallel DVC queue worker) created it first.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _log_params(client: Any, run_id: str, values: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    entries = [Param(key, value) for key, value in values.items()]
+    for i in range(0, len(entries), _BATCH):
+        client.log_batch(run_id, params=entries[i : i + _BATCH])

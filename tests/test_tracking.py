@@ -1,0 +1,244 @@
+"""MLflow tracking against a real ``mlflow server`` and a real local store (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from palbert.config import Params, TrackingParams
+from palbert.tracking import (
+    TAG_FALLBACK_FROM,
+    TAG_SEED,
+    TAG_TABLE3_ROW,
+    NullTracker,
+    RunTracker,
+    TrackingUnavailable,
+    find_project_root,
+    resolve_tracking_uri,
+)
+
+SERVER_START_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests must not see the developer's store, a DVC stage's root or a torchrun rank."""
+    for name in ("MLFLOW_TRACKING_URI", "PALBERT_PROJECT_ROOT", "DVC_ROOT", "DVC_EXP_NAME",
+                 "DVC_EXP_BASELINE_REV", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    # Sample system metrics fast so the background thread gets a sample in during the test.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real tracking server on a free loopback port, SQLite backend and artifacts in a temp dir."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_file = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server not up in {SERVER_START_TIMEOUT_S}s: "
+                                   f"{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        # The server runs workers in its own session: end that whole group, and only it.
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        log_file.close()
+
+
+def _params(uri: str, on_unreachable: str = "stop") -> Params:
+    params = Params()
+    params.tracking = TrackingParams(experiment="palbert-test", uri=uri, on_unreachable=on_unreachable,
+                                     table3_id="t1", table3_row="BP1")
+    params.data.extra = ["snli", "cfimdb"]
+    params.train.seed = 7
+    return params
+
+
+def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "bp1-seed7")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    params = _params(mlflow_server)
+    artifact = tmp_path / "dev.json"
+    artifact.write_text('{"overall": 0.77}\n')
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.csv").write_text("step,loss\n0,1.0\n")
+
+    with RunTracker.start(params, tmp_path) as tracker:
+        assert tracker.tracking_uri == mlflow_server
+        for step in range(5):
+            tracker.log_metrics({"train/loss": 1.0 / (step + 1), "lr": 2e-5}, step=step * 10)
+        tracker.log_artifact(artifact)
+        tracker.log_artifacts(tmp_path / "plots", "plots")
+        tracker.set_tags({"note": "first"})
+        run_id = tracker.run_id
+        time.sleep(1.5)  # one system-metrics sample
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "bp1-seed7"
+    assert run.data.params["model.pals"] == "True"
+    assert run.data.params["train.lr"] == "2e-05"
+    assert run.data.params["data.extra"] == '["snli", "cfimdb"]'
+    assert run.data.params["tracking.table3_row"] == "BP1"
+    assert len(run.data.params) == len(params.flat())
+    tags = run.data.tags
+    assert tags[TAG_SEED] == "7" and tags[TAG_TABLE3_ROW] == "BP1" and tags["table3_id"] == "t1"
+    assert tags["dvc_exp_name"] == "bp1-seed7" and tags["dvc_exp_baseline_rev"] == "abc123"
+    assert tags["note"] == "first"
+    assert TAG_FALLBACK_FROM not in tags
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [
+        (0, 1.0), (10, 0.5), (20, round(1 / 3, 6)), (30, 0.25), (40, 0.2)]
+    assert any(key.startswith("system/") for key in run.data.metrics), run.data.metrics.keys()
+    downloaded = client.download_artifacts(run_id, "dev.json", str(tmp_path / "down"))
+    assert Path(downloaded).read_text() == artifact.read_text()
+    assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/loss.csv"]
+
+    # The evaluate stage reopens the same run and adds to it.
+    with RunTracker.resume(run_id, params, tmp_path, system_metrics=False) as again:
+        again.log_metrics({"dev/overall": 0.77}, step=0)
+    run = client.get_run(run_id)
+    assert run.data.metrics["dev/overall"] == pytest.approx(0.77)
+    assert run.info.status == "FINISHED"
+
+
+def test_failure_marks_run_failed(mlflow_server: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        with RunTracker.start(_params(mlflow_server), tmp_path, run_name="boom", system_metrics=False) as tracker:
+            run_id = tracker.run_id
+            raise ValueError("training blew up")
+    assert MlflowClient(tracking_uri=mlflow_server).get_run(run_id).info.status == "FAILED"
+
+
+def test_other_ranks_get_a_null_tracker(tmp_path: Path) -> None:
+    tracker = RunTracker.start(_params("http://127.0.0.1:9"), tmp_path, rank=1)
+    assert isinstance(tracker, NullTracker) and tracker.run_id is None
+    with tracker:
+        tracker.log_metrics({"loss": 1.0}, step=0)
+        tracker.log_artifact(tmp_path / "missing")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_server_stops_quickly(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=uri.replace(".", r"\.")) as info:
+        RunTracker.start(_params(uri), tmp_path)
+    assert time.monotonic() - started < 20
+    assert "on_unreachable=local" in str(info.value)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_silent_server_times_out_quickly(tmp_path: Path) -> None:
+    """A port that accepts connections but never answers (a hung proxy): MLflow's retries must not hang us."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(TrackingUnavailable, match="timed out"):
+            RunTracker.start(_params(uri), tmp_path)
+        assert time.monotonic() - started < 20
+
+
+def test_unreachable_server_falls_back_to_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"http://127.0.0.1:{_free_port()}"
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # like a DVC temp workspace: nothing may land in the cwd
+    project = tmp_path / "project"
+    project.mkdir()
+    artifact = tmp_path / "note.txt"
+    artifact.write_text("kept\n")
+
+    with RunTracker.start(_params(uri, on_unreachable="local"), project, system_metrics=False) as tracker:
+        tracker.log_metrics({"loss": 0.5}, step=1)
+        tracker.log_artifact(artifact)
+        run_id = tracker.run_id
+        local_uri = tracker.tracking_uri
+
+    assert local_uri == f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    run = MlflowClient(tracking_uri=local_uri).get_run(run_id)
+    assert run.data.tags[TAG_FALLBACK_FROM] == uri
+    assert run.data.metrics["loss"] == 0.5
+    assert (project / "mlruns" / "palbert-test").is_dir()
+    assert list(elsewhere.iterdir()) == []
+    assert list(project.rglob("note.txt"))
+
+
+def test_default_uri_is_absolute_in_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    (repo / "stages" / "deep").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo / "stages" / "deep")
+
+    root = find_project_root()
+    assert root == repo.resolve()
+    uri = resolve_tracking_uri(TrackingParams(), root)
+    assert uri == f"sqlite:///{repo.resolve()}/mlflow.db"
+    assert uri.startswith("sqlite:////")
+
+    # A relative sqlite path means relative to the project root, not to the cwd.
+    assert resolve_tracking_uri(TrackingParams(uri="sqlite:///runs.db"), root) == f"sqlite:///{root}/runs.db"
+    # Precedence: tracking.uri, then $MLFLOW_TRACKING_URI.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(TrackingParams(), root) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri(TrackingParams(uri="http://h:1"), root) == "http://h:1"
+
+
+def test_project_root_inside_dvc_temp_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    workspace = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    workspace.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)  # DVC's temp workspace is its own git repo
+    monkeypatch.chdir(workspace)
+    assert find_project_root() == repo.resolve()
+
+    # What DVC sets for queued and temp experiments wins, and the explicit override beats it.
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    assert find_project_root() == repo.resolve()
+    monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))
+    assert find_project_root() == tmp_path.resolve()
