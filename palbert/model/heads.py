@@ -1,0 +1,70 @@
+"""The three task heads on the pooled [CLS] embedding (paper 4.2), and the shared relational layer (4.1).
+
+sst: linear -> 5 logits (cross-entropy). para: linear -> 1 logit (binary cross-entropy).
+sts: linear -> 1 score on the 0..5 scale (MSE; the raw output is trained, ``predict`` clamps it).
+
+Pair features: with ``joint`` pair encoding the pair is one input, so its pooled embedding [H] is
+the feature; with ``separate`` it is the plain concatenation [a; b] of the two embeddings [2H]
+(the paper's baseline; no |a-b| or a*b terms).
+
+The relational layer (paper's model 6) is ONE module that both pair heads pass their features
+through first; the task's own linear layer follows. It is Linear + GELU: without a
+non-linearity it would fold into the next linear layer and add nothing but parameters.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+PAIR_TASKS: tuple[str, ...] = ("para", "sts")
+NUM_SENTIMENT_CLASSES = 5
+STS_MAX_SCORE = 5.0
+
+
+class RelationalLayer(nn.Module):
+    """GELU(W x + b), shared by the para and sts heads."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(size, size)
+        self.activation = nn.GELU()
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.activation(self.dense(features))
+
+
+def pair_feature_size(hidden_size: int, pair_encoding: str) -> int:
+    """Width of a pair's features: H for a joint input, 2H for two concatenated embeddings."""
+    if pair_encoding not in ("joint", "separate"):
+        raise ValueError(f"pair_encoding must be 'joint' or 'separate', got {pair_encoding!r}")
+    return hidden_size if pair_encoding == "joint" else 2 * hidden_size
+
+
+class TaskHeads(nn.Module):
+    """One output layer per task, routed by task name; pair tasks may share a relational layer first."""
+
+    def __init__(self, hidden_size: int, pair_encoding: str, relational_layer: bool) -> None:
+        super().__init__()
+        pair_size = pair_feature_size(hidden_size, pair_encoding)
+        self.relational = RelationalLayer(pair_size) if relational_layer else None
+        self.outputs = nn.ModuleDict(
+            {
+                "sst": nn.Linear(hidden_size, NUM_SENTIMENT_CLASSES),
+                "para": nn.Linear(pair_size, 1),
+                "sts": nn.Linear(pair_size, 1),
+            }
+        )
+
+    def relational_for(self, task: str) -> RelationalLayer | None:
+        """The relational layer ``task``'s features pass through (the same object for para and sts)."""
+        return self.relational if task in PAIR_TASKS else None
+
+    def forward(self, task: str, features: Tensor) -> Tensor:
+        """sst: logits [B, 5]; para: logit [B]; sts: score [B]."""
+        if task not in self.outputs:
+            raise KeyError(f"unknown task {task!r} (tasks: {list(self.outputs)})")
+        relational = self.relational_for(task)
+        if relational is not None:
+            features = relational(features)
+        out = self.outputs[task](features)
+        return out if task == "sst" else out.squeeze(-1)

@@ -1,0 +1,136 @@
+"""``MultitaskBert``: one PAL BERT encoder, three task heads, routed by ``batch.task``.
+
+The forward pass encodes ``batch.inputs`` (and ``batch.inputs_b`` for a separately encoded pair)
+with that task's PALs only, so the other tasks' PAL parameters take no part in the graph and keep
+``.grad is None``. With ``simcse=True`` it encodes ``batch.inputs`` a second time: in train mode
+the dropout masks differ, which is the noise unsupervised SimCSE contrasts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig
+
+from palbert.config import TASKS, ModelParams
+from palbert.model.encoder import PalBertModel, init_bert_weights
+from palbert.model.heads import PAIR_TASKS, STS_MAX_SCORE, TaskHeads
+from palbert.model.pretrained import load_pretrained_bert
+
+if TYPE_CHECKING:
+    from palbert.data.batching import EncoderInputs, TaskBatch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskOutput:
+    prediction: Tensor  # sst logits [B, 5]; para logit [B]; sts score [B]
+    embedding: Tensor  # pooled [CLS] of batch.inputs (before head dropout) [B, H]
+    embedding_again: Tensor | None = None  # a second dropout pass of batch.inputs, when simcse=True
+
+
+def with_encoder_dropout(config: BertConfig, dropout: float) -> BertConfig:
+    """A copy of ``config`` whose hidden and attention dropout are ``model.encoder_dropout``."""
+    config = BertConfig.from_dict(config.to_dict())
+    config.hidden_dropout_prob = dropout
+    config.attention_probs_dropout_prob = dropout
+    return config
+
+
+class MultitaskBert(nn.Module):
+    """PAL BERT + heads for sst, para and sts. Build with ``from_pretrained`` (or ``io.load_model``)."""
+
+    def __init__(self, bert_config: BertConfig, params: ModelParams) -> None:
+        """Randomly initialised model of this shape; ``bert_config`` is used as given (dropout included)."""
+        super().__init__()
+        self.params = params
+        self.bert = PalBertModel(
+            bert_config,
+            pal_tasks=TASKS if params.pals else (),
+            pal_size=params.pal_size,
+            pal_heads=params.pal_heads,
+            pal_activation=params.pal_activation,
+        )
+        self.head_dropout = nn.Dropout(params.hidden_dropout)
+        self.heads = TaskHeads(bert_config.hidden_size, params.pair_encoding, params.relational_layer)
+        self.heads.apply(lambda m: init_bert_weights(m, bert_config.initializer_range))
+        if params.freeze_encoder:
+            self.freeze_encoder()
+
+    @property
+    def bert_config(self) -> BertConfig:
+        return self.bert.config
+
+    @classmethod
+    def from_pretrained(cls, params: ModelParams) -> "MultitaskBert":
+        """The encoder from ``params.pretrained`` (embedded MiniLM, a BERT dir or hub id); fresh PALs and heads."""
+        config, state_dict = load_pretrained_bert(params.pretrained)
+        model = cls(with_encoder_dropout(config, params.encoder_dropout), params)
+        model.bert.load_bert_state_dict(state_dict)
+        return model
+
+    def freeze_encoder(self) -> None:
+        """Train only PALs and heads (the parameter-efficient mode of the PALs paper)."""
+        for _, parameter in self.bert.encoder_parameters():
+            parameter.requires_grad_(False)
+
+    def encode(self, inputs: "EncoderInputs", task: str) -> Tensor:
+        """Pooled [CLS] embedding [B, H] of ``inputs`` through ``task``'s PALs."""
+        return self.bert(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids, task=task).pooler_output
+
+    def forward(self, batch: "TaskBatch", simcse: bool = False) -> TaskOutput:
+        task = batch.task
+        embedding = self.encode(batch.inputs, task)
+        features = self.head_dropout(embedding)
+        if task in PAIR_TASKS and self.params.pair_encoding == "separate":
+            if batch.inputs_b is None:
+                raise ValueError(f"task {task!r} with pair_encoding=separate needs batch.inputs_b (sentence 2)")
+            features = torch.cat([features, self.head_dropout(self.encode(batch.inputs_b, task))], dim=-1)
+        prediction = self.heads(task, features)
+        embedding_again = self.encode(batch.inputs, task) if simcse else None
+        return TaskOutput(prediction=prediction, embedding=embedding, embedding_again=embedding_again)
+
+    @torch.no_grad()
+    def predict(self, batch: "TaskBatch") -> Tensor:
+        """sst: class 0..4 (long); para: 0/1 (long); sts: score clamped to 0..5 (float).
+
+        Runs in the model's current mode: call ``model.eval()`` first for deterministic predictions.
+        """
+        prediction = self.forward(batch).prediction
+        if batch.task == "sst":
+            return prediction.argmax(dim=-1)
+        if batch.task == "para":
+            return (prediction > 0).long()
+        return prediction.float().clamp(0.0, STS_MAX_SCORE)
+
+    def parameter_report(self) -> dict[str, Any]:
+        """Parameter counts (total, trainable, encoder, heads, PALs per task) and PAL overhead % of the encoder."""
+        encoder = sum(p.numel() for _, p in self.bert.encoder_parameters())
+        pal_per_task = {task: sum(p.numel() for p in pal.parameters()) for task, pal in self.bert.pals.items()}
+        pal_total = sum(pal_per_task.values())
+        report: dict[str, Any] = {
+            "total": sum(p.numel() for p in self.parameters()),
+            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "encoder": encoder,
+            "heads": sum(p.numel() for p in self.heads.parameters()),
+            "pal_per_task": pal_per_task,
+            "pal_total": pal_total,
+            "pal_overhead_pct": 100.0 * pal_total / encoder,
+            "pal_overhead_pct_per_task": 100.0 * pal_total / encoder / max(len(pal_per_task), 1),
+        }
+        logger.info(
+            "parameters: total %s, trainable %s, encoder %s, heads %s, PALs %s per task (%s in all, +%.2f%% of the encoder)",
+            f"{report['total']:,}",
+            f"{report['trainable']:,}",
+            f"{encoder:,}",
+            f"{report['heads']:,}",
+            {t: f"{n:,}" for t, n in pal_per_task.items()},
+            f"{pal_total:,}",
+            report["pal_overhead_pct"],
+        )
+        return report
