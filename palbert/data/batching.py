@@ -67,15 +67,17 @@ class TaskBatch:
 
 
 def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Lengths of a and b after removing tokens one at a time from the longer (b on ties) until they fit.
+    """Lengths of a and b after Hugging Face's ``truncation="longest_first"`` (the fast tokenizers' rule).
 
-    The closed form of Hugging Face's ``truncation="longest_first"``.
+    The shorter text stays whole when it fits in half the budget and the longer one takes the rest;
+    otherwise both are cut to about half, the odd token going to the longer one (to b on a tie).
     """
     if len_a + len_b <= budget:
         return len_a, len_b
-    if min(len_a, len_b) * 2 <= budget:  # the shorter one fits whole beside the cut longer one
+    if min(len_a, len_b) * 2 <= budget:
         return (len_a, budget - len_a) if len_a <= len_b else (budget - len_b, len_b)
-    return (budget + 1) // 2, budget // 2
+    half = budget // 2
+    return (half, budget - half) if len_a <= len_b else (budget - half, half)
 
 
 def _pad(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> EncoderInputs:

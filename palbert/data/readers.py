@@ -256,7 +256,11 @@ def read_snli(path: Path, policy: BadRowPolicy, split: str = "train") -> RawSpli
     out = RawSplit("snli", split, path, second=[], labels=[])
     bad = _BadRows(path, policy)
     seen_ids: set[str] = set()
-    for line, text in enumerate(_read_text(path).splitlines(), start=1):
+    lines = _read_text(path).split("\n")  # not splitlines(): JSON strings may hold U+2028 and friends
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last record
+    for line, text in enumerate(lines, start=1):
+        text = text.removesuffix("\r")
         if _has_undecodable(text):
             bad.add(line, UNDECODABLE_BYTES, "bytes that are not valid UTF-8")
             continue

@@ -145,20 +145,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(raw: RawFile, path: Path) -> None:
-    """Raise ``DataError`` unless ``path`` holds the published bytes (or, without a checksum, a plausible size)."""
+def verify(raw: RawFile, path: Path, origin: str) -> None:
+    """Raise ``DataError`` unless ``path`` holds the published bytes (or, without a checksum, a plausible size).
+
+    ``origin`` (the mirror file or the URL) is what the message names: ``path`` is a temporary file.
+    """
     if raw.sha256 is not None:
         actual = _sha256(path)
         if actual != raw.sha256:
-            raise DataError(f"{path}: sha256 {actual} differs from the published {raw.sha256} of {raw.name}")
+            raise DataError(f"{origin}: sha256 {actual} differs from the published {raw.sha256} of {raw.name}")
     elif path.stat().st_size < raw.min_bytes:
-        raise DataError(f"{path}: {path.stat().st_size} bytes, too small for {raw.name} (at least {raw.min_bytes})")
+        raise DataError(f"{origin}: {path.stat().st_size} bytes, too small for {raw.name} (at least {raw.min_bytes})")
 
 
 def _copy_from_mirror(raw: RawFile, source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        verify(raw, tmp)
+        verify(raw, tmp, str(source))
 
 
 def _stream(url: str, target: Path, timeout: float) -> None:
@@ -189,7 +192,7 @@ def _download(raw: RawFile, target: Path, base: str | None, timeout: float) -> N
                 except (zipfile.BadZipFile, KeyError) as exc:
                     raise _DownloadFailed(f"{url}: not a zip holding {raw.zip_member}: {exc}") from None
         try:
-            verify(raw, tmp)
+            verify(raw, tmp, url)
         except DataError as exc:
             raise _DownloadFailed(str(exc)) from None
 
