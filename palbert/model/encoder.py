@@ -9,7 +9,6 @@ with PALs off the outputs equal BertModel's.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable, Mapping
@@ -22,7 +21,6 @@ from transformers import BertConfig
 from palbert.model.attention import SelfAttention, key_padding_mask
 from palbert.model.pal import ProjectedAttention
 
-logger = logging.getLogger(__name__)
 
 #: ``BertConfig.hidden_act`` values we support, as in transformers' ACT2FN.
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
