@@ -1,24 +1,17 @@
 """DVC stage ``fetch``: raw CS224N and SNLI files into data/raw/ (mirror first, then download)."""
 
-import sys
 from pathlib import Path
 
-from palbert.config import ParamsError, load_params
-from palbert.data.readers import DataError
+from palbert.config import load_params
 from palbert.data.sources import fetch
-from palbert.logs import setup_logging
+from palbert.stage import run_stage
 
 
 def main() -> int:
-    setup_logging()
-    try:
-        report = fetch(load_params("params.yaml"), Path("data/raw"))
-    except (DataError, ParamsError) as exc:
-        print(f"fetch failed: {exc}", file=sys.stderr)
-        return 1
+    report = fetch(load_params("params.yaml"), Path("data/raw"))
     print(f"fetch: {report.summary()}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage(main)

@@ -3,27 +3,21 @@
 import sys
 from pathlib import Path
 
-from palbert.config import ParamsError, load_params
+from palbert.config import load_params
 from palbert.data.prepare import prepare_dataset
-from palbert.data.readers import DataError
-from palbert.logs import setup_logging
+from palbert.stage import run_stage
 
 
-def main(argv: list[str]) -> int:
-    setup_logging()
-    if len(argv) != 2:
+def main() -> int:
+    if len(sys.argv) != 2:
         print("usage: python stages/prepare.py <dataset>", file=sys.stderr)
         return 2
-    dataset = argv[1]
-    try:
-        stats = prepare_dataset(dataset, Path("data/raw"), Path("data/prepared"), load_params("params.yaml"))
-    except (DataError, ParamsError) as exc:
-        print(f"prepare@{dataset} failed: {exc}", file=sys.stderr)
-        return 1
+    dataset = sys.argv[1]
+    stats = prepare_dataset(dataset, Path("data/raw"), Path("data/prepared"), load_params("params.yaml"))
     rows = ", ".join(f"{split} {s['rows']} rows" for split, s in stats.items()) or "absent (no raw files)"
     print(f"prepare@{dataset}: {rows}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run_stage(main)

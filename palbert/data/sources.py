@@ -124,6 +124,10 @@ class FetchReport:
 class _DownloadFailed(Exception):
     """A download did not produce a verified file; the message says why."""
 
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: {reason}")
+        self.reason = reason
+
 
 def resolve_mirror(params: Params) -> Path | None:
     """The mirror folder from the params, else from the environment; None when neither is set."""
@@ -174,7 +178,7 @@ def _stream(url: str, target: Path, timeout: float) -> None:
                     out.write(block)
                     bar.update(len(block))
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise _DownloadFailed(f"{url}: {getattr(exc, 'reason', exc)}") from None
+        raise _DownloadFailed(url, str(getattr(exc, "reason", exc))) from None
 
 
 def _download(raw: RawFile, target: Path, base: str | None, timeout: float) -> None:
@@ -190,11 +194,11 @@ def _download(raw: RawFile, target: Path, base: str | None, timeout: float) -> N
                     with zipfile.ZipFile(archive) as zf, zf.open(raw.zip_member) as member, tmp.open("wb") as out:
                         shutil.copyfileobj(member, out, 1 << 20)  # zipfile checks the member's CRC
                 except (zipfile.BadZipFile, KeyError) as exc:
-                    raise _DownloadFailed(f"{url}: not a zip holding {raw.zip_member}: {exc}") from None
+                    raise _DownloadFailed(url, f"not a zip holding {raw.zip_member}: {exc}") from None
         try:
             verify(raw, tmp, url)
         except DataError as exc:
-            raise _DownloadFailed(str(exc)) from None
+            raise _DownloadFailed(url, str(exc)) from None
 
 
 def fetch(
@@ -241,8 +245,8 @@ def fetch(
                     continue
                 except _DownloadFailed as exc:
                     why = str(exc)
-                    if _is_connection_failure(why):
-                        unreachable[host] = why
+                    if _is_connection_failure(exc.reason):
+                        unreachable[host] = f"{host} unreachable ({exc.reason})"
             report.sources[key] = "missing"
             if is_required(raw, params):
                 missing_required.append((raw, why))
