@@ -256,54 +256,55 @@ def read_snli(path: Path, policy: BadRowPolicy, split: str = "train") -> RawSpli
     out = RawSplit("snli", split, path, second=[], labels=[])
     bad = _BadRows(path, policy)
     seen_ids: set[str] = set()
-    lines = _read_text(path).split("\n")  # not splitlines(): JSON strings may hold U+2028 and friends
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last record
-    for line, text in enumerate(lines, start=1):
-        text = text.removesuffix("\r")
-        if _has_undecodable(text):
-            bad.add(line, UNDECODABLE_BYTES, "bytes that are not valid UTF-8")
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            bad.add(line, MALFORMED_ROW, f"not a JSON object ({exc.msg})")
-            continue
-        if not isinstance(record, dict):
-            bad.add(line, MALFORMED_ROW, "not a JSON object")
-            continue
-        absent = [name for name in ("gold_label", "sentence1", "sentence2") if name not in record]
-        if absent:
-            bad.add(line, MISSING_COLUMN, f"no field {', '.join(absent)}")
-            continue
-        gold, first, second = record["gold_label"], record["sentence1"], record["sentence2"]
-        if not all(isinstance(value, str) for value in (gold, first, second)):
-            bad.add(line, MALFORMED_ROW, "gold_label, sentence1 and sentence2 must be strings")
-            continue
-        if gold in SNLI_DROPPED:
-            out.dropped[gold] += 1
-            continue
-        if gold not in SNLI_LABELS:
-            bad.add(line, LABEL_OUT_OF_RANGE, f"gold_label {gold!r} is not one of entailment, contradiction, neutral, -")
-            continue
-        first, second = first.strip(), second.strip()
-        empty = [name for name, value in (("sentence1", first), ("sentence2", second)) if not value]
-        if empty:
-            bad.add(line, EMPTY_SENTENCE, f"{', '.join(empty)} is empty")
-            continue
-        pair_id = str(record.get("pairID") or f"line{line}")
-        if pair_id in seen_ids:
-            bad.add(line, DUPLICATE_ID, f"pairID {pair_id} already appeared earlier in the file")
-            continue
-        seen_ids.add(pair_id)
-        out.ids.append(pair_id)
-        out.first.append(first)
-        out.second.append(second)
-        out.labels.append(SNLI_LABELS[gold])
+    # Streamed in binary: the official train file is ~470 MB, and binary lines end at b"\n" only
+    # (str.splitlines would also split inside JSON strings holding U+2028 and friends).
+    try:
+        stream = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    with stream:
+        for line, data in enumerate(stream, start=1):
+            _read_snli_record(data, line, out, bad, seen_ids)
     out.skipped = bad.finish()
     if out.dropped:
         logger.info("%s: dropped %s (not paraphrase labels)", path, dict(out.dropped))
     return out
+
+
+def _read_snli_record(data: bytes, line: int, out: RawSplit, bad: _BadRows, seen_ids: set[str]) -> None:
+    """Append one SNLI line to ``out``, or count it as dropped (neutral, ``-``), or record why it is bad."""
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return bad.add(line, UNDECODABLE_BYTES, "bytes that are not valid UTF-8")
+    except json.JSONDecodeError as exc:
+        return bad.add(line, MALFORMED_ROW, f"not a JSON object ({exc.msg})")
+    if not isinstance(record, dict):
+        return bad.add(line, MALFORMED_ROW, "not a JSON object")
+    absent = [name for name in ("gold_label", "sentence1", "sentence2") if name not in record]
+    if absent:
+        return bad.add(line, MISSING_COLUMN, f"no field {', '.join(absent)}")
+    gold, first, second = record["gold_label"], record["sentence1"], record["sentence2"]
+    if not all(isinstance(value, str) for value in (gold, first, second)):
+        return bad.add(line, MALFORMED_ROW, "gold_label, sentence1 and sentence2 must be strings")
+    if gold in SNLI_DROPPED:
+        out.dropped[gold] += 1
+        return None
+    if gold not in SNLI_LABELS:
+        return bad.add(line, LABEL_OUT_OF_RANGE, f"gold_label {gold!r} is not entailment, contradiction, neutral or -")
+    first, second = first.strip(), second.strip()
+    empty = [name for name, value in (("sentence1", first), ("sentence2", second)) if not value]
+    if empty:
+        return bad.add(line, EMPTY_SENTENCE, f"{', '.join(empty)} is empty")
+    pair_id = str(record.get("pairID") or f"line{line}")
+    if pair_id in seen_ids:
+        return bad.add(line, DUPLICATE_ID, f"pairID {pair_id} already appeared earlier in the file")
+    seen_ids.add(pair_id)
+    out.ids.append(pair_id)
+    out.first.append(first)
+    out.second.append(second)
+    out.labels.append(SNLI_LABELS[gold])
+    return None
 
 
 def read_split(dataset: str, split: str, path: Path, policy: BadRowPolicy) -> RawSplit:
