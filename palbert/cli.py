@@ -1,0 +1,134 @@
+"""The ``palbert`` command: one function per subcommand, each a thin layer over a library module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from palbert.logs import setup_logging
+
+log = logging.getLogger("palbert")
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _comma_ints(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# palbert table3
+# --------------------------------------------------------------------------------------------
+
+
+def add_table3(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "table3",
+        help="reproduce the paper's Table 3 (rows x seeds as DVC experiments) and write metrics/table3.{md,json}",
+        description="Queue every selected Table 3 row x seed as a DVC experiment (t3-<row>-s<seed>), run the "
+                    "queue, and write metrics/table3.md and metrics/table3.json: mean ± std over seeds, the "
+                    "paper's numbers, and each row's overall difference to the previous selected row with a "
+                    "95%% bootstrap interval.",
+    )
+    parser.add_argument("--rows", type=_comma_list, default=None,
+                        help="row ids from params.yaml's table3 section, e.g. 0,BP1 (default: all)")
+    parser.add_argument("--seeds", type=_comma_ints, default=None,
+                        help="seeds, e.g. 1,2 (default: table3.seeds)")
+    parser.add_argument("--epochs", type=_positive, default=None, help="train.epochs for every run")
+    parser.add_argument("--steps-per-epoch", type=_positive, default=None,
+                        help="train.steps_per_epoch for every run (sequential and round-robin rows run whole passes)")
+    parser.add_argument("--subset", type=_non_negative, default=None,
+                        help="data.subset for every run: keep the first N rows of every split")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep finished experiments with the same settings and still-queued ones; run the rest")
+    parser.add_argument("--jobs", "-j", type=_positive, default=1, help="experiments run at a time")
+    parser.add_argument("--table-id", default=None,
+                        help="MLflow tag table3_id of the runs (default: a new id, or the resumed table's)")
+    parser.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file with the table3 section (default: params.yaml in the project root)")
+    parser.set_defaults(handler=run_table3)
+
+
+def run_table3(args: argparse.Namespace) -> int:
+    from palbert.config import load_params
+    from palbert.table3 import BootstrapSettings, RunSize, Table3Request, make_table3, render_markdown
+    from palbert.tracking import find_project_root
+
+    root = find_project_root()
+    params = load_params(args.params or root / "params.yaml")
+    request = Table3Request(
+        rows=args.rows,
+        seeds=args.seeds,
+        size=RunSize(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, subset=args.subset),
+        resume=args.resume,
+        jobs=args.jobs,
+        table_id=args.table_id,
+        bootstrap=BootstrapSettings(resamples=args.resamples),
+    )
+    table = make_table3(root, params, request)
+    print(render_markdown(table))
+    print(f"Written: metrics/table3.md, metrics/table3.json. MLflow UI filter: {table['mlflow_filter']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+#: One ``add_<name>(subparsers)`` per subcommand; each sets ``handler``.
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_table3,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palbert", description="palbert: multi-task PAL BERT experiments")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    from palbert.stage import user_errors
+    from palbert.table3 import Table3Error
+
+    try:
+        return args.handler(args) or 0
+    except (Table3Error, *user_errors()) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted (queued DVC experiments may still be running: `dvc queue status`)")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
