@@ -148,7 +148,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     from palbert.data.prepared import read_meta
     from palbert.model import load_model
     from palbert.precision import resolve_precision
-    from palbert.tracking import resume_tracking
+    from palbert.tracking import RunTracker
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model(paths.model)
@@ -174,10 +174,12 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     write_json(paths.dev_metrics, metrics)
     log.info("dev: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
-    run_id = None
-    if paths.train_summary.is_file():
-        run_id = json.loads(paths.train_summary.read_text(encoding="utf-8")).get("mlflow_run_id")
-    tracker = resume_tracking(params, paths.project_root, run_id)
+    summary = json.loads(paths.train_summary.read_text(encoding="utf-8")) if paths.train_summary.is_file() else {}
+    if summary.get("mlflow_run_id"):
+        tracker = RunTracker.resume(summary["mlflow_run_id"], params, paths.project_root,
+                                    tracking_uri=summary.get("tracking_uri"))
+    else:
+        tracker = RunTracker.start(params, paths.project_root)
     tracker.log_metrics({f"final_dev_{k}": v for k, v in metrics.items()}, step=0)
     for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
         tracker.log_artifact(artifact, "metrics")

@@ -41,16 +41,20 @@ def collect_stats(prepared_root: Path) -> dict[str, dict]:
 
 
 def label_distribution_csv(report: dict[str, dict]) -> str:
-    """CSV ``dataset_split,label,fraction`` for the Figure 4 splits that were prepared."""
+    """CSV ``dataset_split,label,split_label,fraction`` for the Figure 4 splits that were prepared.
+
+    ``split_label`` (e.g. ``sst_train:3``) gives every bar its own name in `dvc plots`.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["dataset_split", "label", "fraction"])
+    writer.writerow(["dataset_split", "label", "split_label", "fraction"])
     for dataset, split in FIGURE4_SPLITS:
         stats = report.get(dataset, {}).get(split)
         if not stats or not stats["rows"]:
             continue
         for label, count in stats["labels"].items():
-            writer.writerow([f"{dataset}_{split}", label, f"{count / stats['rows']:.4f}"])
+            writer.writerow([f"{dataset}_{split}", label, f"{dataset}_{split}:{label}",
+                             f"{count / stats['rows']:.4f}"])
     return out.getvalue()
 
 

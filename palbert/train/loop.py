@@ -24,13 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from palbert.atomic import atomic_path, write_json
-from palbert.config import DATASET_TASK, TASK_DATASET, Params
-from palbert.data.batching import SpecialTokens, make_batch
+from palbert.config import DATASET_TASK, Params, TrainParams
+from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.precision import autocast, resolve_precision
-from palbert.tracking import start_tracking
+from palbert.tracking import RunTracker
 from palbert.train import checkpoint
 from palbert.train.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
@@ -127,6 +127,12 @@ def write_plots(history: dict[str, list], folder: Path) -> None:
                [[row["epoch"], *(row.get(n, float("nan")) for n in names)] for row in history.get("dev", [])])
 
 
+def _pair_lengths(split: PreparedSplit):
+    """Token count per row, for length bucketing (batches of similar length pad little)."""
+    lengths = split.first.lengths()
+    return lengths if split.second is None else lengths + split.second.lengths()
+
+
 def _plan_fractions(plan: list[str]) -> dict[str, float]:
     counts: dict[str, int] = defaultdict(int)
     for dataset in plan:
@@ -145,6 +151,23 @@ def _save_checkpoint(ctx: DistContext, paths: TrainPaths, model: torch.nn.Module
     ctx.barrier()
 
 
+def train_step(model: torch.nn.Module, batch: TaskBatch, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, settings: TrainParams, precision: str,
+               device: torch.device) -> torch.Tensor:
+    """One optimizer step on one task's batch: task loss (+ weighted SimCSE), backward, AdamW, LR step."""
+    with autocast(precision, device):
+        output = model(batch, simcse=settings.simcse)
+    loss = task_loss(batch.task, output.prediction, batch.labels)
+    if settings.simcse:
+        loss = loss + settings.simcse_weight * simcse_loss(
+            output.embedding.float(), output.embedding_again.float(), settings.simcse_temperature)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     ctx = init_distributed(params.distributed)
     if params.train.threads:
@@ -160,6 +183,18 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     max_length = min(params.data.max_length, meta["max_length"])
     batch_sizes = {ds: params.train.cfimdb_batch_size if ds == "cfimdb" else params.train.batch_size
                    for ds in train_splits}
+
+    # ---- a checkpoint of this configuration to resume? then its MLflow run goes on ----------------
+    state = RunState(fingerprint=checkpoint.fingerprint(params, meta))
+    saved = ctx.broadcast_object(
+        checkpoint.resumable_state(paths.checkpoints, state.fingerprint) if ctx.is_main else None)
+    if saved is None and ctx.is_main:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    resume_run_id = saved.get("mlflow_run_id") if saved else None
+    if resume_run_id:
+        tracker = RunTracker.resume(resume_run_id, params, paths.project_root, rank=ctx.rank)
+    else:  # checks the tracking server first: an unreachable one stops the run before training
+        tracker = RunTracker.start(params, paths.project_root, rank=ctx.rank)
 
     # ---- model, optimizer, schedule, sampler ---------------------------------------------------
     model = MultitaskBert.from_pretrained(params.model).to(device)
@@ -180,15 +215,10 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(params.train.schedule, total_steps, params.train.warmup_fraction))
     streams = {
-        ds: IndexStream(len(split), batch_sizes[ds], seed=params.train.seed * 1009 + i, rank=ctx.rank,
-                        world_size=ctx.world_size)
-        for i, (ds, split) in enumerate(sorted(train_splits.items()))
+        ds: IndexStream(len(split), batch_sizes[ds], seed=params.train.seed * 1009 + ALL_DATASETS.index(ds),
+                        rank=ctx.rank, world_size=ctx.world_size, lengths=_pair_lengths(split))
+        for ds, split in train_splits.items()
     }
-
-    # ---- resume or start -------------------------------------------------------------------------
-    state = RunState(fingerprint=checkpoint.fingerprint(params, meta))
-    saved = ctx.broadcast_object(
-        checkpoint.resumable_state(paths.checkpoints, state.fingerprint) if ctx.is_main else None)
     if saved is not None:
         saved_state, rng_states = checkpoint.load_checkpoint(paths.checkpoints, model=model,
                                                              optimizer=optimizer, scheduler=scheduler)
@@ -199,14 +229,10 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             torch.set_rng_state(rng_states[ctx.rank])
         log.info("resuming at step %d of %d (epoch %d, %d steps into it)", state.step, total_steps,
                  state.epoch, state.position)
-    elif ctx.is_main:
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    state.mlflow_run_id = ctx.broadcast_object(tracker.run_id)
     ddp_model = DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
     ) if ctx.distributed else model
-
-    tracker = start_tracking(params, paths.project_root, resume_run_id=state.mlflow_run_id, enabled=ctx.is_main)
-    state.mlflow_run_id = tracker.run_id
     tracker.log_metrics({f"params_{k}": float(v) for k, v in report.items() if isinstance(v, (int, float))}, step=0)
     eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
                                  max_length=max_length, batch_size=params.evaluate.batch_size,
@@ -236,17 +262,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                 batch = make_batch(train_splits[dataset], indices, task=task,
                                    pair_encoding=params.model.pair_encoding, special=special,
                                    max_length=max_length).to(device, non_blocking=True)
-                with autocast(precision, device):
-                    output = ddp_model(batch, simcse=params.train.simcse)
-                loss = task_loss(task, output.prediction.float(), batch.labels)
-                if params.train.simcse:
-                    loss = loss + params.train.simcse_weight * simcse_loss(
-                        output.embedding.float(), output.embedding_again.float(),
-                        params.train.simcse_temperature)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
 
                 state.position += 1
                 state.step += 1
