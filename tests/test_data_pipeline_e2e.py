@@ -91,7 +91,7 @@ def test_extras_relabelled(data_report):
 def test_figure4_plot_and_prepared_files(data_report):
     project, _ = data_report
     lines = (project / "metrics/plots/label_distribution.csv").read_text().splitlines()
-    assert lines[0] == "dataset_split,label,fraction"
+    assert lines[0] == "dataset_split,label,split_label,fraction"
     assert {line.split(",")[0] for line in lines[1:]} == {"sst_train", "sst_dev", "cfimdb_train"}
     assert sorted(p.name for p in (project / "data/prepared/quora").iterdir()) == \
         ["dev.npz", "meta.json", "stats.json", "train.npz"]

@@ -299,4 +299,4 @@ def test_data_report_merges_stats_and_writes_figure4_csv(tmp_path):
     assert set(report) == {"sst"}  # snli absent, quora/sts not prepared here
     assert report["sst"]["train"]["rows"] == 3
     lines = (tmp_path / "metrics/plots/label_distribution.csv").read_text().splitlines()
-    assert lines[0] == "dataset_split,label,fraction" and "sst_train,0,0.3333" in lines
+    assert lines[0] == "dataset_split,label,split_label,fraction" and "sst_train,0,sst_train:0,0.3333" in lines
