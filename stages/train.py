@@ -9,7 +9,7 @@ from palbert.train.loop import TrainPaths, train
 def main() -> int:
     params = load_params("params.yaml")
     if needs_launch(params):
-        return launch(params, __file__)
+        return launch(params, "stages.train")
     try:
         train(params, TrainPaths())
     finally:

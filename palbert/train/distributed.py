@@ -62,8 +62,8 @@ class DistContext:
         return box[0]
 
 
-def torchrun_command(params: DistributedParams, script: str, args: Sequence[str] = ()) -> list[str]:
-    """The torchrun command line that runs ``script`` on ``nproc_per_node`` x ``nnodes`` workers."""
+def torchrun_command(params: DistributedParams, module: str, args: Sequence[str] = ()) -> list[str]:
+    """The torchrun command line that runs ``python -m module`` on ``nproc_per_node`` x ``nnodes`` workers."""
     torchrun = shutil.which("torchrun") or ""
     base = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     rendezvous = (
@@ -80,7 +80,8 @@ def torchrun_command(params: DistributedParams, script: str, args: Sequence[str]
         *rendezvous,
         "--max-restarts",
         "0",
-        script,
+        "--module",
+        module,
         *args,
     ]
 
@@ -90,9 +91,9 @@ def needs_launch(params: Params) -> bool:
     return params.world_size > 1 and "LOCAL_RANK" not in os.environ and LAUNCHED_ENV not in os.environ
 
 
-def launch(params: Params, script: str, args: Sequence[str] = ()) -> int:
-    """Run ``script`` under torchrun; a failed worker fails the whole job (torchrun names its rank)."""
-    command = torchrun_command(params.distributed, script, args)
+def launch(params: Params, module: str, args: Sequence[str] = ()) -> int:
+    """Run ``python -m module`` under torchrun; a failed worker fails the whole job (torchrun names its rank)."""
+    command = torchrun_command(params.distributed, module, args)
     log.info("launching %d workers: %s", params.world_size, " ".join(command))
     env = dict(os.environ, **{LAUNCHED_ENV: "1"})
     completed = subprocess.run(command, env=env, check=False)

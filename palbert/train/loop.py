@@ -70,7 +70,7 @@ class RunState:
     mlflow_run_id: str | None = None
     elapsed_s: float = 0.0
     #: Plot data: {"loss_<task>": [[step, loss]], "lr": [[step, lr]], "sampling": [[step, {ds: p}]], "dev": [...]}
-    history: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    history: dict[str, list] = field(default_factory=dict)
     complete: bool = False
     format: int = checkpoint.FORMAT_VERSION
 
@@ -222,7 +222,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     if saved is not None:
         saved_state, rng_states = checkpoint.load_checkpoint(paths.checkpoints, model=model,
                                                              optimizer=optimizer, scheduler=scheduler)
-        state = RunState(**{**saved_state, "history": defaultdict(list, saved_state["history"])})
+        state = RunState(**saved_state)
         for ds, stream in streams.items():
             stream.load_state_dict(state.streams[ds])
         if ctx.rank < len(rng_states):
@@ -279,11 +279,11 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     for t, values in window_losses.items():
                         mean = sum(values) / len(values)
                         metrics[f"train_loss_{t}"] = mean
-                        state.history[f"loss_{t}"].append([state.step, mean])
+                        state.history.setdefault(f"loss_{t}", []).append([state.step, mean])
                     for ds, p in probabilities.items():
                         metrics[f"sampling_p_{ds}"] = p
-                    state.history["lr"].append([state.step, lr])
-                    state.history["sampling"].append([state.step, probabilities])
+                    state.history.setdefault("lr", []).append([state.step, lr])
+                    state.history.setdefault("sampling", []).append([state.step, probabilities])
                     tracker.log_metrics(metrics, step=state.step)
                     progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.3f}" for t, v in window_losses.items()}
                                          | {"ex/s": f"{rate:.0f}"})
@@ -297,7 +297,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             results = [predict_split(model, split, task, eval_settings, ctx) for task, split in dev_splits.items()]
             dev = dev_metrics(results) if ctx.is_main else {}
             if ctx.is_main:
-                state.history["dev"].append({"epoch": state.epoch, **dev})
+                state.history.setdefault("dev", []).append({"epoch": state.epoch, **dev})
                 tracker.log_metrics({f"dev_{k}": v for k, v in dev.items()}, step=state.step)
                 log.info("epoch %d dev: %s", state.epoch, _format_metrics(dev))
                 score = dev.get("overall", -math.inf)
