@@ -13,27 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-PROJECT = Path(__file__).resolve().parents[1]
-MIRROR = PROJECT.parent / "shared" / "data"
+from conftest import HAVE_MIRROR, MIRROR, copy_project, project_env
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not (MIRROR / "cs224n").is_dir(), reason="data mirror ../shared/data not present"),
-    pytest.mark.skipif(shutil.which("dvc", path=str(Path(sys.executable).parent)) is None and shutil.which("dvc") is None,
-                       reason="dvc not installed"),
+    pytest.mark.skipif(not HAVE_MIRROR, reason="data mirror ../shared/data not present"),
 ]
-
-
-def copy_project(target: Path) -> None:
-    """The project's files as they are in the working tree (tracked and new, not ignored) in a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=PROJECT,
-                            check=True, capture_output=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = PROJECT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +28,7 @@ def data_report(tmp_path_factory) -> tuple[Path, dict]:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(bad_rows="skip", mirror="", extra=[], subset=0)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PALBERT_DATA_MIRROR": str(MIRROR.resolve()),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(project),  # the copy's code, not an installed one
-        "DVC_NO_ANALYTICS": "1",
-    }
+    env = project_env(project)
     result = subprocess.run(["dvc", "repro", "data_report"], cwd=project, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

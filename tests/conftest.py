@@ -1,0 +1,97 @@
+"""Shared test helpers: the data mirror, temporary project copies, and a tiny BERT for fast training tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("PALBERT_DATA_MIRROR") or PROJECT.parent / "shared" / "data").resolve()
+HAVE_MIRROR = (MIRROR / "cs224n").is_dir()
+needs_mirror = pytest.mark.skipif(not HAVE_MIRROR, reason=f"data mirror {MIRROR} not present")
+
+
+def copy_project(target: Path) -> Path:
+    """The project's files as they are in the working tree (tracked and new, not ignored) in a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=PROJECT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = PROJECT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    return target
+
+
+def project_env(project: Path, **extra: str) -> dict[str, str]:
+    """Environment for running dvc / stages in a project copy: its own code, the mirror, this venv."""
+    env = {
+        **os.environ,
+        "PALBERT_DATA_MIRROR": str(MIRROR),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(project),
+        "DVC_NO_ANALYTICS": "1",
+        "PALBERT_PROJECT_ROOT": str(project),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer, 32-wide BERT with the embedded MiniLM tokenizer (same vocabulary): fast to train."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from palbert.model import load_tokenizer
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder)
+    load_tokenizer("embedded").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def tiny_training_params(tiny_bert: Path, **sections):
+    """Params for a few-step run of the tiny BERT (PAL size and heads scaled down to fit it)."""
+    from palbert.config import Params, params_from_dict, params_to_dict
+
+    raw = params_to_dict(Params(), include_table3=False)
+    raw["data"].update(bad_rows="skip", subset=64, max_length=64)
+    raw["model"].update(pretrained=str(tiny_bert), pal_size=8, pal_heads=2)
+    raw["train"].update(epochs=2, steps_per_epoch=4, batch_size=4, cfimdb_batch_size=2, checkpoint_every=2,
+                        log_every=1, precision="fp32", lr=1e-3)
+    raw["evaluate"].update(batch_size=32)
+    for section, values in sections.items():
+        raw[section].update(values)
+    return params_from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory, tiny_bert_dir) -> Path:
+    """Mirror data fetched and prepared (first 64 rows of each split) with the tiny BERT's tokenizer."""
+    if not HAVE_MIRROR:
+        pytest.skip(f"data mirror {MIRROR} not present")
+    from palbert.data.prepare import prepare_dataset
+    from palbert.data.sources import fetch
+
+    root = tmp_path_factory.mktemp("data")
+    params = tiny_training_params(tiny_bert_dir)
+    params = dataclasses.replace(params, data=dataclasses.replace(params.data, extra=["snli", "cfimdb"]))
+    fetch(params, root / "raw", MIRROR)
+    for dataset in ("sst", "quora", "sts", "snli", "cfimdb"):
+        prepare_dataset(dataset, root / "raw", root / "prepared", params)
+    return root / "prepared"
