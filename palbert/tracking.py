@@ -15,6 +15,8 @@ The project root (``find_project_root``), first match wins:
    (``dvc/repo/experiments/queue/base.py``, next to ``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV``).
 3. The git toplevel of the current folder; if that lies inside ``<repo>/.dvc/tmp/exps/``, ``<repo>``.
 4. The current folder.
+A ``project_root`` passed in (stages pass their working folder) that lies inside
+``<repo>/.dvc/tmp/exps/`` is mapped to ``<repo>`` the same way.
 
 Local stores also get an absolute artifact location (beside the SQLite file, ``mlruns/<experiment>``)
 when this module creates the experiment, for the same reason.
@@ -95,6 +97,17 @@ def _outside_dvc_temp(path: Path) -> Path:
     return path
 
 
+def _project_root(project_root: Path | None) -> Path:
+    """The given root, or ``find_project_root()``; never a DVC temp workspace.
+
+    Stages pass their working folder (``Path(".")``), which for queued and ``--temp`` experiments is
+    ``<repo>/.dvc/tmp/exps/<tmp>/``: DVC deletes it afterwards, so the store must not live there.
+    """
+    if project_root is None:
+        return find_project_root()
+    return _outside_dvc_temp(Path(project_root).resolve())
+
+
 def default_store_uri(project_root: Path) -> str:
     return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
 
@@ -104,7 +117,7 @@ def resolve_tracking_uri(params: TrackingParams, project_root: Path | None = Non
 
     A relative SQLite or file path is taken relative to the project root, not the current folder.
     """
-    root = Path(project_root) if project_root is not None else find_project_root()
+    root = _project_root(project_root)
     uri = params.uri.strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not uri:
         return default_store_uri(root)
@@ -331,7 +344,7 @@ class RunTracker:
             return NullTracker()
         from mlflow import MlflowClient
 
-        root = Path(project_root) if project_root is not None else find_project_root()
+        root = _project_root(project_root)
         uri, fallback_from = choose_store(params.tracking, root)
         client = MlflowClient(tracking_uri=uri)
         experiment_id = _experiment_id(client, params.tracking.experiment, uri, root)
@@ -378,7 +391,7 @@ class RunTracker:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        root = Path(project_root) if project_root is not None else find_project_root()
+        root = _project_root(project_root)
         wanted = dataclasses.replace(params.tracking, uri=tracking_uri or params.tracking.uri)
         uri, fallback_from = choose_store(wanted, root)
         client = MlflowClient(tracking_uri=uri)

@@ -324,6 +324,32 @@ def test_table_json_and_markdown(table3_rows):
 
 
 # --------------------------------------------------------------------------------------------
+# The project store, seen from DVC's temp workspaces
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_stage_in_a_dvc_temp_workspace_logs_to_the_project_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Stages pass ``Path(".")`` as the project root; in a queued experiment that is DVC's temp copy."""
+    from mlflow import MlflowClient
+
+    from palbert.config import Params
+    from palbert.tracking import RunTracker
+
+    for name in ("MLFLOW_TRACKING_URI", "PALBERT_PROJECT_ROOT", "DVC_ROOT", "DVC_EXP_NAME", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    repo = tmp_path / "repo"
+    workspace = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    tracker = RunTracker.start(Params(), Path("."), system_metrics=False)
+    tracker.end()
+    assert tracker.tracking_uri == f"sqlite:///{repo.resolve()}/mlflow.db"
+    run = MlflowClient(tracking_uri=tracker.tracking_uri).get_run(tracker.run_id)
+    assert run.info.artifact_uri.startswith((repo.resolve() / "mlruns").as_uri())
+    assert not (workspace / "mlflow.db").exists()
+
+
+# --------------------------------------------------------------------------------------------
 # End to end: a real tiny table in a temporary clone
 # --------------------------------------------------------------------------------------------
 
