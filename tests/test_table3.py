@@ -359,8 +359,7 @@ def _clean_env(clone: Path, mirror: Path) -> dict[str, str]:
            if k not in ("MLFLOW_TRACKING_URI", "PALBERT_PROJECT_ROOT", "DVC_ROOT", "DVC_EXP_NAME",
                         "DVC_EXP_BASELINE_REV", "RANK", "WORLD_SIZE")}
     env["PALBERT_DATA_MIRROR"] = str(mirror)
-    # The clone's own code, also inside DVC's temp workspaces (whose cwd is not the clone).
-    env["PYTHONPATH"] = str(clone)
+    env.pop("PYTHONPATH", None)  # stages run as `python -m stages.<name>`: each workspace imports its own palbert
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
