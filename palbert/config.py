@@ -53,7 +53,7 @@ class DataParams:
     snli_prob_factor: float = field(default=10.0, metadata=_check(0, None, low_open=True))
     #: Longest encoder input in tokens, special tokens included.
     max_length: int = field(default=128, metadata=_check(8, 512))
-    #: Keep only the first N rows of every split (0 = all): for smoke tests and quick looks.
+    #: Keep a seeded random sample of N rows of every split (0 = all): for smoke tests and quick looks.
     subset: int = field(default=0, metadata=_check(0))
 
 

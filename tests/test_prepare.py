@@ -160,11 +160,14 @@ def test_npz_has_no_pickled_objects(tmp_path):
     assert load_split(again).first.flat.tolist() == load_split(tmp_path / "prepared/sst/train.npz").first.flat.tolist()
 
 
-def test_prepare_subset_keeps_first_rows(tmp_path):
+def test_prepare_subset_is_a_seeded_sample_in_file_order(tmp_path):
     write_sst_fixture(tmp_path / "raw")
     stats = prepare_dataset("sst", tmp_path / "raw", tmp_path / "prepared", make_params(subset=2))
     assert stats["dev"]["rows"] == 2
-    assert load_prepared(tmp_path / "prepared", "sst", "dev").ids.tolist() == ["a", "b"]
+    ids = load_prepared(tmp_path / "prepared", "sst", "dev").ids.tolist()
+    assert len(ids) == 2 and set(ids) <= {"a", "b", "c"} and ids == sorted(ids, key="abc".index)
+    prepare_dataset("sst", tmp_path / "raw", tmp_path / "again", make_params(subset=2))
+    assert load_prepared(tmp_path / "again", "sst", "dev").ids.tolist() == ids
 
 
 def test_prepare_absent_extra_is_marked_not_a_crash(tmp_path):

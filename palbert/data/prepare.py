@@ -123,7 +123,7 @@ def prepare_dataset(dataset: str, raw_root: Path, out_root: Path, params: Params
         for source in present:
             raw = read_split(dataset, source.split, raw_dir / source.name, params.data.bad_rows)
             if params.data.subset > 0:
-                raw = raw.head(params.data.subset)
+                raw = raw.sample(params.data.subset)
             save_split(_to_prepared(raw, tokenizer, params.data.max_length), tmp / f"{source.split}.npz")
             stats[source.split] = split_stats(raw)
             logger.info("%s %s: %d rows, labels %s, skipped %s, dropped %s", dataset, source.split,

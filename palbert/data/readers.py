@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 BadRowPolicy = Literal["error", "skip"]
@@ -61,13 +63,22 @@ class RawSplit:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def head(self, n: int) -> "RawSplit":
-        """The first ``n`` rows (for ``data.subset``); counts of skipped/dropped rows are kept as read."""
-        return RawSplit(
-            self.dataset, self.split, self.path, self.ids[:n], self.first[:n],
-            None if self.second is None else self.second[:n],
-            None if self.labels is None else self.labels[:n], Counter(self.skipped), Counter(self.dropped),
-        )
+    def sample(self, n: int, seed: int = 0) -> "RawSplit":
+        """``n`` rows drawn at random, kept in file order (for ``data.subset``).
+
+        A random sample, not the first rows: the raw files are not shuffled (the first 400 SST dev
+        rows are mostly positive), and a quick run should see the real label mix. Counts of
+        skipped/dropped rows are kept as read.
+        """
+        if n >= len(self):
+            return self
+        keep = sorted(np.random.default_rng(seed).choice(len(self), size=n, replace=False).tolist())
+
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in keep]
+
+        return RawSplit(self.dataset, self.split, self.path, pick(self.ids), pick(self.first),
+                        pick(self.second), pick(self.labels), Counter(self.skipped), Counter(self.dropped))
 
 
 class _BadLabel(Exception):

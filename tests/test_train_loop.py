@@ -1,0 +1,102 @@
+"""The training loop on a tiny BERT and real (subset) mirror data: outputs, MLflow record, exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import palbert.train.loop as loop
+from conftest import tiny_training_params
+from palbert.train.loop import TrainPaths, train
+
+
+def _paths(workdir: Path, prepared: Path) -> TrainPaths:
+    return TrainPaths(project_root=workdir, prepared=prepared, checkpoints=workdir / "checkpoints",
+                      best_model=workdir / "models" / "best", summary=workdir / "metrics" / "train.json",
+                      plots=workdir / "metrics" / "plots" / "train")
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _final_weights(paths: TrainPaths) -> dict[str, torch.Tensor]:
+    return load_file(str(paths.checkpoints / "latest" / "model.safetensors"))
+
+
+def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tiny_prepared):
+    params = tiny_training_params(tiny_bert_dir)
+    paths = _paths(workdir, tiny_prepared)
+    summary = train(params, paths)
+
+    assert summary["steps"] == 8 and summary["best_epoch"] in (1, 2)
+    assert set(summary["best_dev"]) == {"sst_acc", "para_acc", "sts_pearson", "overall"}
+    on_disk = json.loads(paths.summary.read_text())
+    assert on_disk["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert [row["epoch"] for row in on_disk["dev_per_epoch"]] == [1, 2]
+    # annealed sampling: alpha 1.0 then 0.2 -> probabilities move towards uniform
+    probabilities = on_disk["sampling_probabilities"]
+    assert set(probabilities) == {"1", "2"}
+    assert (paths.best_model / "model.safetensors").is_file()
+    for name in ("loss_sst", "loss_para", "loss_sts", "lr", "sampling", "dev_epochs"):
+        assert (paths.plots / f"{name}.csv").read_text().count("\n") >= 2, name
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.pals"] == "True" and run.data.params["train.sampling"] == "annealed"
+    assert len(client.get_metric_history(run.info.run_id, "lr")) == 8
+    assert len(client.get_metric_history(run.info.run_id, "dev_overall")) == 2
+
+
+def test_interrupted_run_resumes_to_bitwise_identical_weights(workdir, tiny_bert_dir, tiny_prepared, monkeypatch):
+    params = tiny_training_params(tiny_bert_dir, train={"epochs": 2, "steps_per_epoch": 6, "checkpoint_every": 2,
+                                                        "schedule": "stlr"})
+    uninterrupted = _paths(workdir / "a", tiny_prepared)
+    train(params, uninterrupted)
+
+    interrupted = _paths(workdir / "b", tiny_prepared)
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def ctrl_c_after_seven_steps(*args, **kwargs):
+        if calls["n"] == 7:  # Ctrl-C between steps 7 and 8: the last checkpoint is at step 6
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", ctrl_c_after_seven_steps)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, interrupted)
+    state = json.loads((interrupted.checkpoints / "latest" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["position"]) == (6, 2, 0)
+
+    monkeypatch.setattr(loop, "train_step", real_step)
+    summary = train(params, interrupted)
+    assert summary["steps"] == 12
+    first, resumed = _final_weights(uninterrupted), _final_weights(interrupted)
+    assert first.keys() == resumed.keys()
+    for key in first:
+        assert torch.equal(first[key], resumed[key]), key
+    # one MLflow run for the whole (interrupted + resumed) training
+    assert summary["mlflow_run_id"] == state["mlflow_run_id"]
+
+
+def test_other_settings_do_not_resume_a_foreign_checkpoint(workdir, tiny_bert_dir, tiny_prepared, caplog):
+    params = tiny_training_params(tiny_bert_dir, train={"epochs": 1})
+    paths = _paths(workdir, tiny_prepared)
+    train(params, paths)
+    changed = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=5e-4))
+    with caplog.at_level("INFO"):
+        summary = train(changed, paths)
+    assert summary["steps"] == 4
+    assert "resuming" not in caplog.text
