@@ -1,0 +1,65 @@
+"""Predictions for new sentences from a trained model folder (``models/best``), without the pipeline.
+
+New text goes through the same tokenization, batching and prediction path as the prepared dev and
+test splits, so a sentence scores here exactly as it would in the ``evaluate`` stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from palbert.config import TASKS
+from palbert.data.batching import SpecialTokens
+from palbert.data.prepare import tokenize
+from palbert.data.prepared import PreparedSplit
+from palbert.evaluate import EvalSettings, predict_split
+from palbert.model import MultitaskBert, load_model
+from palbert.precision import resolve_precision
+
+PAIR_TASKS = ("para", "sts")
+
+
+@dataclass
+class Predictor:
+    model: MultitaskBert
+    tokenizer: object
+    settings: EvalSettings
+
+    @classmethod
+    def load(cls, folder: str | Path, *, max_length: int = 128, batch_size: int = 64,
+             precision: str = "auto", device: str | None = None) -> "Predictor":
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, tokenizer = load_model(folder)
+        model.to(target).eval()
+        settings = EvalSettings(
+            pair_encoding=model.params.pair_encoding,
+            special=SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id),
+            max_length=max_length, batch_size=batch_size, device=target,
+            precision=resolve_precision(precision, target),
+        )
+        return cls(model, tokenizer, settings)
+
+    def predict(self, task: str, sentences: Sequence[str], second: Sequence[str] | None = None) -> list[float]:
+        """sst: class 0..4; para: 0/1; sts: similarity 0..5. Pair tasks need ``second``, one per sentence."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        if (task in PAIR_TASKS) != (second is not None):
+            raise ValueError(f"task {task} takes {'sentence pairs' if task in PAIR_TASKS else 'single sentences'}")
+        if second is not None and len(second) != len(sentences):
+            raise ValueError(f"{len(sentences)} first sentences but {len(second)} second sentences")
+        if any(not s.strip() for s in [*sentences, *(second or [])]):
+            raise ValueError("empty sentence")
+        max_tokens = self.settings.max_length - 2
+        split = PreparedSplit(
+            dataset=task, split="input", ids=np.asarray([str(i) for i in range(len(sentences))], dtype=str),
+            first=tokenize(self.tokenizer, list(sentences), max_tokens, "tokenize"),
+            second=None if second is None else tokenize(self.tokenizer, list(second), max_tokens, "tokenize"),
+            labels=None,
+        )
+        values = predict_split(self.model, split, task, self.settings).predictions
+        return [int(v) if task != "sts" else float(v) for v in values]
