@@ -57,6 +57,8 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     assert run.data.params["model.pals"] == "True" and run.data.params["train.sampling"] == "annealed"
     assert len(client.get_metric_history(run.info.run_id, "lr")) == 8
     assert len(client.get_metric_history(run.info.run_id, "dev_overall")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/train_loss.png", "plots/lr.png", "plots/dev_epochs.png", "plots/loss_sst.csv"} <= artifacts
 
 
 def test_interrupted_run_resumes_to_bitwise_identical_weights(workdir, tiny_bert_dir, tiny_prepared, monkeypatch):

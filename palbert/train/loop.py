@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.model import MultitaskBert, load_tokenizer, save_model
+from palbert.plots import render_training_plots
 from palbert.precision import autocast, resolve_precision
 from palbert.tracking import RunTracker
 from palbert.train import checkpoint
@@ -348,6 +350,9 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         write_json(paths.summary, summary)
         tracker.log_metrics({"train_wall_s": wall_s, "best_epoch": state.best_epoch}, step=state.step)
         tracker.log_artifacts(paths.plots, "plots")
+        with tempfile.TemporaryDirectory() as pngs:
+            for png in render_training_plots(paths.plots, Path(pngs)):
+                tracker.log_artifact(png, "plots")
         tracker.log_artifact(paths.summary, "metrics")
         tracker.end("FINISHED")
         log.info("trained %d steps in %.0f s; best epoch %d: %s", state.step, wall_s, state.best_epoch,

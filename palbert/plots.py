@@ -1,0 +1,71 @@
+"""PNG renderings of the training plots, for MLflow (which shows images, not DVC plot specs).
+
+The CSVs in ``metrics/plots/train/`` stay the source: `dvc plots` renders them for DVC users, this
+module draws the same data once for the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _read(path: Path) -> tuple[list[str], list[list[float]]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    return header, [[float(v) if v not in ("", "nan") else float("nan") for v in row] for row in body]
+
+
+def _line_plot(csv_files: dict[str, Path], column: str, title: str, xlabel: str, ylabel: str,
+               out: Path) -> Path | None:
+    """One line per file (``column``), or per column of one file (``column="*"``); None when no data."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for label, path in csv_files.items():
+        if not path.is_file():
+            continue
+        header, rows = _read(path)
+        if not rows:
+            continue
+        x = [row[0] for row in rows]
+        columns = [c for c in header[1:] if column in ("*", c)]
+        for name in columns:
+            y = [row[header.index(name)] for row in rows]
+            axes.plot(x, y, label=label if column != "*" else name)
+            drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def render_training_plots(csv_folder: Path, out_folder: Path) -> list[Path]:
+    """loss per task (paper Figures 1-3), LR, sampling probabilities, dev metrics per epoch."""
+    out_folder.mkdir(parents=True, exist_ok=True)
+    made = [
+        _line_plot({t: csv_folder / f"loss_{t}.csv" for t in ("sst", "para", "sts")}, "loss",
+                   "Training loss per task", "step", "loss", out_folder / "train_loss.png"),
+        _line_plot({"lr": csv_folder / "lr.csv"}, "lr", "Learning rate", "step", "lr", out_folder / "lr.png"),
+        _line_plot({"p": csv_folder / "sampling.csv"}, "*", "Task sampling probability", "step", "probability",
+                   out_folder / "sampling.png"),
+        _line_plot({"dev": csv_folder / "dev_epochs.csv"}, "*", "Dev metrics per epoch", "epoch", "score",
+                   out_folder / "dev_epochs.png"),
+    ]
+    return [path for path in made if path is not None]
