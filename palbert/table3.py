@@ -673,7 +673,9 @@ def render_markdown(table: Mapping[str, Any]) -> str:
                           f"{' *' if delta['excludes_zero'] else ''}{paper}")
         lines.append(f"| {row['id']} | {row['name']} | " + " | ".join(_cell(row[c]) for c in COLUMNS) +
                      f" | {delta_text} |")
-    lines += ["", "\\* the interval excludes 0.", ""]
+    lines.append("")
+    if any(row["vs_previous"] and row["vs_previous"]["excludes_zero"] for row in table["rows"]):
+        lines += ["\\* the interval excludes 0.", ""]
     for row in table["rows"]:
         delta = row["vs_previous"]
         if delta is None:

@@ -26,6 +26,7 @@ from palbert.table3 import (
     Table3Error,
     align,
     build_table,
+    check_finished,
     hydra_value,
     mean_std,
     parse_exp_show,
@@ -276,6 +277,18 @@ def test_without_resume_everything_runs_again(table3_rows):
     existing[runs[1].name] = [record(runs[1], state="running", metrics=False)]
     with pytest.raises(Table3Error, match="already running"):
         plan_queue(runs, existing, resume=False)
+
+
+def test_a_failed_experiment_stops_the_table_naming_its_log(table3_rows):
+    runs = plan_runs(select_rows(table3_rows, ["0"]), [1, 2], "t3-new")
+    done, failed = runs
+    broken = record(failed, state="failed", metrics=False)
+    broken.log_file = "/repo/.dvc/tmp/exps/run/abc/abc.out"
+    assert set(check_finished([done], {done.name: [record(done)]})) == {done.name}
+    with pytest.raises(Table3Error, match=r"t3-0-s2 failed \(log: /repo/.dvc/tmp/exps/run/abc/abc.out\).*--resume"):
+        check_finished(runs, {done.name: [record(done)], failed.name: [broken]})
+    with pytest.raises(Table3Error, match="not among the experiments"):
+        check_finished(runs, {done.name: [record(done)]})
 
 
 # --------------------------------------------------------------------------------------------
