@@ -231,6 +231,10 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             torch.set_rng_state(rng_states[ctx.rank])
         log.info("resuming at step %d of %d (epoch %d, %d steps into it)", state.step, total_steps,
                  state.epoch, state.position)
+    elif ctx.distributed:
+        # Each rank its own dropout noise (also SimCSE's), as rows in one big batch would get; the weights
+        # were initialised above from the shared seed, and DDP copies rank 0's to all ranks anyway.
+        torch.manual_seed(params.train.seed + 7919 * ctx.rank)
     state.mlflow_run_id = ctx.broadcast_object(tracker.run_id)
     ddp_model = DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
