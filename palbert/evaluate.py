@@ -53,10 +53,7 @@ class SplitPredictions:
 
 
 def _length_order(split: PreparedSplit, rows: np.ndarray) -> np.ndarray:
-    lengths = split.first.lengths()[rows]
-    if split.second is not None:
-        lengths = lengths + split.second.lengths()[rows]
-    return rows[np.argsort(-lengths, kind="stable")]
+    return rows[np.argsort(-split.token_lengths()[rows], kind="stable")]
 
 
 @torch.inference_mode()

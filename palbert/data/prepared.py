@@ -61,6 +61,11 @@ class PreparedSplit:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def token_lengths(self) -> np.ndarray:
+        """Tokens per row (both sentences of a pair): what batching by similar length sorts on."""
+        lengths = self.first.lengths()
+        return lengths if self.second is None else lengths + self.second.lengths()
+
 
 def save_split(split: PreparedSplit, path: Path) -> None:
     """Write one split as ``.npz`` atomically (plain arrays only)."""

@@ -129,12 +129,6 @@ def write_plots(history: dict[str, list], folder: Path) -> None:
                [[row["epoch"], *(row.get(n, float("nan")) for n in names)] for row in history.get("dev", [])])
 
 
-def _pair_lengths(split: PreparedSplit):
-    """Token count per row, for length bucketing (batches of similar length pad little)."""
-    lengths = split.first.lengths()
-    return lengths if split.second is None else lengths + split.second.lengths()
-
-
 def _plan_fractions(plan: list[str]) -> dict[str, float]:
     counts: dict[str, int] = defaultdict(int)
     for dataset in plan:
@@ -218,7 +212,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         optimizer, lr_multiplier(params.train.schedule, total_steps, params.train.warmup_fraction))
     streams = {
         ds: IndexStream(len(split), batch_sizes[ds], seed=params.train.seed * 1009 + ALL_DATASETS.index(ds),
-                        rank=ctx.rank, world_size=ctx.world_size, lengths=_pair_lengths(split))
+                        rank=ctx.rank, world_size=ctx.world_size, lengths=split.token_lengths())
         for ds, split in train_splits.items()
     }
     if saved is not None:
