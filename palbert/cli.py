@@ -63,7 +63,7 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps-per-epoch", type=_positive, default=None,
                         help="train.steps_per_epoch for every run (sequential and round-robin rows run whole passes)")
     parser.add_argument("--subset", type=_non_negative, default=None,
-                        help="data.subset for every run: keep the first N rows of every split")
+                        help="data.subset for every run: a seeded random sample of N rows of every split")
     parser.add_argument("--resume", action="store_true",
                         help="keep finished experiments with the same settings and still-queued ones; run the rest")
     parser.add_argument("--jobs", "-j", type=_positive, default=1, help="experiments run at a time")
@@ -98,11 +98,73 @@ def run_table3(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# palbert predict
+# --------------------------------------------------------------------------------------------
+
+
+def add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict with a trained model: sentiment of sentences, paraphrase / similarity of pairs",
+        description="Reads one input per line from --input (or standard input): a sentence for sst, two "
+                    "sentences separated by a tab for para and sts. Writes one prediction per line "
+                    "(sst: class 0..4, para: 0/1, sts: similarity 0..5).",
+    )
+    parser.add_argument("task", choices=("sst", "para", "sts"))
+    parser.add_argument("sentences", nargs="*", help="inputs on the command line (pairs: 'a<TAB>b')")
+    parser.add_argument("--model", type=Path, default=Path("models/best"), help="trained model folder")
+    parser.add_argument("--input", type=Path, default=None, help="file with one input per line")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.set_defaults(handler=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from palbert.predict import PAIR_TASKS, Predictor
+
+    if args.sentences:
+        lines = list(args.sentences)
+    else:
+        source = args.input.read_text(encoding="utf-8") if args.input else sys.stdin.read()
+        lines = [line for line in source.splitlines() if line.strip()]
+    first, second = [], []
+    for number, line in enumerate(lines, start=1):
+        parts = line.split("\t")
+        if args.task in PAIR_TASKS:
+            if len(parts) != 2:
+                raise ValueError(f"input line {number}: expected two sentences separated by a tab, got {line!r}")
+            second.append(parts[1])
+        first.append(parts[0])
+    predictor = Predictor.load(args.model, precision=args.precision)
+    for value in predictor.predict(args.task, first, second if args.task in PAIR_TASKS else None):
+        print(f"{value:.4f}" if args.task == "sts" else value)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# palbert check-params
+# --------------------------------------------------------------------------------------------
+
+
+def add_check_params(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("check-params", help="validate params.yaml and print the flattened values")
+    parser.add_argument("path", type=Path, nargs="?", default=Path("params.yaml"))
+    parser.set_defaults(handler=run_check_params)
+
+
+def run_check_params(args: argparse.Namespace) -> int:
+    from palbert.config import load_params
+
+    for key, value in load_params(args.path).flat().items():
+        print(f"{key} = {value!r}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
 #: One ``add_<name>(subparsers)`` per subcommand; each sets ``handler``.
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_table3,)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_table3, add_predict, add_check_params)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args) or 0
-    except (Table3Error, *user_errors()) as exc:
+    except (Table3Error, ValueError, *user_errors()) as exc:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -26,6 +26,7 @@ from palbert.metrics import overall, score
 from palbert.precision import autocast
 from palbert.train.distributed import DistContext
 from palbert.train.streams import shard_indices
+from palbert.tracking import find_project_root
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ def write_predictions(result: SplitPredictions, folder: Path) -> Path:
 
 @dataclass
 class EvaluationPaths:
-    project_root: Path = Path(".")
+    #: The repository (also from inside a DVC queued-experiment copy): where the MLflow store lives.
+    project_root: Path = field(default_factory=find_project_root)
     model: Path = Path("models/best")
     prepared: Path = Path("data/prepared")
     train_summary: Path = Path("metrics/train.json")
@@ -181,7 +183,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
         tracker.log_artifact(artifact, "metrics")
     tracker.log_artifacts(paths.predictions, "predictions")
-    tracker.log_artifact(paths.project_root / "params.yaml", "params")
+    tracker.log_artifact("params.yaml", "params")
     tracker.log_artifacts(paths.model, "model")
     tracker.end("FINISHED")
     return metrics

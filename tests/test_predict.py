@@ -41,3 +41,18 @@ def test_a_sentence_scores_the_same_alone_or_in_a_batch(predictor):
 def test_bad_input_is_refused_clearly(predictor, task, first, second, message):
     with pytest.raises(ValueError, match=message):
         predictor.predict(task, first, second)
+
+
+def test_cli_predicts_pairs_from_a_file(tmp_path, predictor, capsys):
+    from palbert.cli import main
+    from palbert.model import save_model
+
+    folder = tmp_path / "model"
+    save_model(predictor.model, predictor.tokenizer, folder)
+    inputs = tmp_path / "pairs.tsv"
+    inputs.write_text("a cat sits\ta cat is sitting\nthe market fell\tstocks went down\n")
+    assert main(["predict", "sts", "--model", str(folder), "--input", str(inputs), "--precision", "fp32"]) == 0
+    values = [float(line) for line in capsys.readouterr().out.split()]
+    assert len(values) == 2 and all(0.0 <= v <= 5.0 for v in values)
+    inputs.write_text("no tab here\n")
+    assert main(["predict", "para", "--model", str(folder), "--input", str(inputs)]) == 1

@@ -32,7 +32,7 @@ from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predic
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, resolve_precision
-from palbert.tracking import RunTracker
+from palbert.tracking import RunTracker, find_project_root
 from palbert.train import checkpoint
 from palbert.train.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
@@ -49,7 +49,8 @@ ALL_DATASETS = ("sst", "quora", "sts", "snli", "cfimdb")
 
 @dataclass
 class TrainPaths:
-    project_root: Path = Path(".")
+    #: The repository (also from inside a DVC queued-experiment copy): where the MLflow store lives.
+    project_root: Path = field(default_factory=find_project_root)
     prepared: Path = Path("data/prepared")
     checkpoints: Path = Path("checkpoints")
     best_model: Path = Path("models/best")
