@@ -1,0 +1,600 @@
+"""Speed benchmark: palbert's training step and evaluation path against the straightforward reference.
+
+Why this exists: the default pipeline runs on laptop CPUs, so the per-step cost decides how many
+ablations a user can afford. The numbers only mean something side by side, so everything runs in ONE
+process on the same weights (embedded MiniLM) and the same real batches (rows of the mirror's SST,
+Quora and STS files), and repetitions of the paths are interleaved (their order rotates every
+repetition) so that load from other users of a shared machine hits all paths alike.
+
+Paths measured
+  reference      transformers.BertModel + a linear head per task, every input padded to 128 tokens,
+                 float32, torch.optim.AdamW(params, lr=2e-5), tokenizing inside the loop (as the CS224N
+                 starter code does). Pairs are encoded jointly ([CLS] a [SEP] b [SEP]), one forward per
+                 example, which is cheaper than the starter code's two separate encodings.
+                 Evaluation: no_grad, batches of 16, file order.
+  palbert_*      the project's own ``train_step`` on ``make_batch`` batches whose rows come from a
+                 length-bucketed ``IndexStream``; evaluation is ``predict_split`` (inference_mode,
+                 length-sorted, batch ``evaluate.batch_size``). Variants: the defaults of params.yaml
+                 (bf16 here, SimCSE on), fp32, and SimCSE off (SimCSE runs the encoder twice per batch).
+
+FLOPs are estimated analytically from the padded shapes actually run (see ``forward_flops``) and
+reported as a fraction of a plain square matmul of the same dtype timed in the same repetitions.
+
+Run:  python benchmarks/speed.py [--repeats 5] [--warmup 2] [--steps 10] [--out benchmarks/results/speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # predict_split's progress bars would flood the table
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+from palbert.config import DATASET_TASK, Params, load_params  # noqa: E402
+from palbert.data.batching import SpecialTokens, TaskBatch, make_batch  # noqa: E402
+from palbert.data.prepare import tokenize  # noqa: E402
+from palbert.data.prepared import PreparedSplit, TokenizedTexts  # noqa: E402
+from palbert.data.readers import RawSplit, read_split  # noqa: E402
+from palbert.evaluate import EvalSettings, predict_split  # noqa: E402
+from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402
+from palbert.precision import resolve_precision  # noqa: E402
+from palbert.train.loop import make_optimizer, train_step  # noqa: E402
+from palbert.train.losses import task_loss  # noqa: E402
+from palbert.train.schedule import lr_multiplier  # noqa: E402
+from palbert.train.streams import IndexStream  # noqa: E402
+
+DATASETS = ("sst", "quora", "sts")
+RAW_NAMES = {"sst": "ids-sst-{split}.csv", "quora": "quora-{split}.csv", "sts": "sts-{split}.csv"}
+REFERENCE_LENGTH = 128
+REFERENCE_EVAL_BATCH = 16
+DEFAULT_RUN_STEPS = 5400  # 3 epochs x 1800 steps: the default run, for torch.compile's payback
+MATMUL_SIZE = 2048
+
+
+# ---- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """One split both as raw text (for the reference, which tokenizes in the loop) and prepared ids."""
+
+    raw: RawSplit
+    prepared: PreparedSplit
+
+    def lengths(self) -> np.ndarray:
+        """Tokens per row without special tokens (what bucketing sorts by)."""
+        first = self.prepared.first.lengths()
+        return first if self.prepared.second is None else first + self.prepared.second.lengths()
+
+    def real_tokens(self, rows: list[int], max_length: int) -> int:
+        """Non-padding tokens of ``rows`` as the model sees them: specials added, truncated to max_length."""
+        specials = 2 if self.prepared.second is None else 3
+        return int(np.minimum(self.lengths()[rows] + specials, max_length).sum())
+
+
+def load_dataset(mirror: Path, dataset: str, split: str, tokenizer, max_length: int, rows: int = 0) -> Dataset:
+    """Read the raw file with the project's reader and tokenize it with the project's tokenizer."""
+    raw = read_split(dataset, split, mirror / RAW_NAMES[dataset].format(split=split), "skip")
+    if rows:
+        raw = raw.sample(rows, seed=0)  # a seeded random sample in file order (the files are not shuffled)
+    prepared = PreparedSplit(
+        dataset=dataset,
+        split=split,
+        ids=np.asarray(raw.ids, dtype=str),
+        first=tokenize(tokenizer, raw.first, max_length - 2, dataset),
+        second=None if raw.second is None else tokenize(tokenizer, raw.second, max_length - 2, dataset),
+        labels=None if raw.labels is None else np.asarray(raw.labels, dtype=np.float32 if dataset == "sts" else np.int64),
+    )
+    return Dataset(raw, prepared)
+
+
+def training_plan(train: dict[str, Dataset], steps: int, batch_size: int, seed: int) -> list[tuple[str, list[int]]]:
+    """``steps`` (dataset, rows) batches, datasets in turn, rows from the loop's length-bucketed streams."""
+    streams = {
+        ds: IndexStream(len(train[ds].prepared), batch_size, seed=seed + i, lengths=train[ds].lengths())
+        for i, ds in enumerate(DATASETS)
+    }
+    return [(DATASETS[s % len(DATASETS)], streams[DATASETS[s % len(DATASETS)]].next_batch()) for s in range(steps)]
+
+
+# ---- FLOPs ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    pal_size: int  # 0 without PALs
+
+    def matmul_macs_per_token(self) -> int:
+        """Multiply-adds per token of every weight matmul (embeddings are lookups, not matmuls)."""
+        h, i, p = self.hidden, self.intermediate, self.pal_size
+        per_layer = 4 * h * h + 2 * h * i  # Q, K, V, attention output; FFN in and out
+        if p:
+            per_layer += 2 * h * p + 3 * p * p  # PAL V^E, V^D (applied in every layer) and its Q, K, V
+        return self.layers * per_layer
+
+
+def forward_flops(shape: Shape, batch: int, length: int) -> float:
+    """FLOPs of one encoder forward over a [batch, length] padded input.
+
+    2 x weight multiply-adds per token, plus attention scores and weighted sum (QK^T and AV:
+    4 x length x width FLOPs per token per layer, in BERT's width and the PAL's), plus the pooler.
+    Training is counted as 3 x forward (backward ~ 2 x forward); SimCSE runs it twice.
+    """
+    tokens = batch * length
+    attention = 4 * length * (shape.hidden + shape.pal_size) * shape.layers
+    return tokens * (2 * shape.matmul_macs_per_token() + attention) + batch * 2 * shape.hidden * shape.hidden
+
+
+def matmul_rate(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 3) -> float:
+    """FLOP/s of a plain square matmul of ``dtype`` right now (the ceiling the model runs against)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - started)
+
+
+# ---- the reference ---------------------------------------------------------------------------------
+
+
+class ReferenceModel(nn.Module):
+    """transformers.BertModel and one linear head per task on the pooled [CLS] output."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        from transformers import BertModel
+
+        self.bert = BertModel.from_pretrained(path, dtype=torch.float32)
+        hidden = self.bert.config.hidden_size
+        self.heads = nn.ModuleDict({"sst": nn.Linear(hidden, 5), "para": nn.Linear(hidden, 1), "sts": nn.Linear(hidden, 1)})
+
+    def forward(self, encoded: dict[str, torch.Tensor], task: str) -> torch.Tensor:
+        prediction = self.heads[task](self.bert(**encoded).pooler_output)
+        return prediction if task == "sst" else prediction.squeeze(-1)
+
+
+def reference_encode(tokenizer, data: Dataset, rows: list[int]) -> dict[str, torch.Tensor]:
+    """Tokenize the raw texts now, every input padded to 128 tokens (the starter code's way)."""
+    first = [data.raw.first[i] for i in rows]
+    second = None if data.raw.second is None else [data.raw.second[i] for i in rows]
+    return dict(tokenizer(first, second, padding="max_length", max_length=REFERENCE_LENGTH, truncation=True,
+                          return_tensors="pt"))
+
+
+def reference_train_step(model: ReferenceModel, optimizer: torch.optim.Optimizer, tokenizer, data: Dataset,
+                         rows: list[int]) -> float:
+    task = DATASET_TASK[data.prepared.dataset]
+    encoded = reference_encode(tokenizer, data, rows)
+    labels = torch.tensor([data.raw.labels[i] for i in rows])
+    loss = task_loss(task, model(encoded, task), labels)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+@torch.no_grad()
+def reference_evaluate(model: ReferenceModel, tokenizer, data: Dataset) -> np.ndarray:
+    task = DATASET_TASK[data.prepared.dataset]
+    model.eval()
+    out = []
+    for start in range(0, len(data.prepared), REFERENCE_EVAL_BATCH):
+        rows = list(range(start, min(start + REFERENCE_EVAL_BATCH, len(data.prepared))))
+        prediction = model(reference_encode(tokenizer, data, rows), task)
+        out.append(prediction.argmax(-1) if task == "sst" else prediction)
+    model.train()
+    return torch.cat(out).numpy()
+
+
+# ---- palbert -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PalbertSetup:
+    """One palbert configuration: its model, optimizer and LR schedule, as train() builds them."""
+
+    name: str
+    params: Params
+    precision: str
+    model: MultitaskBert
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    compiled: Callable | None = None  # torch.compile'd model, when measured
+
+
+def palbert_setup(name: str, params: Params, precision: str, device: torch.device, seed: int) -> PalbertSetup:
+    torch.manual_seed(seed)
+    model = MultitaskBert.from_pretrained(params.model).to(device)
+    model.train()
+    optimizer = make_optimizer(model, params, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(params.train.schedule, DEFAULT_RUN_STEPS, params.train.warmup_fraction))
+    return PalbertSetup(name, params, resolve_precision(precision, device), model, optimizer, scheduler)
+
+
+def palbert_batch(setup: PalbertSetup, data: Dataset, rows: list[int], special: SpecialTokens,
+                  device: torch.device) -> TaskBatch:
+    return make_batch(data.prepared, rows, task=DATASET_TASK[data.prepared.dataset],
+                      pair_encoding=setup.params.model.pair_encoding, special=special,
+                      max_length=setup.params.data.max_length).to(device, non_blocking=True)
+
+
+def palbert_train_step(setup: PalbertSetup, data: Dataset, rows: list[int], special: SpecialTokens,
+                       device: torch.device) -> tuple[float, tuple[int, int]]:
+    """Batch building + the loop's ``train_step``; returns the loss and the padded batch shape."""
+    batch = palbert_batch(setup, data, rows, special, device)
+    model = setup.compiled or setup.model
+    loss = train_step(model, batch, setup.optimizer, setup.scheduler, setup.params.train, setup.precision, device)
+    return loss.item(), tuple(batch.inputs.input_ids.shape)
+
+
+def palbert_eval_settings(setup: PalbertSetup, special: SpecialTokens, device: torch.device) -> EvalSettings:
+    return EvalSettings(pair_encoding=setup.params.model.pair_encoding, special=special,
+                        max_length=setup.params.data.max_length, batch_size=setup.params.evaluate.batch_size,
+                        device=device, precision=setup.precision)
+
+
+def eval_shapes(data: Dataset, batch_size: int, max_length: int) -> list[tuple[int, int]]:
+    """Padded [B, T] of each batch predict_split runs (length-sorted rows), for the FLOP estimate."""
+    specials = 2 if data.prepared.second is None else 3
+    lengths = np.sort(np.minimum(data.lengths() + specials, max_length))[::-1]
+    return [(len(lengths[i:i + batch_size]), int(lengths[i])) for i in range(0, len(lengths), batch_size)]
+
+
+# ---- memory (a fresh process per path, so that one path's peak does not hide the other's) ----------
+
+
+def _peak_rss_gib() -> float:
+    """This process's peak resident memory. Linux's VmHWM, because ru_maxrss carries the parent's
+    peak into a spawned child (it would report the benchmark process's peak, not the child's)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def memory_probe(kind: str, mirror: str, params_path: str, steps: int, queue) -> None:
+    """Child process: a default training run's working set, driven through its worst-case batches.
+
+    Loads the train data and the model as train() does, runs ``steps`` training steps on the
+    longest rows of each dataset (128-token batches: the largest activations a run meets), then
+    scores a dev split with predict_split, and reports this process's peak RSS.
+    """
+    torch.manual_seed(0)
+    params = load_params(params_path)
+    device = torch.device("cpu")
+    tokenizer = load_tokenizer(params.model.pretrained)
+    max_length = params.data.max_length
+    train = {ds: load_dataset(Path(mirror), ds, "train", tokenizer, max_length) for ds in DATASETS}
+    longest = {ds: np.argsort(-d.lengths(), kind="stable")[: params.train.batch_size].tolist() for ds, d in train.items()}
+    special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    started = time.perf_counter()
+    if kind == "reference":
+        model = ReferenceModel(resolve_pretrained(params.model.pretrained))
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+        for step in range(steps):
+            ds = DATASETS[step % len(DATASETS)]
+            reference_train_step(model, optimizer, tokenizer, train[ds], longest[ds])
+    else:
+        setup = palbert_setup(kind, params, params.train.precision, device, seed=0)
+        for step in range(steps):
+            ds = DATASETS[step % len(DATASETS)]
+            palbert_train_step(setup, train[ds], longest[ds], special, device)
+        dev = load_dataset(Path(mirror), "sst", "dev", tokenizer, max_length)
+        with contextlib.redirect_stderr(io.StringIO()):  # predict_split's progress bars
+            predict_split(setup.model, dev.prepared, "sst", palbert_eval_settings(setup, special, device))
+    queue.put({"peak_rss_gib": _peak_rss_gib(), "steps": steps, "seconds": time.perf_counter() - started})
+
+
+def measure_memory(kind: str, mirror: Path, params_path: Path, steps: int) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=memory_probe, args=(kind, str(mirror), str(params_path), steps, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+# ---- measurement ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One repetition of one path: wall time, examples, real tokens, executed FLOPs."""
+
+    seconds: float
+    examples: int
+    real_tokens: int
+    flops: float
+    matmul_rate: float  # FLOP/s of a plain matmul of this path's dtype in the same repetition
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.real_tokens / self.seconds
+
+    @property
+    def matmul_fraction(self) -> float:
+        return self.flops / self.seconds / self.matmul_rate
+
+
+def summary(samples: list[Sample], reference: list[Sample] | None) -> dict[str, Any]:
+    """Medians and min-max of the rates; the ratio to the reference per repetition (same load)."""
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    out = {
+        "examples_per_s": stats([s.examples_per_s for s in samples]),
+        "real_tokens_per_s": stats([s.tokens_per_s for s in samples]),
+        "achieved_gflops": stats([s.flops / s.seconds / 1e9 for s in samples]),
+        "matmul_fraction": stats([s.matmul_fraction for s in samples]),
+        "seconds": [s.seconds for s in samples],
+        "examples": samples[0].examples,
+        "real_tokens": samples[0].real_tokens,
+    }
+    if reference is not None:
+        out["ratio_to_reference"] = stats([s.examples_per_s / r.examples_per_s for s, r in zip(samples, reference)])
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of every path")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per path before timing")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per repetition (datasets in turn)")
+    parser.add_argument("--eval-rows", type=int, default=256, help="dev rows per task palbert scores per repetition")
+    parser.add_argument("--reference-eval-rows", type=int, default=48,
+                        help="dev rows per task the reference scores per repetition (its cost per row is fixed)")
+    parser.add_argument("--memory-steps", type=int, default=6, help="worst-case training steps in the memory probes (0: skip)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
+    parser.add_argument("--interop-threads", type=int, default=0, help="torch.set_num_interop_threads (0: default)")
+    parser.add_argument("--verbose", action="store_true", help="print every timed job's seconds")
+    parser.add_argument("--compile", action="store_true", help="also time palbert bf16 under torch.compile")
+    parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
+    args = parser.parse_args(argv)
+    if args.interop_threads:
+        torch.set_num_interop_threads(args.interop_threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mirror = args.mirror / "cs224n" if (args.mirror / "cs224n").is_dir() else args.mirror
+    device = torch.device("cpu")
+    params = load_params(args.params)
+    seed = params.train.seed
+    max_length = params.data.max_length
+    began = time.perf_counter()
+
+    # ---- data: the same rows for every path -----------------------------------------------------
+    tokenizer = load_tokenizer(params.model.pretrained)
+    special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    train = {ds: load_dataset(mirror, ds, "train", tokenizer, max_length) for ds in DATASETS}
+    dev = {ds: load_dataset(mirror, ds, "dev", tokenizer, max_length, rows=args.eval_rows) for ds in DATASETS}
+    # The reference's cost per row does not depend on the row (every row is 128 tokens), so it scores a
+    # smaller random sample of the same dev files: the full sample would take most of the benchmark's time.
+    reference_dev = {ds: load_dataset(mirror, ds, "dev", tokenizer, max_length, rows=args.reference_eval_rows)
+                     for ds in DATASETS}
+    plan = training_plan(train, args.warmup + args.steps, params.train.batch_size, seed)
+    warmup_plan, timed_plan = plan[: args.warmup], plan[args.warmup:]
+    train_examples = sum(len(rows) for _, rows in timed_plan)
+    train_tokens = sum(train[ds].real_tokens(rows, max_length) for ds, rows in timed_plan)
+    eval_examples = sum(len(d.prepared) for d in dev.values())
+    eval_tokens = sum(d.real_tokens(list(range(len(d.prepared))), max_length) for d in dev.values())
+    reference_eval_examples = sum(len(d.prepared) for d in reference_dev.values())
+    reference_eval_tokens = sum(d.real_tokens(list(range(len(d.prepared))), max_length) for d in reference_dev.values())
+
+    # ---- models (same pretrained weights; PALs and heads freshly initialised from one seed) -----------
+    torch.manual_seed(seed)
+    reference = ReferenceModel(resolve_pretrained(params.model.pretrained))
+    reference.train()
+    reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=2e-5)
+    no_simcse = dataclasses.replace(params, train=dataclasses.replace(params.train, simcse=False))
+    setups = [
+        palbert_setup("palbert", params, params.train.precision, device, seed),
+        palbert_setup("palbert_fp32", params, "fp32", device, seed),
+        palbert_setup("palbert_no_simcse", no_simcse, params.train.precision, device, seed),
+    ]
+    if args.compile:
+        compiled = palbert_setup("palbert_compiled", params, params.train.precision, device, seed)
+        compiled.compiled = torch.compile(compiled.model, dynamic=True)
+        setups.append(compiled)
+    config = reference.bert.config
+    shapes = {
+        "reference": Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers, 0),
+        "palbert": Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                         params.model.pal_size if params.model.pals else 0),
+    }
+    # ---- warm-up (and compile time, for the compiled variant) -----------------------------------------
+    for ds, rows in warmup_plan:
+        reference_train_step(reference, reference_optimizer, tokenizer, train[ds], rows)
+    compile_seconds: dict[str, float] = {}
+    for setup in setups:
+        started = time.perf_counter()
+        for ds, rows in warmup_plan:
+            palbert_train_step(setup, train[ds], rows, special, device)
+        compile_seconds[setup.name] = time.perf_counter() - started
+    print(f"setup and warm-up: {time.perf_counter() - began:.0f} s; timing {args.repeats} repetitions ...", flush=True)
+
+    # ---- interleaved repetitions -----------------------------------------------------------------------
+    # Load from other users changes within seconds, so the paths take turns at every training step and
+    # every evaluated task (the order rotating), and each path's time is the sum of its turns.
+    def reference_train(ds: str, rows: list[int]) -> float:
+        reference_train_step(reference, reference_optimizer, tokenizer, train[ds], rows)
+        return 3 * forward_flops(shapes["reference"], len(rows), REFERENCE_LENGTH)
+
+    def reference_eval(ds: str) -> float:
+        reference_evaluate(reference, tokenizer, reference_dev[ds])
+        n = len(reference_dev[ds].prepared)
+        return sum(forward_flops(shapes["reference"], min(REFERENCE_EVAL_BATCH, n - s), REFERENCE_LENGTH)
+                   for s in range(0, n, REFERENCE_EVAL_BATCH))
+
+    def palbert_train(setup: PalbertSetup, ds: str, rows: list[int]) -> float:
+        _, (batch, length) = palbert_train_step(setup, train[ds], rows, special, device)
+        return (2 if setup.params.train.simcse else 1) * 3 * forward_flops(shapes["palbert"], batch, length)
+
+    def palbert_eval(setup: PalbertSetup, ds: str) -> float:
+        settings = palbert_eval_settings(setup, special, device)
+        with contextlib.redirect_stderr(io.StringIO()):  # predict_split's progress bars
+            predict_split(setup.model, dev[ds].prepared, DATASET_TASK[ds], settings)
+        return sum(forward_flops(shapes["palbert"], b, t) for b, t in eval_shapes(dev[ds], settings.batch_size, max_length))
+
+    train_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_train, "fp32")}
+    eval_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_eval, "fp32")}
+    for setup in setups:
+        train_paths[setup.name] = (partial(palbert_train, setup), setup.precision)
+        if setup.name in ("palbert", "palbert_fp32"):  # SimCSE and compile do not change evaluation
+            eval_paths[setup.name] = (partial(palbert_eval, setup), setup.precision)
+
+    def take_turns(paths: dict[str, tuple[Callable[..., float], str]], units: list[tuple], turn: int,
+                   seconds: dict[str, float], flops: dict[str, float]) -> None:
+        names = list(paths)
+        for u, unit in enumerate(units):
+            shift = (turn + u) % len(names)
+            for name in names[shift:] + names[:shift]:
+                started = time.perf_counter()
+                flops[name] += paths[name][0](*unit)
+                seconds[name] += time.perf_counter() - started
+
+    results: dict[str, list[Sample]] = defaultdict(list)
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for repeat in range(args.repeats):
+        rate = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
+        for dtype, value in rate.items():
+            rates[dtype].append(value)
+        for phase, paths, units in (("train", train_paths, timed_plan), ("eval", eval_paths, [(ds,) for ds in DATASETS])):
+            seconds: dict[str, float] = defaultdict(float)
+            flops: dict[str, float] = defaultdict(float)
+            take_turns(paths, units, repeat, seconds, flops)
+            for name, (_, precision) in paths.items():
+                if phase == "train":
+                    examples, tokens = train_examples, train_tokens
+                elif name == "reference":
+                    examples, tokens = reference_eval_examples, reference_eval_tokens
+                else:
+                    examples, tokens = eval_examples, eval_tokens
+                results[f"{phase}/{name}"].append(Sample(seconds[name], examples, tokens, flops[name], rate[precision]))
+                if args.verbose:
+                    print(f"    {phase}/{name}: {seconds[name]:.2f} s", flush=True)
+        print(f"  repetition {repeat + 1}/{args.repeats} done ({time.perf_counter() - began:.0f} s)", flush=True)
+
+    memory = {}
+    if args.memory_steps:
+        memory = {kind: measure_memory(kind, mirror, args.params, args.memory_steps) for kind in ("palbert", "reference")}
+
+    # ---- report -----------------------------------------------------------------------------------------
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "interop_threads": torch.get_num_interop_threads(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "settings": {"repeats": args.repeats, "warmup_steps": args.warmup, "train_steps": args.steps,
+                     "train_batch": params.train.batch_size, "train_examples": train_examples,
+                     "train_real_tokens": train_tokens, "eval_rows_per_task": args.eval_rows,
+                     "reference_eval_rows_per_task": args.reference_eval_rows,
+                     "reference_eval_examples": reference_eval_examples,
+                     "eval_examples": eval_examples, "eval_real_tokens": eval_tokens,
+                     "reference_eval_batch": REFERENCE_EVAL_BATCH, "palbert_eval_batch": params.evaluate.batch_size,
+                     "precision_auto": resolve_precision(params.train.precision, device)},
+        "matmul_gflops": {k: {"median": statistics.median(v) / 1e9, "min": min(v) / 1e9, "max": max(v) / 1e9}
+                          for k, v in rates.items()},
+        "results": {},
+        "warmup_seconds": compile_seconds,
+        "peak_rss_gib": {"benchmark_process": _peak_rss_gib(), **{k: v["peak_rss_gib"] for k, v in memory.items()}},
+        "wall_seconds": time.perf_counter() - began,
+    }
+    for name, samples in results.items():
+        phase = name.split("/")[0]
+        reference_samples = None if name.endswith("/reference") else results[f"{phase}/reference"]
+        report["results"][name] = summary(samples, reference_samples)
+    if args.compile:
+        eager = statistics.median(results["train/palbert"][i].seconds for i in range(args.repeats)) / args.steps
+        compiled_step = statistics.median(results["train/palbert_compiled"][i].seconds for i in range(args.repeats)) / args.steps
+        overhead = compile_seconds["palbert_compiled"] - compile_seconds["palbert"]
+        gain = eager - compiled_step
+        report["compile"] = {"extra_warmup_seconds": overhead, "eager_step_s": eager, "compiled_step_s": compiled_step,
+                             "payback_steps": overhead / gain if gain > 0 else None,
+                             "pays_back_in_default_run": gain > 0 and overhead / gain < DEFAULT_RUN_STEPS}
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return report
+
+
+def print_table(report: dict[str, Any]) -> None:
+    s = report["settings"]
+    m = report["machine"]
+    print(f"\n{m['processor']}, {m['cpus']} CPUs, torch {m['torch']} ({m['cpu_capability']}), "
+          f"{m['threads']} threads / {m['interop_threads']} interop, OMP_WAIT_POLICY {m['omp_wait_policy']}; precision auto -> {s['precision_auto']}")
+    print(f"train: {s['train_steps']} steps x batch {s['train_batch']} = {s['train_examples']} examples, "
+          f"{s['train_real_tokens']} real tokens; eval: {s['eval_examples']} dev rows "
+          f"({s['eval_rows_per_task']} per task; the reference scores {s['reference_eval_rows_per_task']} per task), "
+          f"{s['eval_real_tokens']} real tokens; "
+          f"eval batch: reference {s['reference_eval_batch']}, palbert {s['palbert_eval_batch']}")
+    mm = report["matmul_gflops"]
+    print(f"plain {MATMUL_SIZE}^3 matmul: fp32 {mm['fp32']['median']:.0f} GFLOP/s, bf16 {mm['bf16']['median']:.0f} GFLOP/s "
+          f"(medians over repetitions)\n")
+
+    def cell(stat: dict[str, float], fmt: str) -> str:
+        return f"{format(stat['median'], fmt)} ({format(stat['min'], fmt)}-{format(stat['max'], fmt)})"
+
+    header = f"{'path':<26}{'examples/s':>22}{'real tokens/s':>26}{'x reference':>20}{'GFLOP/s':>18}{'of matmul':>22}"
+    print(header)
+    print("-" * len(header))
+    for name, r in report["results"].items():
+        ratio = cell(r["ratio_to_reference"], ".2f") if "ratio_to_reference" in r else "1"
+        print(f"{name:<26}{cell(r['examples_per_s'], '.1f'):>22}{cell(r['real_tokens_per_s'], '.0f'):>26}"
+              f"{ratio:>20}{cell(r['achieved_gflops'], '.0f'):>18}{cell(r['matmul_fraction'], '.2f'):>22}")
+    print("\nmedian (min-max) over repetitions; 'x reference' = examples/s ratio within each repetition.")
+    print("GFLOP/s: analytic FLOPs of the padded shapes run (training 3x forward, x2 with SimCSE), "
+          "'of matmul' = that / a plain matmul of the path's dtype.")
+    rss = report["peak_rss_gib"]
+    print("peak RSS (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in rss.items())
+          + "  (palbert/reference: fresh processes running the longest batches; target for palbert <= 4)")
+    if "compile" in report:
+        c = report["compile"]
+        print(f"torch.compile: +{c['extra_warmup_seconds']:.0f} s warm-up, step {c['eager_step_s']:.3f} s eager vs "
+              f"{c['compiled_step_s']:.3f} s compiled; pays back in {c['payback_steps']} steps "
+              f"({'yes' if c['pays_back_in_default_run'] else 'no'} within {DEFAULT_RUN_STEPS})")
+    print(f"benchmark wall time {report['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
