@@ -329,3 +329,16 @@ def test_one_batch_overfits(task, pair_encoding):
         loss.backward()
         optimizer.step()
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+
+
+def test_simcse_views_are_two_dropout_draws_of_the_same_inputs():
+    model = tiny_model(dropout=0.1)
+    batch = task_batch("sst")
+    model.train()
+    output = model(batch, simcse=True)
+    assert output.embedding.shape == output.embedding_again.shape == (len(batch), 32)
+    assert not torch.allclose(output.embedding, output.embedding_again)  # different dropout noise
+    model.eval()
+    output = model(batch, simcse=True)
+    torch.testing.assert_close(output.embedding, output.embedding_again)  # no dropout: the same encoding
+    torch.testing.assert_close(output.embedding, model.encode(batch.inputs, "sst"))
