@@ -152,13 +152,23 @@ def forward_flops(shape: Shape, batch: int, length: int) -> float:
     return tokens * (2 * shape.matmul_macs_per_token() + attention) + batch * 2 * shape.hidden * shape.hidden
 
 
-def matmul_rate(dtype: torch.dtype, size: int = MATMUL_SIZE, repeats: int = 3) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings include it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, size: int = MATMUL_SIZE, repeats: int = 3) -> float:
     """FLOP/s of a plain square matmul of ``dtype`` right now (the ceiling the model runs against)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    if device.type == "cuda":
+        size, repeats = 8192, 10
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     a @ b
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize(device)
     return repeats * 2 * size**3 / (time.perf_counter() - started)
 
 
@@ -181,19 +191,21 @@ class ReferenceModel(nn.Module):
         return prediction if task == "sst" else prediction.squeeze(-1)
 
 
-def reference_encode(tokenizer, data: Dataset, rows: list[int]) -> dict[str, torch.Tensor]:
+def reference_encode(tokenizer, data: Dataset, rows: list[int], device: torch.device) -> dict[str, torch.Tensor]:
     """Tokenize the raw texts now, every input padded to 128 tokens (the starter code's way)."""
     first = [data.raw.first[i] for i in rows]
     second = None if data.raw.second is None else [data.raw.second[i] for i in rows]
-    return dict(tokenizer(first, second, padding="max_length", max_length=REFERENCE_LENGTH, truncation=True,
-                          return_tensors="pt"))
+    encoded = tokenizer(first, second, padding="max_length", max_length=REFERENCE_LENGTH, truncation=True,
+                        return_tensors="pt")
+    return {key: value.to(device) for key, value in encoded.items()}
 
 
 def reference_train_step(model: ReferenceModel, optimizer: torch.optim.Optimizer, tokenizer, data: Dataset,
                          rows: list[int]) -> float:
     task = DATASET_TASK[data.prepared.dataset]
-    encoded = reference_encode(tokenizer, data, rows)
-    labels = torch.tensor([data.raw.labels[i] for i in rows])
+    device = next(model.parameters()).device
+    encoded = reference_encode(tokenizer, data, rows, device)
+    labels = torch.tensor([data.raw.labels[i] for i in rows]).to(device)
     loss = task_loss(task, model(encoded, task), labels)
     loss.backward()
     optimizer.step()
@@ -208,10 +220,10 @@ def reference_evaluate(model: ReferenceModel, tokenizer, data: Dataset) -> np.nd
     out = []
     for start in range(0, len(data.prepared), REFERENCE_EVAL_BATCH):
         rows = list(range(start, min(start + REFERENCE_EVAL_BATCH, len(data.prepared))))
-        prediction = model(reference_encode(tokenizer, data, rows), task)
+        prediction = model(reference_encode(tokenizer, data, rows, next(model.parameters()).device), task)
         out.append(prediction.argmax(-1) if task == "sst" else prediction)
     model.train()
-    return torch.cat(out).numpy()
+    return torch.cat(out).cpu().numpy()
 
 
 # ---- palbert -----------------------------------------------------------------------------------------
@@ -383,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-steps", type=int, default=6, help="worst-case training steps in the memory probes (0: skip)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     parser.add_argument("--interop-threads", type=int, default=0, help="torch.set_num_interop_threads (0: default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the memory probes report GPU memory)")
     parser.add_argument("--verbose", action="store_true", help="print every timed job's seconds")
     parser.add_argument("--compile", action="store_true", help="also time palbert bf16 under torch.compile")
     parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
@@ -394,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     mirror = args.mirror / "cs224n" if (args.mirror / "cs224n").is_dir() else args.mirror
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     params = load_params(args.params)
     seed = params.train.seed
     max_length = params.data.max_length
@@ -420,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- models (same pretrained weights; PALs and heads freshly initialised from one seed) -----------
     torch.manual_seed(seed)
-    reference = ReferenceModel(resolve_pretrained(params.model.pretrained))
+    reference = ReferenceModel(resolve_pretrained(params.model.pretrained)).to(device)
     reference.train()
     reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=2e-5)
     no_simcse = dataclasses.replace(params, train=dataclasses.replace(params.train, simcse=False))
@@ -486,14 +499,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for u, unit in enumerate(units):
             shift = (turn + u) % len(names)
             for name in names[shift:] + names[:shift]:
+                synchronize(device)
                 started = time.perf_counter()
                 flops[name] += paths[name][0](*unit)
+                synchronize(device)
                 seconds[name] += time.perf_counter() - started
 
     results: dict[str, list[Sample]] = defaultdict(list)
     rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for repeat in range(args.repeats):
-        rate = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
+        rate = {"fp32": matmul_rate(torch.float32, device), "bf16": matmul_rate(torch.bfloat16, device)}
         for dtype, value in rate.items():
             rates[dtype].append(value)
         for phase, paths, units in (("train", train_paths, timed_plan), ("eval", eval_paths, [(ds,) for ds in DATASETS])):
@@ -513,7 +528,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  repetition {repeat + 1}/{args.repeats} done ({time.perf_counter() - began:.0f} s)", flush=True)
 
     memory = {}
-    if args.memory_steps:
+    if device.type == "cuda":
+        memory = {"gpu_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    elif args.memory_steps:
         memory = {kind: measure_memory(kind, mirror, args.params, args.memory_steps) for kind in ("palbert", "reference")}
 
     # ---- report -----------------------------------------------------------------------------------------
@@ -536,7 +553,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           for k, v in rates.items()},
         "results": {},
         "warmup_seconds": compile_seconds,
-        "peak_rss_gib": {"benchmark_process": _peak_rss_gib(), **{k: v["peak_rss_gib"] for k, v in memory.items()}},
+        "peak_rss_gib": {"benchmark_process": _peak_rss_gib(),
+                         **{k: v["peak_rss_gib"] for k, v in memory.items() if isinstance(v, dict)}},
+        "gpu_peak_allocated_gib": memory.get("gpu_peak_allocated_gib"),
         "wall_seconds": time.perf_counter() - began,
     }
     for name, samples in results.items():
@@ -588,6 +607,8 @@ def print_table(report: dict[str, Any]) -> None:
     rss = report["peak_rss_gib"]
     print("peak RSS (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in rss.items())
           + "  (palbert/reference: fresh processes running the longest batches; target for palbert <= 4)")
+    if report.get("gpu_peak_allocated_gib") is not None:
+        print(f"GPU peak allocated (GiB, all paths in one process): {report['gpu_peak_allocated_gib']:.2f}")
     if "compile" in report:
         c = report["compile"]
         print(f"torch.compile: +{c['extra_warmup_seconds']:.0f} s warm-up, step {c['eager_step_s']:.3f} s eager vs "
