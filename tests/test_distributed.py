@@ -80,7 +80,7 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
     from palbert.data.batching import SpecialTokens, make_batch
     from palbert.data.prepared import load_prepared, read_meta
     from palbert.model import MultitaskBert
-    from palbert.train.loop import ALL_DATASETS, _pair_lengths, make_optimizer, train_step
+    from palbert.train.loop import ALL_DATASETS, make_optimizer, train_step
     from palbert.train.schedule import lr_multiplier
     from palbert.train.streams import IndexStream
 
@@ -89,7 +89,7 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
     special = SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"])
     splits = {ds: load_prepared(prepared, ds, "train") for ds in set(EQUIVALENCE_PLAN)}
     streams = {ds: IndexStream(len(split), params.train.batch_size, seed=params.train.seed * 1009 + ALL_DATASETS.index(ds),
-                               rank=rank, world_size=world_size, lengths=_pair_lengths(split))
+                               rank=rank, world_size=world_size, lengths=split.token_lengths())
                for ds, split in splits.items()}
     model = MultitaskBert.from_pretrained(params.model).to(device)
     optimizer = make_optimizer(model, params, device)
@@ -204,7 +204,7 @@ def _plan_worker(rank: int, world_size: int, port: int, out_dir: str, prepared: 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from palbert.train.distributed import init_distributed, shutdown_distributed
-    from palbert.train.loop import ALL_DATASETS, _pair_lengths, load_training_data
+    from palbert.train.loop import ALL_DATASETS, load_training_data
     from palbert.train.sampling import make_task_sampler
     from palbert.train.streams import IndexStream
 
@@ -220,7 +220,7 @@ def _plan_worker(rank: int, world_size: int, port: int, out_dir: str, prepared: 
 
         def streams() -> dict[str, IndexStream]:
             return {ds: IndexStream(len(split), batch_sizes[ds], seed=params.train.seed * 1009 + ALL_DATASETS.index(ds),
-                                    rank=ctx.rank, world_size=ctx.world_size, lengths=_pair_lengths(split))
+                                    rank=ctx.rank, world_size=ctx.world_size, lengths=split.token_lengths())
                     for ds, split in splits.items()}
 
         plan_streams = streams()
@@ -271,9 +271,8 @@ def test_every_rank_draws_the_same_task_and_a_disjoint_shard(tmp_path, tiny_prep
 
 def _lengths(prepared: Path, dataset: str) -> np.ndarray:
     from palbert.data.prepared import load_prepared
-    from palbert.train.loop import _pair_lengths
 
-    return _pair_lengths(load_prepared(prepared, dataset, "train"))
+    return load_prepared(prepared, dataset, "train").token_lengths()
 
 
 def _dataset_index(dataset: str) -> int:
