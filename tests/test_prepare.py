@@ -20,7 +20,7 @@ import torch
 from palbert.config import params_from_dict
 from palbert.data.batching import SpecialTokens, make_batch, truncate_longest_first
 from palbert.data.prepare import prepare_dataset
-from palbert.data.prepared import load_prepared, load_split, read_meta, save_split
+from palbert.data.prepared import PreparedSplit, load_prepared, load_split, read_meta, save_split
 from palbert.data.readers import DataError
 from palbert.data.report import write_data_report
 from palbert.data.sources import RAW_FILES, fetch
@@ -214,7 +214,7 @@ def test_prepare_relabels_extras_from_mirror(tmp_path, dataset, labels):
 
 @pytest.fixture(scope="module")
 def prepared_pairs(tmp_path_factory):
-    """The first 400 rows of the real quora and sts dev files, prepared with max_length 128."""
+    """400 sampled rows of each split of the real quora, sts and sst files, prepared with max_length 128."""
     root = tmp_path_factory.mktemp("pairs")
     for dataset in ("quora", "sts", "sst"):
         link_mirror_files(root / "raw", dataset)
@@ -222,12 +222,15 @@ def prepared_pairs(tmp_path_factory):
     return root / "prepared"
 
 
-def _texts(dataset: str, split: str, n: int) -> tuple[list[str], list[str]]:
+def _texts(prepared: PreparedSplit, n: int) -> tuple[list[str], list[str]]:
+    """The raw texts of the first ``n`` prepared rows, found by id in the mirror file."""
     from palbert.data.readers import read_split
 
-    raw = next(r for r in RAW_FILES[dataset] if r.split == split)
-    rows = read_split(dataset, split, MIRROR / raw.mirror_path, "skip")
-    return rows.first[:n], (rows.second or [])[:n]
+    raw = next(r for r in RAW_FILES[prepared.dataset] if r.split == prepared.split)
+    rows = read_split(prepared.dataset, prepared.split, MIRROR / raw.mirror_path, "skip")
+    where = {row_id: i for i, row_id in enumerate(rows.ids)}
+    picked = [where[str(row_id)] for row_id in prepared.ids[:n]]
+    return [rows.first[i] for i in picked], [(rows.second or [])[i] for i in picked] if rows.second else []
 
 
 @needs_mirror
@@ -236,7 +239,7 @@ def _texts(dataset: str, split: str, n: int) -> tuple[list[str], list[str]]:
 def test_joint_batch_equals_hf_pair_encoding(prepared_pairs, tokenizer, dataset, max_length):
     split = load_prepared(prepared_pairs, dataset, "dev")
     special = SpecialTokens.from_meta(read_meta(prepared_pairs, dataset))
-    first, second = _texts(dataset, "dev", len(split))
+    first, second = _texts(split, len(split))
     for start in range(0, len(split), 64):
         rows = list(range(start, min(start + 64, len(split))))
         batch = make_batch(split, rows, task="para", pair_encoding="joint", special=special, max_length=max_length)
@@ -252,7 +255,7 @@ def test_joint_batch_equals_hf_pair_encoding(prepared_pairs, tokenizer, dataset,
 def test_separate_and_single_batches_equal_hf_encoding(prepared_pairs, tokenizer):
     split = load_prepared(prepared_pairs, "sts", "dev")
     special = SpecialTokens.from_meta(read_meta(prepared_pairs, "sts"))
-    first, second = _texts("sts", "dev", 32)
+    first, second = _texts(split, 32)
     batch = make_batch(split, range(32), task="sts", pair_encoding="separate", special=special, max_length=20)
     for inputs, texts in ((batch.inputs, first), (batch.inputs_b, second)):
         expected = tokenizer(texts, truncation=True, max_length=20, padding=True, return_tensors="pt")
@@ -263,7 +266,7 @@ def test_separate_and_single_batches_equal_hf_encoding(prepared_pairs, tokenizer
 
     sst = load_prepared(prepared_pairs, "sst", "train")
     sst_batch = make_batch(sst, [3, 1, 2], task="sst", pair_encoding="joint", special=special, max_length=128)
-    sst_texts, _ = _texts("sst", "train", 4)
+    sst_texts, _ = _texts(sst, 4)
     expected = tokenizer([sst_texts[i] for i in (3, 1, 2)], padding=True, return_tensors="pt")
     assert torch.equal(sst_batch.inputs.input_ids, expected["input_ids"])
     assert sst_batch.labels.dtype == torch.long and sst_batch.ids == [str(sst.ids[i]) for i in (3, 1, 2)]
