@@ -265,7 +265,7 @@ def palbert_train_step(setup: PalbertSetup, data: Dataset, rows: list[int], spec
     batch = palbert_batch(setup, data, rows, special, device)
     model = setup.compiled or setup.model
     loss = train_step(model, batch, setup.optimizer, setup.scheduler, setup.params.train, setup.precision, device)
-    return loss.item(), tuple(batch.inputs.input_ids.shape)
+    return loss.total.item(), tuple(batch.inputs.input_ids.shape)
 
 
 def palbert_eval_settings(setup: PalbertSetup, special: SpecialTokens, device: torch.device) -> EvalSettings:

@@ -105,7 +105,7 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
         batch = make_batch(splits[dataset], streams[dataset].next_batch(), task=DATASET_TASK[dataset],
                            pair_encoding=params.model.pair_encoding, special=special,
                            max_length=min(params.data.max_length, meta["max_length"])).to(device)
-        loss = train_step(wrapped, batch, optimizer, scheduler, params.train, "fp32", device)
+        loss = train_step(wrapped, batch, optimizer, scheduler, params.train, "fp32", device).total
         if ddp:  # each rank's loss is over its shard; their mean is the global batch's loss
             torch.distributed.all_reduce(loss)
             loss /= world_size
@@ -391,7 +391,8 @@ def test_dvc_repro_train_with_two_processes_writes_one_set_of_outputs(tmp_path, 
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert (project / "models" / "best" / "model.safetensors").is_file() or any((project / "models" / "best").iterdir())
     assert sorted(p.name for p in (project / "metrics" / "plots" / "train").iterdir()) == \
-        ["dev_epochs.csv", "loss_para.csv", "loss_sst.csv", "loss_sts.csv", "lr.csv", "sampling.csv"]
+        ["dev_epochs.csv", "loss_para.csv", "loss_simcse.csv", "loss_sst.csv", "loss_sts.csv", "lr.csv",
+         "sampling.csv"]
     # one dev row per epoch, and one loss row per logged step: rank 1 wrote nothing over rank 0
     assert len((project / "metrics/plots/train/dev_epochs.csv").read_text().splitlines()) == 2
 

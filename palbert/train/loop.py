@@ -122,6 +122,8 @@ def write_plots(history: dict[str, list], folder: Path) -> None:
     """CSV files behind `dvc plots` (loss per task, LR, sampling probabilities, dev per epoch)."""
     for task in ("sst", "para", "sts"):
         _write_csv(folder / f"loss_{task}.csv", ["step", "loss"], history.get(f"loss_{task}", []))
+    if history.get("loss_simcse"):  # the SimCSE term alone; the task curves above are the supervised losses
+        _write_csv(folder / "loss_simcse.csv", ["step", "loss"], history["loss_simcse"])
     _write_csv(folder / "lr.csv", ["step", "lr"], history.get("lr", []))
     _write_csv(folder / "sampling.csv", ["step", *ALL_DATASETS],
                [[step, *(probs.get(ds, 0.0) for ds in ALL_DATASETS)] for step, probs in history.get("sampling", [])])
@@ -148,21 +150,33 @@ def _save_checkpoint(ctx: DistContext, paths: TrainPaths, model: torch.nn.Module
     ctx.barrier()
 
 
+@dataclass
+class StepLoss:
+    """The losses of one step: what was minimised, and its parts (for the per-task loss curves)."""
+
+    total: torch.Tensor
+    task: torch.Tensor
+    simcse: torch.Tensor | None
+
+
 def train_step(model: torch.nn.Module, batch: TaskBatch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, settings: TrainParams, precision: str,
-               device: torch.device) -> torch.Tensor:
+               device: torch.device) -> StepLoss:
     """One optimizer step on one task's batch: task loss (+ weighted SimCSE), backward, AdamW, LR step."""
     with autocast(precision, device):
         output = model(batch, simcse=settings.simcse)
-    loss = task_loss(batch.task, output.prediction, batch.labels)
+    supervised = task_loss(batch.task, output.prediction, batch.labels)
+    contrastive = None
+    loss = supervised
     if settings.simcse:
-        loss = loss + settings.simcse_weight * simcse_loss(
-            output.embedding.float(), output.embedding_again.float(), settings.simcse_temperature)
+        contrastive = simcse_loss(output.embedding.float(), output.embedding_again.float(),
+                                  settings.simcse_temperature)
+        loss = supervised + settings.simcse_weight * contrastive
     loss.backward()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return StepLoss(loss.detach(), supervised.detach(), None if contrastive is None else contrastive.detach())
 
 
 def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
@@ -267,7 +281,9 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
 
                 state.position += 1
                 state.step += 1
-                window_losses[task].append(loss.item())
+                window_losses[task].append(loss.task.item())
+                if loss.simcse is not None:
+                    window_losses["simcse"].append(loss.simcse.item())
                 window_examples += len(batch) * ctx.world_size
                 state.examples += len(batch) * ctx.world_size
                 progress.update(1)
