@@ -14,15 +14,11 @@ log = logging.getLogger("palbert")
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or settings: reported in one line, exit code 1."""
     from palbert.config import ParamsError
+    from palbert.data.readers import DataError
+    from palbert.model.io import ModelLoadError
+    from palbert.tracking import TrackingUnavailable
 
-    errors: list[type[BaseException]] = [ParamsError, FileNotFoundError]
-    for module, name in (("palbert.data.readers", "DataError"), ("palbert.tracking", "TrackingUnavailable"),
-                         ("palbert.model.io", "ModelLoadError"), ("palbert.data.sources", "FetchError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (ParamsError, DataError, ModelLoadError, TrackingUnavailable, FileNotFoundError)
 
 
 def run_stage(main: Callable[[], int | None]) -> None:
