@@ -195,17 +195,12 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     batch_sizes = {ds: params.train.cfimdb_batch_size if ds == "cfimdb" else params.train.batch_size
                    for ds in train_splits}
 
-    # ---- a checkpoint of this configuration to resume? then its MLflow run goes on ----------------
+    # ---- a checkpoint of this configuration to resume? ---------------------------------------------
     state = RunState(fingerprint=checkpoint.fingerprint(params, meta))
     saved = ctx.broadcast_object(
         checkpoint.resumable_state(paths.checkpoints, state.fingerprint) if ctx.is_main else None)
     if saved is None and ctx.is_main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    resume_run_id = saved.get("mlflow_run_id") if saved else None
-    if resume_run_id:
-        tracker = RunTracker.resume(resume_run_id, params, paths.project_root, rank=ctx.rank)
-    else:  # checks the tracking server first: an unreachable one stops the run before training
-        tracker = RunTracker.start(params, paths.project_root, rank=ctx.rank)
 
     # ---- model, optimizer, schedule, sampler ---------------------------------------------------
     model = MultitaskBert.from_pretrained(params.model).to(device)
@@ -244,10 +239,16 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         # Each rank its own dropout noise (also SimCSE's), as rows in one big batch would get; the weights
         # were initialised above from the shared seed, and DDP copies rank 0's to all ranks anyway.
         torch.manual_seed(params.train.seed + 7919 * ctx.rank)
-    state.mlflow_run_id = ctx.broadcast_object(tracker.run_id)
     ddp_model = DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
     ) if ctx.distributed else model
+
+    # ---- the MLflow run: a resumed training continues its run; a new one checks the server first ----
+    if state.mlflow_run_id:
+        tracker = RunTracker.resume(state.mlflow_run_id, params, paths.project_root, rank=ctx.rank)
+    else:  # an unreachable tracking server stops the run here, before training
+        tracker = RunTracker.start(params, paths.project_root, rank=ctx.rank)
+    state.mlflow_run_id = ctx.broadcast_object(tracker.run_id)
     tracker.log_metrics({f"params_{k}": float(v) for k, v in report.items() if isinstance(v, (int, float))}, step=0)
     eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
                                  max_length=max_length, batch_size=params.evaluate.batch_size,
