@@ -121,6 +121,8 @@ class DistributedParams:
 
 @dataclass
 class TrackingParams:
+    #: false: no MLflow run at all (a machine without MLflow, e.g. a GPU node); every run is tracked by default.
+    enabled: bool = True
     experiment: str = "palbert"
     #: Tracking URI; empty: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project>/mlflow.db``.
     uri: str = ""

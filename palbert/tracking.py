@@ -340,7 +340,7 @@ class RunTracker:
         Raises ``TrackingUnavailable`` before anything is logged when the server is down and
         ``tracking.on_unreachable`` is ``stop``.
         """
-        if _rank(rank) != 0:
+        if _rank(rank) != 0 or not _enabled(params):
             return NullTracker()
         from mlflow import MlflowClient
 
@@ -386,7 +386,7 @@ class RunTracker:
         the run lives in the local store. If the run is not in the chosen store (e.g. it was logged
         elsewhere), a new run is started, tagged ``palbert.resumed_from=<run_id>``: nothing is lost.
         """
-        if _rank(rank) != 0:
+        if _rank(rank) != 0 or not _enabled(params):
             return NullTracker()
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -481,6 +481,12 @@ class NullTracker(RunTracker):
 
     def end(self, status: str = "FINISHED") -> None:
         pass
+
+
+def _enabled(params: Params) -> bool:
+    if not params.tracking.enabled:
+        log.warning("tracking.enabled is false: this run is NOT recorded in MLflow")
+    return params.tracking.enabled
 
 
 def _rank(rank: int | None) -> int:

@@ -162,6 +162,16 @@ def test_other_ranks_get_a_null_tracker(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_disabled_tracking_records_nothing_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    params = _params("")
+    params.tracking.enabled = False
+    with caplog.at_level("WARNING"):
+        tracker = RunTracker.start(params, tmp_path)
+    assert isinstance(tracker, NullTracker)
+    assert "NOT recorded in MLflow" in caplog.text
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_unreachable_server_stops_quickly(tmp_path: Path) -> None:
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.monotonic()
