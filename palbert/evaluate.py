@@ -8,7 +8,6 @@ same as those of one process.
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from palbert.atomic import atomic_path
+from palbert.atomic import write_csv
 from palbert.config import TASK_DATASET, TASKS, Params
 from palbert.data.batching import SpecialTokens, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared
-from palbert.metrics import overall, score
+from palbert.metrics import TASK_METRIC, overall, score
 from palbert.precision import autocast
 from palbert.train.distributed import DistContext
 from palbert.train.streams import shard_indices
@@ -30,8 +29,6 @@ from palbert.tracking import find_project_root
 
 log = logging.getLogger(__name__)
 
-#: Metric names in metrics/dev.json (the DESIGN.md contract).
-METRIC_NAMES = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}
 
 
 @dataclass
@@ -111,8 +108,8 @@ def dev_metrics(results: Iterable[SplitPredictions]) -> dict[str, float]:
     for result in results:
         if result.labels is None:
             raise ValueError(f"{result.task}-{result.split} has no labels to score")
-        metrics[METRIC_NAMES[result.task]] = score(result.task, result.predictions, result.labels)
-    if all(name in metrics for name in METRIC_NAMES.values()):
+        metrics[TASK_METRIC[result.task]] = score(result.task, result.predictions, result.labels)
+    if all(name in metrics for name in TASK_METRIC.values()):
         metrics["overall"] = overall(metrics["sst_acc"], metrics["para_acc"], metrics["sts_pearson"])
     return metrics
 
@@ -120,11 +117,9 @@ def dev_metrics(results: Iterable[SplitPredictions]) -> dict[str, float]:
 def write_predictions(result: SplitPredictions, folder: Path) -> Path:
     """``predictions/<task>-<split>.csv``: ``id,prediction`` (sst int 0..4, para 0/1, sts float 0..5)."""
     path = folder / f"{result.task}-{result.split}.csv"
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "prediction"])
-        for row_id, value in zip(result.ids, result.predictions):
-            writer.writerow([row_id, f"{value:.4f}" if result.task == "sts" else int(round(value))])
+    write_csv(path, ["id", "prediction"],
+              ([row_id, f"{value:.4f}" if result.task == "sts" else int(round(value))]
+               for row_id, value in zip(result.ids, result.predictions)))
     return path
 
 

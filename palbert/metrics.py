@@ -16,7 +16,9 @@ from numpy.typing import ArrayLike
 
 log = logging.getLogger(__name__)
 
+#: Metric names in metrics/dev.json (the DESIGN.md contract), per task and in table order.
 TASK_METRIC: dict[str, str] = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}
+DEV_METRICS: tuple[str, ...] = (*TASK_METRIC.values(), "overall")
 
 
 def _pair(predictions: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,8 @@ from palbert.data.batching import SpecialTokens
 from palbert.data.prepare import tokenize
 from palbert.data.prepared import PreparedSplit
 from palbert.evaluate import EvalSettings, predict_split
-from palbert.model import MultitaskBert, load_model
+from palbert.model import PAIR_TASKS, MultitaskBert, load_model
 from palbert.precision import resolve_precision
-
-PAIR_TASKS = ("para", "sts")
 
 
 @dataclass

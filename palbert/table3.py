@@ -43,13 +43,13 @@ import numpy as np
 
 from palbert.atomic import write_json, write_text
 from palbert.config import TASK_DATASET, TASKS, Params, Table3Row, params_from_dict
-from palbert.metrics import BootstrapInterval
+from palbert.metrics import DEV_METRICS, BootstrapInterval
 
 log = logging.getLogger(__name__)
 
 #: The dev metrics of ``metrics/dev.json`` the table reports, in column order, by task.
 METRICS: dict[str, str] = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}
-COLUMNS: tuple[str, ...] = ("sst_acc", "para_acc", "sts_pearson", "overall")
+COLUMNS: tuple[str, ...] = DEV_METRICS
 #: The keys of a row's ``paper`` mapping for each column.
 PAPER_KEYS: dict[str, str] = {"sst_acc": "sst", "para_acc": "para", "sts_pearson": "sts", "overall": "overall"}
 NAME_PREFIX = "t3"

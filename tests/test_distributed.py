@@ -80,17 +80,14 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
     from palbert.data.batching import SpecialTokens, make_batch
     from palbert.data.prepared import load_prepared, read_meta
     from palbert.model import MultitaskBert
-    from palbert.train.loop import ALL_DATASETS, make_optimizer, train_step
+    from palbert.train.loop import make_optimizer, make_streams, train_step
     from palbert.train.schedule import lr_multiplier
-    from palbert.train.streams import IndexStream
 
     torch.manual_seed(params.train.seed)
     meta = read_meta(prepared, "sst")
     special = SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"])
     splits = {ds: load_prepared(prepared, ds, "train") for ds in set(EQUIVALENCE_PLAN)}
-    streams = {ds: IndexStream(len(split), params.train.batch_size, seed=params.train.seed * 1009 + ALL_DATASETS.index(ds),
-                               rank=rank, world_size=world_size, lengths=split.token_lengths())
-               for ds, split in splits.items()}
+    streams = make_streams(splits, {ds: params.train.batch_size for ds in splits}, params.train.seed, rank, world_size)
     model = MultitaskBert.from_pretrained(params.model).to(device)
     optimizer = make_optimizer(model, params, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -204,24 +201,22 @@ def _plan_worker(rank: int, world_size: int, port: int, out_dir: str, prepared: 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from palbert.train.distributed import init_distributed, shutdown_distributed
-    from palbert.train.loop import ALL_DATASETS, load_training_data
-    from palbert.train.sampling import make_task_sampler
+    from palbert.train.loop import load_training_data, make_streams
+    from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
     from palbert.train.streams import IndexStream
 
     params = _plan_params(Path(bert_dir))
     ctx = init_distributed(params.distributed)
     try:
         splits, _ = load_training_data(params, Path(prepared))
-        batch_sizes = {ds: params.train.cfimdb_batch_size if ds == "cfimdb" else params.train.batch_size for ds in splits}
+        batch_sizes = dataset_batch_sizes(splits, params.train.batch_size, params.train.cfimdb_batch_size)
         sampler = make_task_sampler(params.train.sampling, sizes={ds: len(s) for ds, s in splits.items()},
                                     batch_sizes=batch_sizes, world_size=ctx.world_size,
                                     steps_per_epoch=params.train.steps_per_epoch, epochs=params.train.epochs,
                                     seed=params.train.seed, snli_prob_factor=params.data.snli_prob_factor)
 
         def streams() -> dict[str, IndexStream]:
-            return {ds: IndexStream(len(split), batch_sizes[ds], seed=params.train.seed * 1009 + ALL_DATASETS.index(ds),
-                                    rank=ctx.rank, world_size=ctx.world_size, lengths=split.token_lengths())
-                    for ds, split in splits.items()}
+            return make_streams(splits, batch_sizes, params.train.seed, ctx.rank, ctx.world_size)
 
         plan_streams = streams()
         steps = [(ds, plan_streams[ds].next_batch()) for epoch in range(1, params.train.epochs + 1)
@@ -244,6 +239,8 @@ def _plan_params(bert_dir: Path):
 
 
 def test_every_rank_draws_the_same_task_and_a_disjoint_shard(tmp_path, tiny_prepared, tiny_bert_dir):
+    from palbert.train.loop import stream_seed
+    from palbert.train.sampling import dataset_batch_sizes
     from palbert.train.streams import IndexStream
 
     # spawn: fresh interpreters, each with its own string-hash seed (a plan built from set order would differ)
@@ -263,9 +260,9 @@ def test_every_rank_draws_the_same_task_and_a_disjoint_shard(tmp_path, tiny_prep
                        for shard in step for row in shard]
         assert sorted(global_rows[:n]) == list(range(n)), f"{ds}: one pass of both ranks is not every row once"
         # the same global batches as one process with twice the batch
-        per_rank = params.train.cfimdb_batch_size if ds == "cfimdb" else params.train.batch_size
+        per_rank = dataset_batch_sizes([ds], params.train.batch_size, params.train.cfimdb_batch_size)[ds]
         lengths = _lengths(tiny_prepared, ds)
-        single = IndexStream(n, 2 * per_rank, seed=params.train.seed * 1009 + _dataset_index(ds), lengths=lengths)
+        single = IndexStream(n, 2 * per_rank, seed=stream_seed(params.train.seed, ds), lengths=lengths)
         assert global_rows == [row for _ in ranks[0]["passes"][ds] for row in single.next_batch()]
 
 
@@ -275,10 +272,6 @@ def _lengths(prepared: Path, dataset: str) -> np.ndarray:
     return load_prepared(prepared, dataset, "train").token_lengths()
 
 
-def _dataset_index(dataset: str) -> int:
-    from palbert.train.loop import ALL_DATASETS
-
-    return ALL_DATASETS.index(dataset)
 
 
 # ---- 3 and 4. the train stage under torchrun ---------------------------------------------------------

@@ -8,7 +8,6 @@ splits are scored and the best epoch's model is kept. Checkpoints make a killed 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -24,27 +23,25 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from palbert.atomic import atomic_path, write_json
-from palbert.config import DATASET_TASK, Params, TrainParams
+from palbert.atomic import write_csv, write_json
+from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.model import MultitaskBert, load_tokenizer, save_model
+from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, resolve_precision
 from palbert.tracking import RunTracker, find_project_root
 from palbert.train import checkpoint
 from palbert.train.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
-from palbert.train.sampling import make_task_sampler
+from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
 from palbert.train.schedule import lr_multiplier
 from palbert.train.streams import IndexStream
 
 log = logging.getLogger(__name__)
 
-MAIN_DATASETS = ("sst", "quora", "sts")
-#: Every dataset a sampler may name, in the column order of the sampling plot.
-ALL_DATASETS = ("sst", "quora", "sts", "snli", "cfimdb")
 
 
 @dataclass
@@ -74,12 +71,14 @@ class RunState:
     elapsed_s: float = 0.0
     #: Plot data: {"loss_<task>": [[step, loss]], "lr": [[step, lr]], "sampling": [[step, {ds: p}]], "dev": [...]}
     history: dict[str, list] = field(default_factory=dict)
+    #: Task probabilities of each epoch (drawn samplers: p_i; sequential/round-robin: the plan's fractions)
+    epoch_probabilities: dict[str, dict[str, float]] = field(default_factory=dict)
     complete: bool = False
     format: int = checkpoint.FORMAT_VERSION
 
 
 def training_datasets(params: Params) -> list[str]:
-    return [*MAIN_DATASETS, *params.data.extra]
+    return [*TASK_DATASET.values(), *params.data.extra]
 
 
 def load_training_data(params: Params, prepared_root: Path) -> tuple[dict[str, PreparedSplit], dict]:
@@ -111,25 +110,30 @@ def make_optimizer(model: torch.nn.Module, params: Params, device: torch.device)
         return torch.optim.AdamW(trainable, foreach=True, **kwargs)
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def write_plots(history: dict[str, list], folder: Path) -> None:
     """CSV files behind `dvc plots` (loss per task, LR, sampling probabilities, dev per epoch)."""
     for task in ("sst", "para", "sts"):
-        _write_csv(folder / f"loss_{task}.csv", ["step", "loss"], history.get(f"loss_{task}", []))
+        write_csv(folder / f"loss_{task}.csv", ["step", "loss"], history.get(f"loss_{task}", []))
     if history.get("loss_simcse"):  # the SimCSE term alone; the task curves above are the supervised losses
-        _write_csv(folder / "loss_simcse.csv", ["step", "loss"], history["loss_simcse"])
-    _write_csv(folder / "lr.csv", ["step", "lr"], history.get("lr", []))
-    _write_csv(folder / "sampling.csv", ["step", *ALL_DATASETS],
-               [[step, *(probs.get(ds, 0.0) for ds in ALL_DATASETS)] for step, probs in history.get("sampling", [])])
-    names = ["sst_acc", "para_acc", "sts_pearson", "overall"]
-    _write_csv(folder / "dev_epochs.csv", ["epoch", *names],
-               [[row["epoch"], *(row.get(n, float("nan")) for n in names)] for row in history.get("dev", [])])
+        write_csv(folder / "loss_simcse.csv", ["step", "loss"], history["loss_simcse"])
+    write_csv(folder / "lr.csv", ["step", "lr"], history.get("lr", []))
+    write_csv(folder / "sampling.csv", ["step", *DATASETS],
+               [[step, *(probs.get(ds, 0.0) for ds in DATASETS)] for step, probs in history.get("sampling", [])])
+    write_csv(folder / "dev_epochs.csv", ["epoch", *DEV_METRICS],
+              [[row["epoch"], *(row.get(n, float("nan")) for n in DEV_METRICS)] for row in history.get("dev", [])])
+
+
+def stream_seed(seed: int, dataset: str) -> int:
+    """Each dataset's own row order, fixed by ``train.seed`` and the dataset (not by which others are used)."""
+    return seed * 1009 + DATASETS.index(dataset)
+
+
+def make_streams(splits: dict[str, PreparedSplit], batch_sizes: dict[str, int], seed: int, rank: int,
+                 world_size: int) -> dict[str, IndexStream]:
+    """One length-bucketed, rank-sharded batch stream per training dataset."""
+    return {ds: IndexStream(len(split), batch_sizes[ds], seed=stream_seed(seed, ds), rank=rank,
+                            world_size=world_size, lengths=split.token_lengths())
+            for ds, split in splits.items()}
 
 
 def _plan_fractions(plan: list[str]) -> dict[str, float]:
@@ -192,8 +196,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     dev_splits = load_eval_splits(paths.prepared, "dev")
     special = SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"])
     max_length = min(params.data.max_length, meta["max_length"])
-    batch_sizes = {ds: params.train.cfimdb_batch_size if ds == "cfimdb" else params.train.batch_size
-                   for ds in train_splits}
+    batch_sizes = dataset_batch_sizes(train_splits, params.train.batch_size, params.train.cfimdb_batch_size)
 
     # ---- a checkpoint of this configuration to resume? ---------------------------------------------
     state = RunState(fingerprint=checkpoint.fingerprint(params, meta))
@@ -220,11 +223,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     total_steps = sampler.total_steps()
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(params.train.schedule, total_steps, params.train.warmup_fraction))
-    streams = {
-        ds: IndexStream(len(split), batch_sizes[ds], seed=params.train.seed * 1009 + ALL_DATASETS.index(ds),
-                        rank=ctx.rank, world_size=ctx.world_size, lengths=split.token_lengths())
-        for ds, split in train_splits.items()
-    }
+    streams = make_streams(train_splits, batch_sizes, params.train.seed, ctx.rank, ctx.world_size)
     if saved is not None:
         saved_state, rng_states = checkpoint.load_checkpoint(paths.checkpoints, model=model,
                                                              optimizer=optimizer, scheduler=scheduler)
@@ -266,11 +265,9 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     model.train()
     try:
         while state.epoch <= params.train.epochs:
-            plan = sampler.epoch_plan(state.epoch)
+            plan = sampler.epoch_plan(state.epoch)  # logs the epoch's alpha, probabilities and step counts
             probabilities = sampler.probabilities(state.epoch) or _plan_fractions(plan)
-            if state.position == 0:
-                log.info("epoch %d: %d steps, task probabilities %s", state.epoch, len(plan),
-                         {ds: round(p, 4) for ds, p in probabilities.items()})
+            state.epoch_probabilities[str(state.epoch)] = probabilities
             while state.position < len(plan):
                 dataset = plan[state.position]
                 task = DATASET_TASK[dataset]
@@ -352,8 +349,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             "best_epoch": state.best_epoch,
             "best_dev": {k: v for k, v in best_dev.items() if k != "epoch"},
             "dev_per_epoch": state.history["dev"],
-            "sampling_probabilities": {str(e): sampler.probabilities(e) or _plan_fractions(sampler.epoch_plan(e))
-                                       for e in range(1, params.train.epochs + 1)},
+            "sampling_probabilities": state.epoch_probabilities,
             "train_wall_s": round(wall_s, 1),
             "examples_per_s": round(state.examples / max(wall_s, 1e-9), 2),
             "world_size": ctx.world_size,
