@@ -20,6 +20,8 @@ from palbert.model import (
     load_tokenizer,
     save_model,
 )
+from palbert.model.encoder import mean_pool
+from palbert.model.heads import STS_MAX_SCORE
 from palbert.model.io import CONFIG_FILE, WEIGHTS_FILE
 
 HIDDEN, LAYERS, PAL_SIZE = 32, 2, 8
@@ -115,6 +117,37 @@ def test_pals_change_the_encoding_per_task():
     for task in TASKS:
         assert not torch.allclose(per_task[task], plain)
     assert not torch.allclose(per_task["sst"], per_task["sts"])
+
+
+def test_mean_pool_averages_only_the_real_tokens():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
+                           [[5.0, 7.0], [-9.0, 9.0], [-9.0, 9.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    torch.testing.assert_close(mean_pool(hidden, mask), torch.tensor([[2.0, 3.0], [5.0, 7.0]]))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooling_chooses_the_sentence_embedding(pooling):
+    model = tiny_model(pooling=pooling).eval()
+    inputs = encoder_inputs(3, 10, seed=4)
+    with torch.no_grad():
+        output = model.bert(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids, task="sst")
+        expected = output.pooler_output if pooling == "cls" else mean_pool(output.last_hidden_state,
+                                                                           inputs.attention_mask)
+        torch.testing.assert_close(model.encode(inputs, "sst"), expected)
+        # what stands in the padding does not change a mean-pooled (or [CLS]) embedding
+        other_padding = inputs.input_ids.masked_fill(inputs.attention_mask == 0, 7)
+        changed = EncoderInputs(other_padding, inputs.attention_mask, inputs.token_type_ids)
+        torch.testing.assert_close(model.encode(changed, "sst"), expected)
+
+
+def test_sts_output_starts_at_the_middle_of_the_score_scale():
+    model = tiny_model().eval()
+    assert model.heads.outputs["sts"].bias.item() == STS_MAX_SCORE / 2
+    assert model.heads.outputs["para"].bias.item() == 0.0
+    with torch.no_grad():
+        prediction = model(task_batch("sts", batch=8)).prediction
+    assert (prediction - STS_MAX_SCORE / 2).abs().max() < 0.5, prediction
 
 
 def test_pal_projections_are_shared_across_layers_and_attention_is_per_layer():
@@ -245,7 +278,8 @@ def _outputs(model: MultitaskBert) -> dict[str, torch.Tensor]:
         return {task: model(task_batch(task, model.params.pair_encoding)).prediction for task in TASKS}
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pals": False, "pair_encoding": "separate", "relational_layer": True}])
+@pytest.mark.parametrize("overrides", [{}, {"pals": False, "pair_encoding": "separate", "relational_layer": True},
+                                       {"pooling": "mean"}])
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, tokenizer, overrides):
     model = tiny_model(pal_activation="gelu", **overrides)
     save_model(model, tokenizer, tmp_path / "model")

@@ -65,15 +65,8 @@ def test_missing_quora_test_file_is_skipped(pipeline):
     assert not (pipeline / "predictions/para-test.csv").exists()  # not in the mirror
 
 
-QUORA_STALLS = pytest.mark.xfail(
-    strict=False,
-    reason="known gap: interleaved with SST and STS, Quora stays at the majority class for its first few hundred "
-           "steps on MiniLM (150 Quora steps: loss 0.69 -> 0.64, dev 0.615-0.620 vs majority 0.617 in 300-450-step "
-           "runs); a full default run reaches 0.824. Open in issue 4.")
-
-
 @pytest.mark.parametrize(("task", "dataset", "metric"),
-                         [("sst", "sst", "sst_acc"), pytest.param("para", "quora", "para_acc", marks=QUORA_STALLS)])
+                         [("sst", "sst", "sst_acc"), ("para", "quora", "para_acc")])
 def test_short_run_beats_the_majority_class(pipeline, task, dataset, metric):
     labels = load_prepared(pipeline / "data/prepared", dataset, "dev").labels
     majority = np.unique(labels, return_counts=True)[1].max() / len(labels)

@@ -166,6 +166,12 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
+def mean_pool(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean of ``hidden_states`` [B, T, H] over the tokens where ``attention_mask`` [B, T] is 1."""
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 @dataclass
 class EncoderOutput:
     last_hidden_state: Tensor  # [B, T, H]

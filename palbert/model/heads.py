@@ -1,7 +1,11 @@
-"""The three task heads on the pooled [CLS] embedding (paper 4.2), and the shared relational layer (4.1).
+"""The three task heads on the sentence embedding (paper 4.2), and the shared relational layer (4.1).
 
 sst: linear -> 5 logits (cross-entropy). para: linear -> 1 logit (binary cross-entropy).
 sts: linear -> 1 score on the 0..5 scale (MSE; the raw output is trained, ``predict`` clamps it).
+
+The sts output's bias starts at the middle of the scale (2.5), not 0: from 0 the first MSE is ~10, 15x the
+other losses, and the shared encoder is bent to produce scores of 2.5 before anything else is learnt (a
+300-step interleaved run kept Quora at the majority class that way; see the README's Results).
 
 Pair features: with ``joint`` pair encoding the pair is one input, so its pooled embedding [H] is
 the feature; with ``separate`` it is the plain concatenation [a; b] of the two embeddings [2H]
@@ -15,6 +19,8 @@ non-linearity it would fold into the next linear layer and add nothing but param
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from palbert.model.encoder import init_bert_weights
 
 PAIR_TASKS: tuple[str, ...] = ("para", "sts")
 NUM_SENTIMENT_CLASSES = 5
@@ -54,6 +60,11 @@ class TaskHeads(nn.Module):
                 "sts": nn.Linear(pair_size, 1),
             }
         )
+
+    def reset_parameters(self, std: float) -> None:
+        """BERT's initialisation (normal(0, std) weights, zero biases), the sts bias at the scale's middle."""
+        self.apply(lambda module: init_bert_weights(module, std))
+        nn.init.constant_(self.outputs["sts"].bias, STS_MAX_SCORE / 2)
 
     def relational_for(self, task: str) -> RelationalLayer | None:
         """The relational layer ``task``'s features pass through (the same object for para and sts)."""

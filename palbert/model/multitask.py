@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformers import BertConfig
 
 from palbert.config import TASKS, ModelParams
-from palbert.model.encoder import PalBertModel, init_bert_weights
+from palbert.model.encoder import PalBertModel, mean_pool
 from palbert.model.heads import PAIR_TASKS, STS_MAX_SCORE, TaskHeads
 from palbert.model.pretrained import load_pretrained_bert
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TaskOutput:
     prediction: Tensor  # sst logits [B, 5]; para logit [B]; sts score [B]
-    embedding: Tensor  # pooled [CLS] of batch.inputs (before head dropout) [B, H]
+    embedding: Tensor  # sentence embedding of batch.inputs (before head dropout) [B, H]
     embedding_again: Tensor | None = None  # a second dropout pass of batch.inputs, when simcse=True
 
 
@@ -58,7 +58,7 @@ class MultitaskBert(nn.Module):
         )
         self.head_dropout = nn.Dropout(params.hidden_dropout)
         self.heads = TaskHeads(bert_config.hidden_size, params.pair_encoding, params.relational_layer)
-        self.heads.apply(lambda m: init_bert_weights(m, bert_config.initializer_range))
+        self.heads.reset_parameters(bert_config.initializer_range)
         if params.freeze_encoder:
             self.freeze_encoder()
 
@@ -80,8 +80,11 @@ class MultitaskBert(nn.Module):
             parameter.requires_grad_(False)
 
     def encode(self, inputs: "EncoderInputs", task: str) -> Tensor:
-        """Pooled [CLS] embedding [B, H] of ``inputs`` through ``task``'s PALs."""
-        return self.bert(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids, task=task).pooler_output
+        """Sentence embedding [B, H] of ``inputs`` through ``task``'s PALs (``model.pooling``: cls or mean)."""
+        output = self.bert(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids, task=task)
+        if self.params.pooling == "mean":
+            return mean_pool(output.last_hidden_state, inputs.attention_mask)
+        return output.pooler_output
 
     def forward(self, batch: "TaskBatch", simcse: bool = False) -> TaskOutput:
         task = batch.task
