@@ -70,7 +70,7 @@ class ModelParams:
     pair_encoding: Literal["joint", "separate"] = "joint"
     #: Sentence embedding the heads and SimCSE use: ``cls`` (BERT's pooler, tanh(W h_[CLS]), the paper's)
     #: or ``mean`` (mean of the last hidden states over real tokens, how all-MiniLM-L6-v2 was trained).
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean"] = "mean"
     relational_layer: bool = False
     #: Dropout before the task heads (paper 5.3: 0.3).
     hidden_dropout: float = field(default=0.3, metadata=_check(0, 1))

@@ -322,6 +322,14 @@ def test_load_with_a_missing_file_names_it(saved_dir, name):
         load_model(saved_dir)
 
 
+def test_a_model_saved_before_the_pooling_knob_loads_with_cls_pooling(saved_dir):
+    config_path = saved_dir / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    del config["model_params"]["pooling"]
+    config_path.write_text(json.dumps(config))
+    assert load_model(saved_dir)[0].params.pooling == "cls"
+
+
 def test_load_of_mismatched_weights_names_the_key(saved_dir):
     config_path = saved_dir / CONFIG_FILE
     config = json.loads(config_path.read_text())

@@ -72,7 +72,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _build_model(config: dict[str, Any], config_path: Path) -> MultitaskBert:
     try:
-        params = params_from_dict({"model": config["model_params"]}).model
+        # models saved before ``model.pooling`` existed all read BERT's [CLS] pooler
+        params = params_from_dict({"model": {"pooling": "cls", **config["model_params"]}}).model
     except ParamsError as exc:
         raise ModelLoadError(f"{config_path}: model_params: {exc}") from None
     try:
