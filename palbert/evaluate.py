@@ -70,20 +70,24 @@ def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows:
 
 
 def predict_split(model: torch.nn.Module, split: PreparedSplit, task: str, settings: EvalSettings,
-                  ctx: DistContext | None = None) -> SplitPredictions:
-    """Predictions for every row of ``split`` in file order (complete on rank 0 under torchrun)."""
+                  ctx: DistContext | None = None, progress: bool = True) -> SplitPredictions:
+    """Predictions for every row of ``split`` in file order (complete on rank 0 under torchrun).
+
+    ``progress=False`` hides the progress bar (the training loop's own bar is open then; two bars at once
+    fill a log that is not a terminal with cursor-movement escapes).
+    """
     was_training = model.training
     model.eval()
     try:
         if ctx is not None and ctx.distributed:
             rows = np.asarray(shard_indices(len(split), ctx.rank, ctx.world_size), dtype=np.int64)
-            mine = _predict_rows(model, split, task, rows, settings, ctx.is_main)
+            mine = _predict_rows(model, split, task, rows, settings, progress and ctx.is_main)
             shards = ctx.all_gather_objects((rows, mine))
             predictions = np.empty(len(split), dtype=np.float64)
             for shard_rows, shard_predictions in shards:
                 predictions[shard_rows] = shard_predictions
         else:
-            predictions = _predict_rows(model, split, task, np.arange(len(split)), settings, True)
+            predictions = _predict_rows(model, split, task, np.arange(len(split)), settings, progress)
     finally:
         model.train(was_training)
     return SplitPredictions(task=task, split=split.split, ids=[str(i) for i in split.ids],

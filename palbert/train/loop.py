@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -258,8 +259,9 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
 
     # ---- the loop --------------------------------------------------------------------------------
     started = time.perf_counter()
+    # in a terminal the bar redraws ~10 times a second; into a log file, an update every 30 s is enough
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     window_losses: dict[str, list[float]] = defaultdict(list)
     window_examples, window_started = 0, time.perf_counter()
     model.train()
@@ -309,7 +311,11 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
 
             # ---- end of epoch: score dev, keep the best model ---------------------------------------
-            results = [predict_split(model, split, task, eval_settings, ctx) for task, split in dev_splits.items()]
+            if ctx.is_main:
+                log.info("epoch %d: scoring dev (%s)", state.epoch,
+                         ", ".join(f"{task} {len(split)} rows" for task, split in dev_splits.items()))
+            results = [predict_split(model, split, task, eval_settings, ctx, progress=False)
+                       for task, split in dev_splits.items()]
             dev = dev_metrics(results) if ctx.is_main else {}
             if ctx.is_main:
                 state.history.setdefault("dev", []).append({"epoch": state.epoch, **dev})

@@ -23,11 +23,25 @@ def task_loss(task: str, prediction: Tensor, labels: Tensor) -> Tensor:
     raise ValueError(f"unknown task {task!r}: expected sst, para or sts")
 
 
-def _gather_with_grad(z: Tensor) -> Tensor:
-    """All ranks' rows of ``z`` in rank order; gradients flow back to the rank that owns each row."""
-    import torch.distributed.nn.functional as dist_fn
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' rows of ``z`` in rank order; backward sums every rank's gradient of a row onto its owner.
 
-    return torch.cat(dist_fn.all_gather(z), dim=0)
+    Built on the public ``all_gather`` / ``all_reduce`` (``torch.distributed.nn.functional.all_gather`` is
+    deprecated in favour of a private module).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, z.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        rows = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * rows:(dist.get_rank() + 1) * rows]
 
 
 def simcse_loss(z1: Tensor, z2: Tensor, temperature: float = 0.05) -> Tensor:
@@ -49,7 +63,7 @@ def simcse_loss(z1: Tensor, z2: Tensor, temperature: float = 0.05) -> Tensor:
     offset = 0
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         offset = dist.get_rank() * z1.shape[0]
-        z2 = _gather_with_grad(z2)
+        z2 = _GatherWithGrad.apply(z2)
     sim = F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T / temperature
     targets = torch.arange(offset, offset + z1.shape[0], device=z1.device)
     return F.cross_entropy(sim, targets)
