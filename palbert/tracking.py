@@ -34,7 +34,7 @@ import subprocess
 import time
 import types
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from palbert.config import Params, TrackingParams
 
@@ -308,6 +308,8 @@ class RunTracker:
         self.client = client
         self.run_id: str | None = run_id
         self.tracking_uri = tracking_uri
+        #: Why the store stopped answering mid-run (``None`` while it answers).
+        self.lost: str | None = None
         self._monitor = None
         self._ended = False
         if system_metrics and _system_metrics_available():
@@ -412,24 +414,41 @@ class RunTracker:
 
     # -- logging -----------------------------------------------------------------------------
 
+    def _send(self, what: str, call: Callable[[], Any]) -> None:
+        """One call to the store. A store that stops answering mid-run must not end hours of training:
+        the first failure (after MLflow's own retries) is logged as an error, ``lost`` says why, and
+        later calls are skipped; everything also lands in the stage's own outputs (metrics/, models/)."""
+        if self.lost is not None:
+            return
+        from mlflow.exceptions import MlflowException
+
+        try:
+            call()
+        except (MlflowException, OSError) as exc:
+            self.lost = f"{what}: {_short_reason(exc)}"
+            log.error("MLflow store %s stopped answering (%s). Training goes on; MLflow run %s stays "
+                      "incomplete from here, metrics/train.json and the plots have everything.",
+                      self.tracking_uri, self.lost, self.run_id)
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         entries = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
         for i in range(0, len(entries), 1000):
-            self.client.log_batch(self.run_id, metrics=entries[i : i + 1000])
+            self._send("log_batch", lambda batch=entries[i : i + 1000]: self.client.log_batch(self.run_id, metrics=batch))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._send(f"log_artifact {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+        self._send(f"log_artifacts {directory}",
+                   lambda: self.client.log_artifacts(self.run_id, str(directory), artifact_path))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._send("set_tags", lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -441,8 +460,9 @@ class RunTracker:
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None
-        self.client.set_terminated(self.run_id, status=status)
-        log.info("MLflow run %s ended %s", self.run_id, status)
+        self._send("set_terminated", lambda: self.client.set_terminated(self.run_id, status=status))
+        if self.lost is None:
+            log.info("MLflow run %s ended %s", self.run_id, status)
 
     def __enter__(self) -> "RunTracker":
         return self
@@ -464,6 +484,7 @@ class NullTracker(RunTracker):
         self.client = None
         self.run_id = None
         self.tracking_uri = ""
+        self.lost = None
         self._monitor = None
         self._ended = True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from mlflow import MlflowClient
@@ -44,10 +46,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real tracking server on a free loopback port, SQLite backend and artifacts in a temp dir."""
-    root = tmp_path_factory.mktemp("mlflow_server")
+@contextlib.contextmanager
+def running_mlflow_server(root: Path) -> Iterator[str]:
+    """A real tracking server on a free loopback port, SQLite backend and artifacts in ``root``."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_file = open(root / "server.log", "w")
@@ -85,6 +86,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
                 pass
             proc.wait(timeout=10)
         log_file.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
+        yield url
 
 
 def _params(uri: str, on_unreachable: str = "stop") -> Params:
@@ -151,6 +158,28 @@ def test_failure_marks_run_failed(mlflow_server: str, tmp_path: Path) -> None:
             run_id = tracker.run_id
             raise ValueError("training blew up")
     assert MlflowClient(tracking_uri=mlflow_server).get_run(run_id).info.status == "FAILED"
+
+
+def test_a_server_that_dies_mid_run_does_not_end_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would take minutes
+    (tmp_path / "server").mkdir()
+    with running_mlflow_server(tmp_path / "server") as url:
+        tracker = RunTracker.start(_params(url), tmp_path, run_name="orphan", system_metrics=False)
+        tracker.log_metrics({"loss": 1.0}, step=1)
+    # the server is gone now: logging goes on without raising, says so once, and remembers why
+    with caplog.at_level("ERROR", logger="palbert.tracking"):
+        tracker.log_metrics({"loss": 0.5}, step=2)
+        tracker.log_metrics({"loss": 0.25}, step=3)
+        tracker.log_artifact(Path(__file__), "code")
+        tracker.end("FINISHED")
+    assert tracker.lost is not None and "log_batch" in tracker.lost
+    assert "Connection refused" in tracker.lost, tracker.lost
+    assert [r.getMessage().count("stopped answering") for r in caplog.records] == [1]
+    # what was sent before the server died is in its store
+    with running_mlflow_server(tmp_path / "server") as url:
+        history = MlflowClient(tracking_uri=url).get_metric_history(tracker.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0)]
 
 
 def test_other_ranks_get_a_null_tracker(tmp_path: Path) -> None:

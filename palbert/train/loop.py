@@ -363,6 +363,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             "parameters": report,
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracker.tracking_uri,
+            "tracking_lost": tracker.lost,  # why the MLflow run is incomplete, if its store stopped answering
         }
         write_plots(state.history, paths.plots)
         write_json(paths.summary, summary)
