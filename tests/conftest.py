@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,17 @@ PROJECT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("PALBERT_DATA_MIRROR") or PROJECT.parent / "shared" / "data").resolve()
 HAVE_MIRROR = (MIRROR / "cs224n").is_dir()
 needs_mirror = pytest.mark.skipif(not HAVE_MIRROR, reason=f"data mirror {MIRROR} not present")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Tests that run a CLI entry point call ``setup_logging``, which points the root logger at that test's
+    captured stderr; pytest closes that stream afterwards, so later log records would hit a closed file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def copy_project(target: Path) -> Path:

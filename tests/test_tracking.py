@@ -175,7 +175,7 @@ def test_a_server_that_dies_mid_run_does_not_end_training(tmp_path: Path, monkey
         tracker.end("FINISHED")
     assert tracker.lost is not None and "log_batch" in tracker.lost
     assert "Connection refused" in tracker.lost, tracker.lost
-    assert [r.getMessage().count("stopped answering") for r in caplog.records] == [1]
+    assert sum("stopped answering" in r.getMessage() for r in caplog.records if r.name == "palbert.tracking") == 1
     # what was sent before the server died is in its store
     with running_mlflow_server(tmp_path / "server") as url:
         history = MlflowClient(tracking_uri=url).get_metric_history(tracker.run_id, "loss")
