@@ -303,7 +303,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     state.history.setdefault("sampling", []).append([state.step, probabilities])
                     tracker.log_metrics(metrics, step=state.step)
                     progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.3f}" for t, v in window_losses.items()}
-                                         | {"ex/s": f"{rate:.0f}"})
+                                         | {"ex/s": f"{rate:.0f}"}, refresh=False)  # redraw at the bar's own pace
                     window_losses.clear()
                     window_examples, window_started = 0, time.perf_counter()
 
