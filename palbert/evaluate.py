@@ -30,7 +30,6 @@ from palbert.tracking import find_project_root
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class EvalSettings:
     pair_encoding: str

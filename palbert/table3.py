@@ -47,8 +47,7 @@ from palbert.metrics import DEV_METRICS, BootstrapInterval
 
 log = logging.getLogger(__name__)
 
-#: The dev metrics of ``metrics/dev.json`` the table reports, in column order, by task.
-METRICS: dict[str, str] = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}
+#: The dev metrics of ``metrics/dev.json`` the table reports, in column order.
 COLUMNS: tuple[str, ...] = DEV_METRICS
 #: The keys of a row's ``paper`` mapping for each column.
 PAPER_KEYS: dict[str, str] = {"sst_acc": "sst", "para_acc": "para", "sts_pearson": "sts", "overall": "overall"}

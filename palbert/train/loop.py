@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from palbert.atomic import write_csv, write_json
-from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, Params, TrainParams
+from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
@@ -42,7 +42,6 @@ from palbert.train.schedule import lr_multiplier
 from palbert.train.streams import IndexStream
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -113,7 +112,7 @@ def make_optimizer(model: torch.nn.Module, params: Params, device: torch.device)
 
 def write_plots(history: dict[str, list], folder: Path) -> None:
     """CSV files behind `dvc plots` (loss per task, LR, sampling probabilities, dev per epoch)."""
-    for task in ("sst", "para", "sts"):
+    for task in TASKS:
         write_csv(folder / f"loss_{task}.csv", ["step", "loss"], history.get(f"loss_{task}", []))
     if history.get("loss_simcse"):  # the SimCSE term alone; the task curves above are the supervised losses
         write_csv(folder / "loss_simcse.csv", ["step", "loss"], history["loss_simcse"])
