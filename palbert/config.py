@@ -55,6 +55,9 @@ class DataParams:
     max_length: int = field(default=128, metadata=_check(8, 512))
     #: Keep a seeded random sample of N rows of every split (0 = all): for smoke tests and quick looks.
     subset: int = field(default=0, metadata=_check(0))
+    #: Keep a seeded random sample of at most N rows of every dev split (0 = all): cheaper dev scoring for
+    #: reduced-scale ablations (Quora's 20,212 dev pairs are 91 % of the dev rows).
+    dev_subset: int = field(default=0, metadata=_check(0))
 
 
 @dataclass
@@ -84,6 +87,9 @@ class TrainParams:
     seed: int = field(default=11711, metadata=_check(0))
     epochs: int = field(default=3, metadata=_check(1))
     steps_per_epoch: int = field(default=1800, metadata=_check(1))
+    #: true: ``sequential`` and ``round_robin`` epochs stop after ``steps_per_epoch`` steps too (sequential
+    #: shrinks each dataset's block in proportion to its pass), so every sampler sees as many examples.
+    cap_passes: bool = False
     batch_size: int = field(default=16, metadata=_check(1))
     cfimdb_batch_size: int = field(default=8, metadata=_check(1))
     lr: float = field(default=2e-5, metadata=_check(0, None, low_open=True))

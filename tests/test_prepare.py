@@ -170,6 +170,17 @@ def test_prepare_subset_is_a_seeded_sample_in_file_order(tmp_path):
     assert load_prepared(tmp_path / "again", "sst", "dev").ids.tolist() == ids
 
 
+def test_prepare_dev_subset_samples_only_the_dev_split(tmp_path):
+    write_sst_fixture(tmp_path / "raw")
+    stats = prepare_dataset("sst", tmp_path / "raw", tmp_path / "prepared", make_params(dev_subset=2))
+    assert stats["train"]["rows"] == 3 and stats["dev"]["rows"] == 2
+    ids = load_prepared(tmp_path / "prepared", "sst", "dev").ids.tolist()
+    assert set(ids) <= {"a", "b", "c"} and ids == sorted(ids, key="abc".index)
+    # the same rows as data.subset would keep: one seeded sampler for both
+    prepare_dataset("sst", tmp_path / "raw", tmp_path / "again", make_params(subset=2))
+    assert load_prepared(tmp_path / "again", "sst", "dev").ids.tolist() == ids
+
+
 def test_prepare_absent_extra_is_marked_not_a_crash(tmp_path):
     stats = prepare_dataset("snli", tmp_path / "raw", tmp_path / "prepared", make_params())
     assert stats == {}

@@ -110,3 +110,33 @@ def test_epoch_out_of_range():
     with pytest.raises(ValueError, match="epoch 4"):
         sampler(epochs=3).epoch_plan(4)
     assert math.isclose(sampler(epochs=2).alpha(2), 0.2)
+
+
+def capped(kind, sizes, steps, batch_sizes=None):
+    batch_sizes = batch_sizes or {name: 10 for name in sizes}
+    return make_task_sampler(kind, sizes, batch_sizes, 1, steps, 3, 7, 10.0, cap_passes=True)
+
+
+def test_capped_sequential_keeps_order_and_shrinks_blocks_in_proportion():
+    # whole passes: sst 10, quora 40, sts 3 batches (53); capped at 20: shares 3.77, 15.09, 1.13
+    s = capped("sequential", SIZES, 20)
+    assert s.sequential_blocks() == {"sst": 4, "quora": 15, "sts": 1}
+    plan = s.epoch_plan(1)
+    assert plan == ["sst"] * 4 + ["quora"] * 15 + ["sts"] * 1
+    assert s.total_steps() == 60
+    # a cap above the whole pass changes nothing; without the flag the pass is whole
+    assert capped("sequential", SIZES, 500).epoch_plan(1) == sampler("sequential").epoch_plan(1)
+    assert len(sampler("sequential", steps=20).epoch_plan(1)) == 53
+
+
+def test_capped_round_robin_takes_equal_batches_up_to_the_cap():
+    sizes = {"sst": 100, "quora": 400, "sts": 100}  # 10 rounds uncapped
+    assert len(sampler("round_robin", sizes=sizes).epoch_plan(1)) == 30
+    plan = capped("round_robin", sizes, 14).epoch_plan(2)
+    assert plan == ["sst", "quora", "sts"] * 4  # 14 // 3 rounds
+    assert capped("round_robin", sizes, 1000).steps_in_epoch(1) == 30  # the data still bounds it
+
+
+def test_capped_sequential_needs_room_for_every_dataset():
+    with pytest.raises(ValueError, match="steps_per_epoch 2 cannot hold"):
+        capped("sequential", SIZES, 2).epoch_plan(1)

@@ -124,6 +124,8 @@ def prepare_dataset(dataset: str, raw_root: Path, out_root: Path, params: Params
             raw = read_split(dataset, source.split, raw_dir / source.name, params.data.bad_rows)
             if params.data.subset > 0:
                 raw = raw.sample(params.data.subset)
+            if source.split == "dev" and params.data.dev_subset > 0:
+                raw = raw.sample(params.data.dev_subset)
             save_split(_to_prepared(raw, tokenizer, params.data.max_length), tmp / f"{source.split}.npz")
             stats[source.split] = split_stats(raw)
             logger.info("%s %s: %d rows, labels %s, skipped %s, dropped %s", dataset, source.split,

@@ -219,6 +219,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         epochs=params.train.epochs,
         seed=params.train.seed,
         snli_prob_factor=params.data.snli_prob_factor,
+        cap_passes=params.train.cap_passes,
     )
     total_steps = sampler.total_steps()
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -18,7 +18,11 @@ Kinds:
 For the three drawn kinds SNLI's probability is divided by ``snli_prob_factor`` and the rest
 renormalised (paper 5.3: SNLI is so large it would crowd out the main datasets). With ``uniform`` this
 makes SNLI less likely than the others; set the factor to 1 for an exactly uniform draw.
-``sequential`` and ``round_robin`` ignore ``steps_per_epoch``: their epoch length follows the data.
+``sequential`` and ``round_robin`` ignore ``steps_per_epoch``: their epoch length follows the data,
+unless ``cap_passes``: then an epoch stops after ``steps_per_epoch`` steps as well. A capped
+round-robin epoch takes the same number of batches of each dataset; a capped sequential epoch keeps
+the order but shrinks each dataset's block in proportion to its whole pass (largest remainders), so
+every kind of sampler sees about as many examples per epoch (reduced-scale ablations, Table 3).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class TaskSampler:
     epochs: int
     seed: int
     snli_prob_factor: float = 10.0
+    cap_passes: bool = False
     datasets: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,12 +119,31 @@ class TaskSampler:
         total = sum(weights.values())
         return {name: weight / total for name, weight in weights.items()}
 
+    def sequential_blocks(self) -> dict[str, int]:
+        """Batches of each dataset in a sequential epoch: whole passes, or shrunk to the cap in proportion."""
+        passes = {name: self.batches_per_pass(name) for name in self.datasets}
+        total = sum(passes.values())
+        if not self.cap_passes or total <= self.steps_per_epoch:
+            return passes
+        if self.steps_per_epoch < len(passes):
+            raise ValueError(f"steps_per_epoch {self.steps_per_epoch} cannot hold one batch of each of "
+                             f"{len(passes)} datasets in a capped sequential epoch")
+        shares = {name: self.steps_per_epoch * n / total for name, n in passes.items()}
+        blocks = {name: max(1, math.floor(share)) for name, share in shares.items()}
+        by_remainder = sorted(passes, key=lambda name: shares[name] - math.floor(shares[name]), reverse=True)
+        for name in by_remainder[: self.steps_per_epoch - sum(blocks.values())]:
+            blocks[name] += 1
+        return blocks
+
     def steps_in_epoch(self, epoch: int) -> int:
         self._check_epoch(epoch)
         if self.kind == "sequential":
-            return sum(self.batches_per_pass(name) for name in self.datasets)
+            return sum(self.sequential_blocks().values())
         if self.kind == "round_robin":
-            return len(self.datasets) * min(self.batches_per_pass(name) for name in self.datasets)
+            rounds = min(self.batches_per_pass(name) for name in self.datasets)
+            if self.cap_passes:
+                rounds = max(1, min(rounds, self.steps_per_epoch // len(self.datasets)))
+            return len(self.datasets) * rounds
         return self.steps_per_epoch
 
     def total_steps(self) -> int:
@@ -130,7 +154,7 @@ class TaskSampler:
         """The dataset of every step of ``epoch``: the same on every rank and in a resumed run."""
         steps = self.steps_in_epoch(epoch)
         if self.kind == "sequential":
-            plan = [name for name in self.datasets for _ in range(self.batches_per_pass(name))]
+            plan = [name for name, count in self.sequential_blocks().items() for _ in range(count)]
         elif self.kind == "round_robin":
             plan = list(self.datasets) * (steps // len(self.datasets))
         else:
@@ -164,6 +188,7 @@ def make_task_sampler(
     epochs: int,
     seed: int,
     snli_prob_factor: float = 10.0,
+    cap_passes: bool = False,
 ) -> TaskSampler:
     """Build the sampler for ``train.sampling``; ``sizes`` are training rows per dataset."""
     return TaskSampler(
@@ -175,4 +200,5 @@ def make_task_sampler(
         epochs=epochs,
         seed=seed,
         snli_prob_factor=snli_prob_factor,
+        cap_passes=cap_passes,
     )
