@@ -154,6 +154,16 @@ class Table3Row:
 @dataclass
 class Table3Params:
     seeds: list[int] = field(default_factory=lambda: [11711, 1, 2])
+    #: Named run scales: overrides applied to every row (``full``, params.yaml as it is, always exists).
+    #: Records of one scale are never mixed with another's.
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def scale(self, name: str) -> dict[str, Any]:
+        if name == "full":
+            return dict(self.scales.get("full", {}))
+        if name not in self.scales:
+            raise ParamsError(f"table3.scales: no scale {name!r} (known: full, {', '.join(self.scales)})")
+        return dict(self.scales[name])
     rows: list[Table3Row] = field(default_factory=list)
 
 
@@ -311,12 +321,18 @@ def _validate_cross_field(params: Params) -> None:
     ids = [row.id for row in params.table3.rows]
     if len(set(ids)) != len(ids):
         raise ParamsError(f"table3.rows: duplicate row ids in {ids}")
+    base = params_to_dict(params, include_table3=False)
     for i, row in enumerate(params.table3.rows):
         for override_key, override_value in row.overrides.items():
             try:
-                apply_overrides(params_to_dict(params, include_table3=False), {override_key: override_value})
+                apply_overrides(base, {override_key: override_value})
             except ParamsError as exc:
                 raise ParamsError(f"table3.rows[{i}] ({row.id}).overrides: {exc}") from None
+    for name, overrides in params.table3.scales.items():
+        try:
+            apply_overrides(base, overrides)
+        except ParamsError as exc:
+            raise ParamsError(f"table3.scales.{name}: {exc}") from None
 
 
 def params_from_dict(raw: Mapping[str, Any]) -> Params:
