@@ -16,7 +16,8 @@ def test_shipped_params_load_and_are_the_papers_best_configuration():
     assert params.train.lr == pytest.approx(2e-5)
     assert (params.train.batch_size, params.train.epochs, params.train.steps_per_epoch) == (16, 3, 1800)
     assert (params.model.pal_size, params.model.pal_heads) == (204, 12)
-    assert [row.id for row in params.table3.rows] == ["0", "1", "BP1", "3", "4", "5", "6"]
+    assert [row.id for row in params.table3.rows] == ["0", "1", "BP1", "3", "4", "5", "6", "best"]
+    assert params.table3.scale("full") == {} and params.table3.scale("reduced")["train.cap_passes"] is True
 
 
 def test_yaml_1_2_float_written_by_dvc_exp_run_is_accepted(tmp_path):
