@@ -49,26 +49,36 @@ def _non_negative(text: str) -> int:
 def add_table3(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "table3",
-        help="reproduce the paper's Table 3 (rows x seeds as DVC experiments) and write metrics/table3.{md,json}",
-        description="Queue every selected Table 3 row x seed as a DVC experiment (t3-<row>-s<seed>), run the "
-                    "queue, and write metrics/table3.md and metrics/table3.json: mean ± std over seeds, the "
-                    "paper's numbers, and each row's overall difference to the previous selected row with a "
-                    "95%% bootstrap interval.",
+        help="reproduce the paper's Table 3 (rows x seeds as DVC experiments) into results/table3/<table-id>/",
+        description="Run every selected Table 3 row x seed that has no record yet as a DVC experiment "
+                    "(t3-<row>-s<seed>), write a record of each finished run to results/table3/<table-id>/"
+                    "<row>-s<seed>/, and rebuild table.md, table.json and figures/ there from the records: "
+                    "mean ± std over seeds, the paper's numbers, and each row's overall difference to the "
+                    "previous row and to row 3 with a 95%% bootstrap interval over dev examples and seeds.",
     )
+    parser.add_argument("--scale", default="full",
+                        help="a scale of params.yaml's table3.scales (overrides for every row), e.g. reduced "
+                             "(default: full, params.yaml as it is)")
     parser.add_argument("--rows", type=_comma_list, default=None,
                         help="row ids from params.yaml's table3 section, e.g. 0,BP1 (default: all)")
     parser.add_argument("--seeds", type=_comma_ints, default=None,
                         help="seeds, e.g. 1,2 (default: table3.seeds)")
-    parser.add_argument("--epochs", type=_positive, default=None, help="train.epochs for every run")
+    parser.add_argument("--epochs", type=_positive, default=None, help="also set train.epochs for every run")
     parser.add_argument("--steps-per-epoch", type=_positive, default=None,
-                        help="train.steps_per_epoch for every run (sequential and round-robin rows run whole passes)")
+                        help="also set train.steps_per_epoch for every run")
     parser.add_argument("--subset", type=_non_negative, default=None,
-                        help="data.subset for every run: a seeded random sample of N rows of every split")
+                        help="also set data.subset for every run: a seeded random sample of N rows of every split")
     parser.add_argument("--resume", action="store_true",
-                        help="keep finished experiments with the same settings and still-queued ones; run the rest")
+                        help="keep valid records (and record finished experiments); run only what is missing")
+    parser.add_argument("--collect", action="store_true",
+                        help="no training: record the experiments that finished (e.g. a queue run by hand), then "
+                             "rebuild the table")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="no training, no DVC, no MLflow: rebuild table.md, table.json and figures/ from the "
+                             "committed records")
     parser.add_argument("--jobs", "-j", type=_positive, default=1, help="experiments run at a time")
     parser.add_argument("--table-id", default=None,
-                        help="MLflow tag table3_id of the runs (default: a new id, or the resumed table's)")
+                        help="folder under results/table3/ and MLflow tag table3_id (default: the scale's name)")
     parser.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples")
     parser.add_argument("--params", type=Path, default=None,
                         help="params file with the table3 section (default: params.yaml in the project root)")
@@ -76,24 +86,39 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_table3(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from palbert.config import load_params
-    from palbert.table3 import BootstrapSettings, RunSize, Table3Request, make_table3, render_markdown
+    from palbert.table3 import BootstrapSettings, Table3Error, Table3Request, make_table3, rebuild_table
+    from palbert.table3.report import render_markdown
+    from palbert.table3.runner import table_folder
     from palbert.tracking import find_project_root
 
     root = find_project_root()
     params = load_params(args.params or root / "params.yaml")
-    request = Table3Request(
-        rows=args.rows,
-        seeds=args.seeds,
-        size=RunSize(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, subset=args.subset),
-        resume=args.resume,
-        jobs=args.jobs,
-        table_id=args.table_id,
-        bootstrap=BootstrapSettings(resamples=args.resamples),
-    )
-    table = make_table3(root, params, request)
+    shrink = {key: value for key, value in (("train.epochs", args.epochs), ("train.steps_per_epoch",
+              args.steps_per_epoch), ("data.subset", args.subset)) if value is not None}
+    scale_name = args.scale
+    if shrink:  # an ad hoc scale: a table of its own, never mixed with the named scale's records
+        if not args.table_id:
+            raise Table3Error("--epochs, --steps-per-epoch and --subset make a scale of their own: name its "
+                              "table with --table-id")
+        scale_name = f"{args.scale}+" + ",".join(f"{k}={v}" for k, v in shrink.items())
+        scales = {**params.table3.scales, scale_name: {**params.table3.scale(args.scale), **shrink}}
+        params = dataclasses.replace(params, table3=dataclasses.replace(params.table3, scales=scales))
+    bootstrap = BootstrapSettings(resamples=args.resamples)
+    if args.rebuild:
+        table_id = args.table_id or args.scale
+        table = rebuild_table(root, params, table_id, bootstrap)
+    else:
+        table_id = args.table_id or scale_name
+        table = make_table3(root, params, Table3Request(
+            rows=args.rows, seeds=args.seeds, scale=scale_name, resume=args.resume, train=not args.collect,
+            jobs=args.jobs,
+            table_id=table_id, bootstrap=bootstrap))
     print(render_markdown(table))
-    print(f"Written: metrics/table3.md, metrics/table3.json. MLflow UI filter: {table['mlflow_filter']}")
+    folder = table_folder(root, table_id).relative_to(root)
+    print(f"Written: {folder}/table.md, table.json, figures/. MLflow UI filter: {table['mlflow_filter']}")
     return 0
 
 

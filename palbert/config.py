@@ -181,6 +181,17 @@ class Params:
     def world_size(self) -> int:
         return self.distributed.nproc_per_node * self.distributed.nnodes
 
+    def result_settings(self) -> dict[str, Any]:
+        """Every setting that shapes the trained weights and dev scores (not where files live, how often to
+        log or checkpoint, how many threads or processes run it): what checkpoints and Table 3 records match on."""
+        return {
+            "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "mirror"},
+            "model": dataclasses.asdict(self.model),
+            "train": {k: v for k, v in dataclasses.asdict(self.train).items()
+                      if k not in ("checkpoint_every", "log_every", "threads")},
+            "evaluate": dataclasses.asdict(self.evaluate),
+        }
+
     def flat(self) -> dict[str, Any]:
         """``{"model.pals": True, ...}`` for MLflow; the table3 section is left out (it is not a run knob)."""
         out: dict[str, Any] = {}

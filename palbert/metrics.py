@@ -1,15 +1,15 @@
 """Dev metrics (paper 5.2): accuracy for sst and para, Pearson r for sts, and the overall score.
 
 overall = (sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3 maps Pearson's [-1, 1] onto [0, 1] so the
-three tasks weigh alike. ``bootstrap_difference`` says whether two systems' overall scores on the
-same dev examples differ by more than resampling noise.
+three tasks weigh alike. ``bootstrap_rows`` says whether rows of seeds (Table 3) differ in overall score
+by more than the noise of the dev examples and of the seeds.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -63,57 +63,112 @@ def overall(sst_acc: float, para_acc: float, sts_pearson: float) -> float:
     return (sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3
 
 
-def overall_from_tasks(scores: Mapping[str, float]) -> float:
-    """``overall`` from ``{"sst": ..., "para": ..., "sts": ...}`` task scores."""
-    return overall(scores["sst"], scores["para"], scores["sts"])
-
-
 @dataclass(frozen=True)
 class BootstrapInterval:
-    difference: float  # overall(a) - overall(b) on the dev examples as given
+    difference: float  # mean overall(a) - mean overall(b) on the dev examples as given
     low: float
     high: float
     confidence: float
     resamples: int
 
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
 
-def bootstrap_difference(
-    predictions_a: Mapping[str, ArrayLike],
-    predictions_b: Mapping[str, ArrayLike],
-    labels: Mapping[str, ArrayLike],
-    resamples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> BootstrapInterval:
-    """Percentile bootstrap interval of overall(a) − overall(b); each maps task → dev predictions.
+
+def task_scores(task: str, predictions: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``task``'s dev metric on each row of ``rows`` ([resamples, n] example indices) at once.
+
+    Hand-written because it scores a thousand resamples in one array operation; ``score`` (one sample)
+    is this with a single row. Pearson r of a constant side is 0, as in ``pearson``.
+    """
+    if task in ("sst", "para"):
+        return (predictions == labels).astype(np.float64)[rows].mean(axis=-1)
+    if task != "sts":
+        raise ValueError(f"unknown task {task!r}: expected sst, para or sts")
+    p, y = predictions.astype(np.float64)[rows], labels.astype(np.float64)[rows]
+    dp = p - p.mean(axis=-1, keepdims=True)
+    dy = y - y.mean(axis=-1, keepdims=True)
+    denominator = np.sqrt((dp * dp).sum(axis=-1) * (dy * dy).sum(axis=-1))
+    numerator = (dp * dy).sum(axis=-1)
+    r = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+    return np.clip(r, -1.0, 1.0)
+
+
+#: Index matrices of one bootstrap chunk hold at most this many entries (memory stays ~64 MB).
+_CHUNK_ENTRIES = 8_000_000
+
+System = Mapping[str, np.ndarray]  # task -> dev predictions in label order
+
+
+@dataclass
+class RowBootstrap:
+    """Seed-mean dev metrics of each row on the full dev sets and on every bootstrap resample."""
+
+    point: dict[str, dict[str, float]]  # metric -> row -> value
+    draws: dict[str, dict[str, np.ndarray]]  # metric -> row -> [resamples]
+    confidence: float
+    resamples: int
+
+    def _percentiles(self, values: np.ndarray) -> tuple[float, float]:
+        tail = (1 - self.confidence) / 2 * 100
+        low, high = np.percentile(values, [tail, 100 - tail])
+        return float(low), float(high)
+
+    def interval(self, row: str, metric: str = "overall") -> tuple[float, float]:
+        """Percentile interval of one row's seed-mean ``metric``."""
+        return self._percentiles(self.draws[metric][row])
+
+    def difference(self, a: str, b: str, metric: str = "overall") -> BootstrapInterval:
+        """Percentile interval of row ``a`` minus row ``b``."""
+        low, high = self._percentiles(self.draws[metric][a] - self.draws[metric][b])
+        return BootstrapInterval(difference=self.point[metric][a] - self.point[metric][b], low=low, high=high,
+                                 confidence=self.confidence, resamples=self.resamples)
+
+
+def bootstrap_rows(rows: Mapping[str, Sequence[System]], labels: Mapping[str, np.ndarray],
+                   resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> RowBootstrap:
+    """A two-level bootstrap of each row's seed-mean dev metrics, over dev examples and over seeds.
 
     Each resample draws every task's dev examples with replacement (tasks independently, as their dev
-    sets are distinct) and scores both systems on the same draw, so the interval reflects the paired
-    difference. An interval that excludes 0 means the gap is larger than resampling noise.
+    sets are distinct) and shares that draw across all rows, so differences between rows are paired
+    over examples; it also draws each row's seeds with replacement, so a row's seed-to-seed spread widens
+    its interval. A difference whose interval excludes 0 is larger than both kinds of noise.
     """
     if resamples < 1 or not 0 < confidence < 1:
         raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples}, {confidence}")
     tasks = tuple(TASK_METRIC)
-    truth = {task: _pair(labels[task], labels[task])[0] for task in tasks}
-    system_a = {task: _pair(predictions_a[task], truth[task])[0] for task in tasks}
-    system_b = {task: _pair(predictions_b[task], truth[task])[0] for task in tasks}
+    sizes = {task: len(labels[task]) for task in tasks}
+    for row, systems in rows.items():
+        if not systems:
+            raise ValueError(f"row {row}: no seed's predictions")
+        for system in systems:
+            for task in tasks:
+                if len(system[task]) != sizes[task]:
+                    raise ValueError(f"row {row}, {task}: {len(system[task])} predictions for {sizes[task]} labels")
 
-    def difference(rows: Mapping[str, np.ndarray | slice]) -> float:
-        a = {task: score(task, system_a[task][rows[task]], truth[task][rows[task]]) for task in tasks}
-        b = {task: score(task, system_b[task][rows[task]], truth[task][rows[task]]) for task in tasks}
-        return overall_from_tasks(a) - overall_from_tasks(b)
+    def per_seed(systems: Sequence[System], draw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """metric -> [..., seeds]"""
+        scores = {TASK_METRIC[task]: np.stack([task_scores(task, s[task], labels[task], draw[task]) for s in systems],
+                                              axis=-1) for task in tasks}
+        scores["overall"] = overall(scores["sst_acc"], scores["para_acc"], scores["sts_pearson"])
+        return scores
 
-    rng = np.random.default_rng(seed)
-    draws = [
-        difference({task: rng.integers(0, len(truth[task]), len(truth[task])) for task in tasks})
-        for _ in range(resamples)
-    ]
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return BootstrapInterval(
-        difference=difference({task: slice(None) for task in tasks}),
-        low=float(low),
-        high=float(high),
-        confidence=confidence,
-        resamples=resamples,
-    )
+    everything = {task: np.arange(sizes[task]) for task in tasks}
+    point: dict[str, dict[str, float]] = {metric: {} for metric in DEV_METRICS}
+    for row, systems in rows.items():
+        for metric, values in per_seed(systems, everything).items():
+            point[metric][row] = float(values.mean())
+    example_rng = np.random.default_rng([seed, 0])
+    seed_rng = np.random.default_rng([seed, 1])
+    chunk = max(1, _CHUNK_ENTRIES // max(sizes.values()))
+    parts: dict[str, dict[str, list[np.ndarray]]] = {metric: {row: [] for row in rows} for metric in DEV_METRICS}
+    for start in range(0, resamples, chunk):
+        count = min(chunk, resamples - start)
+        draw = {task: example_rng.integers(0, sizes[task], (count, sizes[task])) for task in tasks}
+        for row, systems in rows.items():
+            picked = seed_rng.integers(0, len(systems), (count, len(systems)))
+            for metric, values in per_seed(systems, draw).items():  # [count, seeds]
+                parts[metric][row].append(np.take_along_axis(values, picked, axis=1).mean(axis=1))
+    draws = {metric: {row: np.concatenate(p) for row, p in by_row.items()} for metric, by_row in parts.items()}
+    return RowBootstrap(point=point, draws=draws, confidence=confidence, resamples=resamples)

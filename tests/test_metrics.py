@@ -1,10 +1,10 @@
-"""Dev metrics, the overall score, and the bootstrap interval of a difference."""
+"""Dev metrics, the overall score, and the two-level bootstrap of Table 3 rows."""
 
 import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from palbert.metrics import accuracy, bootstrap_difference, overall, pearson, score
+from palbert.metrics import accuracy, bootstrap_rows, overall, pearson, score, task_scores
 
 
 def test_accuracy_and_pearson():
@@ -49,19 +49,65 @@ def noisy(rng, labels, error):
     return {"sst": flip(labels["sst"], 5), "para": flip(labels["para"], 2), "sts": sts}
 
 
-def test_bootstrap_interval_contains_the_observed_difference_and_is_seeded():
+def test_vectorised_scores_are_the_single_sample_scores():
+    rng = np.random.default_rng(3)
+    labels = dev_set(rng, 120)
+    system = noisy(rng, labels, 0.4)
+    rows = rng.integers(0, 120, (7, 120))
+    for task in ("sst", "para", "sts"):
+        many = task_scores(task, system[task], labels[task], rows)
+        assert many == pytest.approx([score(task, system[task][r], labels[task][r]) for r in rows])
+    assert task_scores("sts", np.full(120, 2.5), labels["sts"], rows).tolist() == [0.0] * 7  # constant: r = 0
+
+
+def test_one_seed_per_row_is_the_paired_bootstrap_over_examples():
+    """With one seed a row's draws are the plain paired bootstrap, checked against a loop over metrics.score."""
     rng = np.random.default_rng(1)
     labels = dev_set(rng)
     good, bad = noisy(rng, labels, 0.2), noisy(rng, labels, 0.6)
-    result = bootstrap_difference(good, bad, labels, resamples=300, seed=5)
-    assert result.difference == pytest.approx(overall_of(good, labels) - overall_of(bad, labels))
-    assert 0 < result.low < result.difference < result.high
-    assert result == bootstrap_difference(good, bad, labels, resamples=300, seed=5)
+    result = bootstrap_rows({"good": [good], "bad": [bad]}, labels, resamples=200, seed=5)
+    example_rng = np.random.default_rng([5, 0])
+    draws = {task: example_rng.integers(0, len(labels[task]), (200, len(labels[task]))) for task in labels}
+    oracle = [overall_of({t: good[t][draws[t][r]] for t in labels}, {t: labels[t][draws[t][r]] for t in labels})
+              - overall_of({t: bad[t][draws[t][r]] for t in labels}, {t: labels[t][draws[t][r]] for t in labels})
+              for r in range(200)]
+    difference = result.difference("good", "bad")
+    assert difference.difference == pytest.approx(overall_of(good, labels) - overall_of(bad, labels))
+    assert (difference.low, difference.high) == pytest.approx(tuple(np.percentile(oracle, [2.5, 97.5])))
+    assert difference.excludes_zero and 0 < difference.low < difference.difference < difference.high
+    again = bootstrap_rows({"good": [good], "bad": [bad]}, labels, resamples=200, seed=5)
+    assert again.difference("good", "bad") == difference  # seeded
 
 
-def test_bootstrap_of_a_system_against_itself_is_zero():
+def test_a_row_against_itself_is_zero_and_equal_rows_are_within_noise():
     rng = np.random.default_rng(2)
-    labels = dev_set(rng, 100)
+    labels = dev_set(rng, 200)
     system = noisy(rng, labels, 0.3)
-    result = bootstrap_difference(system, system, labels, resamples=50, seed=0)
-    assert result.difference == result.low == result.high == 0.0
+    same = bootstrap_rows({"a": [system], "b": [system]}, labels, resamples=50).difference("a", "b")
+    assert same.difference == same.low == same.high == 0.0
+    seeds_a = [noisy(rng, labels, 0.3) for _ in range(3)]
+    seeds_b = [noisy(rng, labels, 0.3) for _ in range(3)]
+    equal = bootstrap_rows({"a": seeds_a, "b": seeds_b}, labels, resamples=400).difference("a", "b")
+    assert equal.low < 0 < equal.high and not equal.excludes_zero
+
+
+def test_seed_spread_widens_a_rows_interval():
+    """Same dev examples, same mean quality: a row whose seeds disagree gets a wider interval."""
+    rng = np.random.default_rng(4)
+    labels = dev_set(rng, 400)
+    steady = [noisy(rng, labels, 0.35) for _ in range(3)]
+    erratic = [noisy(rng, labels, error) for error in (0.1, 0.35, 0.6)]
+    result = bootstrap_rows({"steady": steady, "erratic": erratic}, labels, resamples=400)
+    width = {row: np.subtract(*result.interval(row)[::-1]) for row in ("steady", "erratic")}
+    assert width["erratic"] > 2 * width["steady"]
+    assert set(result.point) == {"sst_acc", "para_acc", "sts_pearson", "overall"}
+    low, high = result.interval("steady", "sst_acc")
+    assert low < result.point["sst_acc"]["steady"] < high
+
+
+def test_bootstrap_rows_rejects_misaligned_predictions():
+    rng = np.random.default_rng(5)
+    labels = dev_set(rng, 50)
+    short = {**noisy(rng, labels, 0.3), "sts": np.zeros(49)}
+    with pytest.raises(ValueError, match="row a, sts: 49 predictions for 50 labels"):
+        bootstrap_rows({"a": [short]}, labels, resamples=10)

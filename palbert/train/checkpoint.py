@@ -12,7 +12,6 @@ not part of it: a run may resume with a different number of workers.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -30,20 +29,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 LATEST = "latest"
 
-#: Train settings that do not change what is computed, so a resumed run may change them.
-_NOT_FINGERPRINTED = {"checkpoint_every", "log_every", "threads"}
-
 
 def fingerprint(params: Params, data_meta: dict[str, Any]) -> str:
     """Hash of every setting (and the prepared data's identity) that shapes the trained weights."""
-    relevant = {
-        "data": dataclasses.asdict(params.data) | {"mirror": None},
-        "model": dataclasses.asdict(params.model),
-        "train": {k: v for k, v in dataclasses.asdict(params.train).items() if k not in _NOT_FINGERPRINTED},
-        "evaluate": dataclasses.asdict(params.evaluate),
-        "data_meta": data_meta,
-        "format": FORMAT_VERSION,
-    }
+    relevant = {**params.result_settings(), "data_meta": data_meta, "format": FORMAT_VERSION}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -30,6 +30,7 @@ from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.model import MultitaskBert, load_tokenizer, save_model
+from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, resolve_precision
@@ -360,6 +361,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             "examples_per_s": round(state.examples / max(wall_s, 1e-9), 2),
             "world_size": ctx.world_size,
             "precision": precision,
+            "machine": describe_machine(),
             "parameters": report,
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracker.tracking_uri,

@@ -1,0 +1,203 @@
+"""The DVC side of Table 3: which ``t3-*`` experiments exist, queueing, running the queue.
+
+DVC facts this relies on (DVC 3.67):
+- ``dvc exp run --run-all -j N`` starts N queue workers, follows every queued experiment's log in the
+  foreground and returns when all are done, but exits 0 even when some failed: failures are found
+  afterwards, from ``dvc exp show --json`` (``executor.state == "failed"``, or no metrics).
+- Queueing a name that already exists as an experiment of the same baseline commit fails unless
+  ``--force``; failed queue entries keep their name in ``dvc exp show`` but do not block it.
+- ``-S`` values go through Hydra's override grammar (``plan.hydra_value``).
+- Queued experiments run in ``.dvc/tmp/exps/<tmp>/`` with ``DVC_ROOT`` set to the real repository, which
+  ``palbert.tracking.find_project_root`` uses, so their MLflow runs land in the project's store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from palbert.config import ParamsError, params_from_dict
+from palbert.metrics import DEV_METRICS
+from palbert.table3.plan import PlannedRun, Table3Error
+
+log = logging.getLogger(__name__)
+
+DEV_METRICS_FILE = "metrics/dev.json"
+TRAIN_SUMMARY_FILE = "metrics/train.json"
+
+
+@dataclass
+class ExpRecord:
+    """One experiment as ``dvc exp show --json`` lists it."""
+
+    name: str
+    rev: str
+    baseline: str
+    #: ``success``, ``failed``, ``queued``, ``running``, or None (finished, no queue record left).
+    state: str | None
+    params: dict[str, Any]
+    metrics: dict[str, Any] | None  # metrics/dev.json
+    summary: dict[str, Any] | None = None  # metrics/train.json
+    log_file: str | None = None
+    timestamp: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return (self.state not in ("failed", "queued", "running") and self.metrics is not None
+                and all(isinstance(self.metrics.get(name), (int, float)) for name in DEV_METRICS))
+
+    @property
+    def pending(self) -> bool:
+        return self.state in ("queued", "running")
+
+    @property
+    def has_ref(self) -> bool:
+        """A finished experiment of this name exists: queueing the name again needs ``--force``."""
+        return self.state not in ("failed", "queued", "running")
+
+    @property
+    def table_id(self) -> str:
+        return str(self.params.get("tracking", {}).get("table3_id") or "")
+
+
+def parse_exp_show(data: Sequence[Mapping[str, Any]]) -> dict[str, list[ExpRecord]]:
+    """``dvc exp show --json`` output -> named experiments of every shown baseline, newest first."""
+    found: dict[str, list[ExpRecord]] = {}
+    for baseline in data:
+        for experiment in baseline.get("experiments") or []:
+            executor = experiment.get("executor") or {}
+            for rev in experiment.get("revs") or []:
+                name = rev.get("name") or experiment.get("name")
+                if not name:
+                    continue
+                body = rev.get("data") or {}
+                metrics = body.get("metrics") or {}
+                params_file = (body.get("params") or {}).get("params.yaml") or {}
+                state = executor.get("state")
+                if rev.get("error") and state is None:
+                    state = "failed"
+                found.setdefault(name, []).append(ExpRecord(
+                    name=name,
+                    rev=rev.get("rev", ""),
+                    baseline=baseline.get("rev", ""),
+                    state=state,
+                    params=params_file.get("data") or {},
+                    metrics=(metrics.get(DEV_METRICS_FILE) or {}).get("data"),
+                    summary=(metrics.get(TRAIN_SUMMARY_FILE) or {}).get("data"),
+                    log_file=(executor.get("local") or {}).get("log"),
+                    timestamp=body.get("timestamp") or "",
+                ))
+    for records in found.values():
+        records.sort(key=lambda record: record.timestamp, reverse=True)
+    return found
+
+
+def _dvc(root: Path, args: Sequence[str], capture: bool = False) -> subprocess.CompletedProcess:
+    command = ["dvc", *args]
+    log.debug("running %s", " ".join(command))
+    try:
+        result = subprocess.run(command, cwd=root, text=True, capture_output=capture)
+    except FileNotFoundError:
+        raise Table3Error("`dvc` is not on PATH: activate the project's environment") from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip() if capture else "see the output above"
+        raise Table3Error(f"`{' '.join(command)}` failed (exit {result.returncode}): {detail}")
+    return result
+
+
+def read_experiments(root: Path) -> dict[str, list[ExpRecord]]:
+    """The experiments of every commit (``dvc exp show --json --all-commits``): a table outlives commits."""
+    result = _dvc(root, ["exp", "show", "--json", "--all-commits"], capture=True)
+    try:
+        data = json.loads(result.stdout or "[]")
+    except json.JSONDecodeError as exc:
+        raise Table3Error(f"`dvc exp show --json` printed something that is not JSON: {exc}") from None
+    return parse_exp_show(data)
+
+
+def matches(record: ExpRecord, run: PlannedRun) -> bool:
+    """Whether an experiment belongs to ``run``'s table and row and trained with exactly its settings."""
+    tracking = record.params.get("tracking") or {}
+    if str(tracking.get("table3_id", "")) != run.table_id or str(tracking.get("table3_row", "")) != run.row:
+        return False
+    try:
+        settings = params_from_dict({k: v for k, v in record.params.items() if k != "table3"}).result_settings()
+    except ParamsError:
+        return False  # params of an older layout that no longer validates: not this run
+    return settings == run.settings()
+
+
+@dataclass
+class ExperimentPlan:
+    """What the command does with each run that has no valid record."""
+
+    to_queue: list[tuple[PlannedRun, bool]] = field(default_factory=list)  # (run, force)
+    finished: dict[str, ExpRecord] = field(default_factory=dict)  # run name -> experiment to record
+    pending: dict[str, ExpRecord] = field(default_factory=dict)
+
+
+def plan_experiments(runs: Sequence[PlannedRun], existing: Mapping[str, Sequence[ExpRecord]],
+                     resume: bool) -> ExperimentPlan:
+    """Which runs to queue, and (``resume``) which finished or still-queued experiments to use.
+
+    With ``resume`` a finished experiment of the run's name, table and settings becomes its record
+    without training, and one still queued or running is waited for instead of queued twice. Without
+    it everything runs again (``--force`` replaces a finished experiment of the same name), but a
+    queued or running one is an error: it would run twice.
+    """
+    plan = ExperimentPlan()
+    for run in runs:
+        records = list(existing.get(run.name, ()))
+        pending = next((r for r in records if r.pending), None)
+        complete = next((r for r in records if r.complete and matches(r, run)), None)
+        force = any(r.has_ref for r in records)
+        if pending is not None:
+            if not resume:
+                raise Table3Error(
+                    f"experiment {run.name} is already {pending.state} in the DVC queue: rerun with --resume "
+                    f"to wait for it, or remove it (`dvc queue kill {run.name}` / `dvc queue remove {run.name}`)")
+            plan.pending[run.name] = pending
+        elif resume and complete is not None:
+            plan.finished[run.name] = complete
+        else:
+            plan.to_queue.append((run, force))
+    return plan
+
+
+def queue_run(root: Path, run: PlannedRun, force: bool) -> None:
+    result = _dvc(root, run.queue_command(force=force)[1:], capture=True)
+    log.info("queued %s%s", run.name, " (replacing the existing one)" if force else "")
+    log.debug("%s", result.stdout.strip())
+
+
+def run_queue(root: Path, jobs: int) -> None:
+    """Run every queued experiment in the foreground, its log streamed to the terminal.
+
+    ``--run-all`` also runs experiments someone else queued in this repository.
+    Its exit status says nothing about failures: the caller checks the results.
+    """
+    if jobs < 1:
+        raise Table3Error(f"--jobs must be >= 1, got {jobs}")
+    _dvc(root, ["exp", "run", "--run-all", "--jobs", str(jobs)])
+
+
+def finished_experiment(run: PlannedRun, existing: Mapping[str, Sequence[ExpRecord]]) -> ExpRecord:
+    """The run's finished experiment; a failed or missing one raises, naming its log."""
+    records = list(existing.get(run.name, ()))
+    complete = next((r for r in records if r.complete and matches(r, run)), None)
+    if complete is not None:
+        return complete
+    failed = next((r for r in records if r.state == "failed"), None)
+    if failed is not None:
+        problem = f"{run.name} failed (log: {failed.log_file or f'dvc queue logs {run.name}'})"
+    elif records and records[0].pending:
+        problem = f"{run.name} is still {records[0].state}"
+    elif records:
+        problem = f"{run.name} finished without all of {', '.join(DEV_METRICS)} in {DEV_METRICS_FILE}"
+    else:
+        problem = f"{run.name} is not among the repository's experiments"
+    raise Table3Error(problem)

@@ -1,0 +1,293 @@
+"""Results records: one small folder per finished Table 3 run, committed to the repository.
+
+A record is what a table is rebuilt from on any clone, with no training, no DVC experiment refs and no
+MLflow store (neither travels with ``git clone``):
+
+    results/table3/<table-id>/<row>-s<seed>/
+        record.json                    settings, scale, commit, dev metrics per epoch and kept, wall time,
+                                       machine, precision, versions, and the SHA-256 of every file below
+        predictions/<task>-dev.csv.gz  id,prediction,label   (what the bootstrap needs)
+        predictions/<task>-test.csv.gz id,prediction         (as the evaluate stage wrote them)
+        curves.csv.gz                  step,series,value     (training losses per task, SimCSE, LR)
+
+The folder is written in one rename and ``record.json`` carries checksums, so a truncated, edited or
+half-copied record is caught when read (``RecordError`` names the path) instead of entering a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from palbert.atomic import atomic_dir, write_json
+from palbert.config import TASK_DATASET, TASKS
+from palbert.machine import describe_machine
+from palbert.metrics import DEV_METRICS
+from palbert.table3.experiments import ExpRecord
+from palbert.table3.plan import PlannedRun, Table3Error
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = 1
+RECORD_FILE = "record.json"
+CURVES_FILE = "curves.csv.gz"
+#: Training curves kept from each run's plot CSVs (metrics/plots/train/<series>.csv).
+CURVE_SERIES: tuple[str, ...] = ("loss_sst", "loss_para", "loss_sts", "loss_simcse", "lr")
+
+
+class RecordError(Table3Error):
+    """A record that cannot be used as it is; the message starts with its path."""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_csv_gz(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A gzip CSV whose bytes depend only on its rows (no timestamp in the gzip header)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
+        handle.write(text.getvalue().encode("utf-8"))
+
+
+def read_csv_gz(path: Path, header: Sequence[str]) -> list[list[str]]:
+    try:
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path}: not a readable gzip CSV ({exc})") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or rows[0] != list(header):
+        raise RecordError(f"{path}: expected the header {','.join(header)}, got {rows[0] if rows else 'nothing'}")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise RecordError(f"{path}, line {line}: expected {len(header)} columns, got {len(row)}")
+    return rows[1:]
+
+
+@dataclass
+class DevPredictions:
+    """One run's dev predictions and the labels they are scored against, per task, in file order."""
+
+    ids: dict[str, np.ndarray]
+    predictions: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+
+
+@dataclass
+class RunRecord:
+    folder: Path
+    data: dict[str, Any]
+
+    @property
+    def row(self) -> str:
+        return str(self.data["row"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.data["seed"])
+
+    @property
+    def dev(self) -> dict[str, float]:
+        return {name: float(self.data["dev"][name]) for name in DEV_METRICS}
+
+    def dev_predictions(self) -> DevPredictions:
+        ids, predictions, labels = {}, {}, {}
+        for task in TASKS:
+            path = self.folder / "predictions" / f"{task}-dev.csv.gz"
+            rows = read_csv_gz(path, ["id", "prediction", "label"])
+            try:
+                values = np.asarray([[float(p), float(y)] for _, p, y in rows], dtype=np.float64).reshape(-1, 2)
+            except ValueError as exc:
+                raise RecordError(f"{path}: a prediction or label is not a number ({exc})") from None
+            ids[task] = np.asarray([row[0] for row in rows])
+            predictions[task], labels[task] = values[:, 0], values[:, 1]
+        return DevPredictions(ids=ids, predictions=predictions, labels=labels)
+
+    def curves(self) -> list[tuple[int, str, float]]:
+        rows = read_csv_gz(self.folder / CURVES_FILE, ["step", "series", "value"])
+        return [(int(step), series, float(value)) for step, series, value in rows]
+
+
+def read_record(folder: Path, run: PlannedRun | None = None, scale: Mapping[str, Any] | None = None) -> RunRecord:
+    """A record, checked: complete files, this format, and (when given) the run's settings and scale."""
+    path = folder / RECORD_FILE
+    if not path.is_file():
+        raise RecordError(f"{path}: missing (an interrupted copy?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path}: not valid JSON ({exc}; truncated?)") from None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+        raise RecordError(f"{path}: not a format-{RECORD_FORMAT} record")
+    for key in ("row", "seed", "settings", "scale", "dev", "files"):
+        if key not in data:
+            raise RecordError(f"{path}: no {key!r}")
+    if any(not isinstance(data["dev"].get(name), (int, float)) for name in DEV_METRICS):
+        raise RecordError(f"{path}: dev metrics incomplete (need {', '.join(DEV_METRICS)})")
+    for name, digest in data["files"].items():
+        member = folder / name
+        if not member.is_file():
+            raise RecordError(f"{member}: missing (listed in {RECORD_FILE})")
+        if _digest(member) != digest:
+            raise RecordError(f"{member}: does not match its checksum in {RECORD_FILE} (truncated or edited)")
+    if scale is not None and data["scale"].get("overrides") != dict(scale):
+        raise RecordError(f"{path}: of scale {data['scale']}, not this table's {dict(scale)}")
+    if run is not None:
+        if (data["row"], data["seed"]) != (run.row, run.seed):
+            raise RecordError(f"{path}: holds row {data['row']} seed {data['seed']}, not {run.row} seed {run.seed}")
+        if data["settings"] != run.settings():
+            raise RecordError(f"{path}: ran with other settings than row {run.row} has now "
+                              f"({_first_differences(data['settings'], run.settings())})")
+    return RunRecord(folder=folder, data=data)
+
+
+def _first_differences(have: Mapping[str, Any], want: Mapping[str, Any], limit: int = 3) -> str:
+    found = []
+    for section in sorted(set(have) | set(want)):
+        a, b = have.get(section) or {}, want.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "<absent>") != b.get(key, "<absent>"):
+                found.append(f"{section}.{key}: {a.get(key, '<absent>')!r} in the record, {b.get(key, '<absent>')!r} now")
+    return "; ".join(found[:limit]) + (f"; and {len(found) - limit} more" if len(found) > limit else "")
+
+
+def write_record(folder: Path, data: Mapping[str, Any], tables: Mapping[str, tuple[Sequence[str], list]]) -> RunRecord:
+    """Write ``tables`` (relative path -> (header, rows)) as gzip CSVs and ``record.json`` with their checksums."""
+    with atomic_dir(folder) as tmp:
+        for name, (header, rows) in tables.items():
+            write_csv_gz(tmp / name, header, rows)
+        files = {name: _digest(tmp / name) for name in sorted(tables)}
+        write_json(tmp / RECORD_FILE, {**data, "files": files})
+    return read_record(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# From a finished DVC experiment (and its MLflow run) to a record
+# --------------------------------------------------------------------------------------------
+
+
+def _load_dev_labels(root: Path, rev: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each task's dev ids and labels as experiment ``rev`` prepared them (from the DVC cache)."""
+    import dvc.api
+
+    from palbert.data.prepared import load_prepared
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="table3-labels-") as tmp:
+        for task in TASKS:
+            dataset = TASK_DATASET[task]
+            target = Path(tmp) / dataset / "dev.npz"
+            target.parent.mkdir(parents=True)
+            try:
+                with dvc.api.open(f"data/prepared/{dataset}/dev.npz", repo=str(root), rev=rev, mode="rb") as src:
+                    target.write_bytes(src.read())
+            except Exception as exc:  # a missing cache entry or path: say which
+                raise Table3Error(f"cannot read data/prepared/{dataset}/dev.npz of experiment {rev[:7]}: {exc}") from exc
+            split = load_prepared(Path(tmp), dataset, "dev")
+            if split is None or split.labels is None:
+                raise Table3Error(f"data/prepared/{dataset}/dev.npz of {rev[:7]} has no labels")
+            out[task] = (np.asarray(split.ids).astype(str), np.asarray(split.labels))
+    return out
+
+
+def _read_prediction_csv(path: Path, where: str) -> dict[str, str]:
+    """``id,prediction`` (the DESIGN.md contract) -> id -> prediction text, kept as written."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0] != ["id", "prediction"]:
+        raise Table3Error(f"{where}: expected the header 'id,prediction', got {rows[0] if rows else 'nothing'}")
+    out = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2:
+            raise Table3Error(f"{where}, line {line}: expected 2 columns, got {len(row)}")
+        out[row[0]] = row[1]
+    return out
+
+
+def _label_text(task: str, value: float) -> str:
+    return f"{value:.4f}" if task == "sts" else str(int(value))
+
+
+def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRecord, scale_name: str) -> RunRecord:
+    """Write the record of ``run`` from its finished experiment: metrics from DVC, files from its MLflow run."""
+    from mlflow import MlflowClient
+
+    summary = experiment.summary or {}
+    run_id, uri = summary.get("mlflow_run_id"), summary.get("tracking_uri")
+    if not run_id or not uri:
+        raise Table3Error(f"{experiment.name}: metrics/train.json names no MLflow run (Table 3 needs tracking)")
+    labels = _load_dev_labels(root, experiment.rev)
+    client = MlflowClient(tracking_uri=uri)
+    tables: dict[str, tuple[Sequence[str], list]] = {}
+    with tempfile.TemporaryDirectory(prefix="table3-record-") as tmp:
+        predictions = Path(client.download_artifacts(run_id, "predictions", tmp))
+        for task in TASKS:
+            where = f"MLflow run {run_id} ({experiment.name}) predictions/{task}-dev.csv"
+            if not (predictions / f"{task}-dev.csv").is_file():
+                raise Table3Error(f"{where} is missing")
+            predicted = _read_prediction_csv(predictions / f"{task}-dev.csv", where)
+            ids, values = labels[task]
+            missing = [i for i in ids if i not in predicted]
+            if missing or len(predicted) != len(ids):
+                raise Table3Error(f"{where}: predicted ids differ from the dev labels ({len(missing)} labelled "
+                                  f"ids missing, {len(predicted)} predicted vs {len(ids)})")
+            tables[f"predictions/{task}-dev.csv.gz"] = (
+                ["id", "prediction", "label"],
+                [[i, predicted[i], _label_text(task, float(y))] for i, y in zip(ids, values)])
+            test = predictions / f"{task}-test.csv"
+            if test.is_file():
+                rows = _read_prediction_csv(test, f"MLflow run {run_id} predictions/{test.name}")
+                tables[f"predictions/{task}-test.csv.gz"] = (["id", "prediction"], [[i, p] for i, p in rows.items()])
+        curves = []
+        for series in CURVE_SERIES:
+            try:
+                path = Path(client.download_artifacts(run_id, f"plots/{series}.csv", tmp))
+            except Exception:  # noqa: BLE001 - a series the run did not log (no SimCSE)
+                continue
+            with open(path, newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                next(reader, None)
+                curves += [[int(step), series, value] for step, value in reader]
+        tables[CURVES_FILE] = (["step", "series", "value"], curves)
+    machine = summary.get("machine")
+    data = {
+        "format": RECORD_FORMAT,
+        "table_id": run.table_id,
+        "row": run.row,
+        "seed": run.seed,
+        "scale": {"name": scale_name, "overrides": run.scale},
+        "overrides": run.row_overrides,
+        "settings": run.settings(),
+        "code_commit": experiment.baseline,
+        "dvc_experiment": {"name": experiment.name, "rev": experiment.rev},
+        "mlflow_run_id": run_id,
+        "dev": {name: experiment.metrics[name] for name in DEV_METRICS} if experiment.metrics else {},
+        "best_epoch": summary.get("best_epoch"),
+        "dev_per_epoch": summary.get("dev_per_epoch"),
+        "steps": summary.get("steps"),
+        "train_wall_s": summary.get("train_wall_s"),
+        "examples_per_s": summary.get("examples_per_s"),
+        "world_size": summary.get("world_size"),
+        "precision": summary.get("precision"),
+        # runs of older code did not describe their machine: the collector's, which ran them (same session)
+        "machine": machine or {**describe_machine(), "described_by": "collector"},
+        "collected": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    record = write_record(folder, data, tables)
+    log.info("%s: record written to %s (overall %.4f)", experiment.name, folder, record.dev["overall"])
+    return record

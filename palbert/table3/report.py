@@ -1,0 +1,207 @@
+"""The table from records alone: seed mean ± std per metric, the paper's value, intervals, Markdown.
+
+No training, DVC experiment or MLflow store is needed: ``build_table`` reads the record folders of one
+table (``records.py``), aligns every run's dev predictions to one set of dev ids and labels, and runs
+the two-level bootstrap of ``palbert.metrics.bootstrap_rows`` over dev examples and seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from palbert.config import TASKS, Table3Row
+from palbert.metrics import DEV_METRICS, TASK_METRIC, RowBootstrap, bootstrap_rows
+from palbert.table3.records import RecordError, RunRecord
+
+log = logging.getLogger(__name__)
+
+#: The keys of a row's ``paper`` mapping for each metric.
+PAPER_KEYS: dict[str, str] = {"sst_acc": "sst", "para_acc": "para", "sts_pearson": "sts", "overall": "overall"}
+#: Every row is also compared with this one: the paper's best model (BP1 + SimCSE), palbert's default.
+REFERENCE_ROW = "3"
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    resamples: int = 1000
+    seed: int = 0
+    confidence: float = 0.95
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1); std is None for one seed, where spread is unknown."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("no values")
+    std = float(array.std(ddof=1)) if array.size > 1 else None
+    return float(array.mean()), std
+
+
+def aligned_systems(records: Mapping[str, Sequence[RunRecord]]) -> tuple[dict[str, list[dict[str, np.ndarray]]],
+                                                                           dict[str, np.ndarray]]:
+    """Every run's dev predictions in one id order, and the labels; a record scored on other ids raises."""
+    systems: dict[str, list[dict[str, np.ndarray]]] = {}
+    reference = None
+    for row, runs in records.items():
+        for record in runs:
+            dev = record.dev_predictions()
+            if reference is None:
+                reference = dev
+            system = {}
+            for task in TASKS:
+                if (len(dev.ids[task]) != len(reference.ids[task]) or not np.array_equal(dev.ids[task], reference.ids[task])
+                        or not np.allclose(dev.labels[task], reference.labels[task])):
+                    raise RecordError(f"{record.folder}: its {task} dev ids or labels differ from "
+                                      f"{reference_folder(records)}'s (another dev sample?)")
+                system[task] = dev.predictions[task]
+            systems.setdefault(row, []).append(system)
+    if reference is None:
+        raise ValueError("no records")
+    return systems, reference.labels
+
+
+def reference_folder(records: Mapping[str, Sequence[RunRecord]]) -> str:
+    return str(next(record.folder for runs in records.values() for record in runs))
+
+
+def _paper_difference(row: Table3Row, other: Table3Row) -> float | None:
+    a, b = row.paper.get("overall"), other.paper.get("overall")
+    return None if a is None or b is None else round(a - b, 6)
+
+
+def _comparison(boot: RowBootstrap, row: Table3Row, other: Table3Row) -> dict[str, Any]:
+    interval = boot.difference(row.id, other.id)
+    return {"row": other.id, "difference": interval.difference, "low": interval.low, "high": interval.high,
+            "excludes_zero": interval.excludes_zero, "paper_difference": _paper_difference(row, other)}
+
+
+def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRecord]], table_id: str,
+                scale: Mapping[str, Any], settings: BootstrapSettings = BootstrapSettings(),
+                excluded: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """``table.json``: per row the seed mean ± std of each metric with its interval, the paper's number,
+    and the overall difference to the previous measured row and to row 3, each with its interval."""
+    measured = {row.id: list(records.get(row.id, ())) for row in rows if records.get(row.id)}
+    boot = None
+    if measured:
+        systems, labels = aligned_systems(measured)
+        boot = bootstrap_rows(systems, labels, resamples=settings.resamples, seed=settings.seed,
+                              confidence=settings.confidence)
+    by_id = {row.id: row for row in rows}
+    out_rows, previous = [], None
+    for row in rows:
+        runs = sorted(measured.get(row.id, []), key=lambda record: record.seed)
+        entry: dict[str, Any] = {"id": row.id, "name": row.name, "overrides": row.overrides,
+                                 "seeds": [record.seed for record in runs],
+                                 "records": [record.folder.name for record in runs]}
+        if not runs:
+            out_rows.append({**entry, "measured": False})
+            continue
+        assert boot is not None
+        entry["measured"] = True
+        for metric in DEV_METRICS:
+            values = [record.dev[metric] for record in runs]
+            mean, std = mean_std(values)
+            low, high = boot.interval(row.id, metric)
+            entry[metric] = {"mean": mean, "std": std, "values": values, "low": low, "high": high,
+                             "paper": row.paper.get(PAPER_KEYS[metric])}
+        entry["vs_previous"] = None if previous is None else _comparison(boot, row, previous)
+        reference = by_id.get(REFERENCE_ROW)
+        entry["vs_reference"] = (_comparison(boot, row, reference)
+                                 if reference is not None and reference.id in measured and row.id != reference.id else None)
+        entry["precision"] = dict(Counter(str(record.data.get("precision")) for record in runs))
+        entry["train_wall_s"] = [record.data.get("train_wall_s") for record in runs]
+        out_rows.append(entry)
+        previous = row
+    all_records = [record for runs in measured.values() for record in runs]
+    return {
+        "table3_id": table_id,
+        "mlflow_filter": f"tags.table3_id = '{table_id}'",
+        "scale": dict(scale),
+        "records": len(all_records),
+        "dev_examples": ({task: int(len(labels[task])) for task in TASKS} if measured else {}),
+        "bootstrap": {**asdict(settings), "over": "dev examples (paired across rows) and seeds"},
+        "precision": dict(Counter(str(record.data.get("precision")) for record in all_records)),
+        "machines": dict(Counter(_machine_kind(record) for record in all_records)),
+        "code_commits": sorted({str(record.data.get("code_commit", ""))[:10] for record in all_records}),
+        "train_wall_s_total": round(sum(float(record.data.get("train_wall_s") or 0) for record in all_records), 1),
+        "excluded": [{"path": path, "reason": reason} for path, reason in excluded],
+        "rows": out_rows,
+    }
+
+
+def _machine_kind(record: RunRecord) -> str:
+    machine = record.data.get("machine") or {}
+    if machine.get("gpu"):
+        return str(machine["gpu"])
+    return f"{machine.get('cores', '?')}-core CPU {'with' if machine.get('cpu_bf16') else 'without'} AVX512-BF16"
+
+
+def _cell(stats: Mapping[str, Any]) -> str:
+    std = "–" if stats["std"] is None else f"{stats['std']:.3f}"
+    paper = "" if stats.get("paper") is None else f" ({stats['paper']:.3f})"
+    return f"{stats['mean']:.3f} ± {std}{paper}"
+
+
+def _delta(delta: Mapping[str, Any] | None) -> str:
+    if delta is None:
+        return "–"
+    paper = "" if delta["paper_difference"] is None else f" (paper {delta['paper_difference']:+.3f})"
+    return (f"{delta['difference']:+.3f} [{delta['low']:+.3f}, {delta['high']:+.3f}]"
+            f"{' *' if delta['excludes_zero'] else ''}{paper}")
+
+
+def verdict(delta: Mapping[str, Any]) -> str:
+    """What a difference says, in words: larger than the noise of dev examples and seeds, or not."""
+    if not delta["excludes_zero"]:
+        return "within noise"
+    return "better" if delta["difference"] > 0 else "worse"
+
+
+def render_markdown(table: Mapping[str, Any]) -> str:
+    """``table.md``: the table, then one line per difference saying whether it is more than noise."""
+    confidence = table["bootstrap"]["confidence"]
+    scale = table["scale"]
+    measured = [row for row in table["rows"] if row["measured"]]
+    seeds = sorted({len(row["seeds"]) for row in measured})
+    lines = [
+        f"# Table 3 ({scale.get('name', '?')} scale): ablations on the dev sets",
+        "",
+        f"Scale `{scale.get('name')}`: every row with {', '.join(f'`{k}={v}`' for k, v in scale.get('overrides', {}).items()) or 'params.yaml as it is'}. "
+        f"Dev examples: {', '.join(f'{task} {n}' for task, n in table['dev_examples'].items())}. "
+        f"{table['records']} runs ({', '.join(f'{n} {p}' for p, n in table['precision'].items())}; "
+        f"{', '.join(f'{n} on a {m}' for m, n in table['machines'].items())}), "
+        f"{table['train_wall_s_total'] / 3600:.1f} h of training in all; code {', '.join(table['code_commits'])}.",
+        "",
+        f"Each cell: mean ± standard deviation over {'/'.join(map(str, seeds)) or 'no'} seeds, the paper's number "
+        f"(BERT-base) in parentheses. Δ: overall minus the other row's, with a {confidence:.0%} bootstrap interval "
+        f"({table['bootstrap']['resamples']} resamples over dev examples and seeds); * the interval excludes 0.",
+        "",
+        "| row | model | seeds | SST acc | Para acc | STS r | overall | Δ overall vs previous row | Δ overall vs row 3 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table["rows"]:
+        if not row["measured"]:
+            lines.append(f"| {row['id']} | {row['name']} | 0 | not measured yet | | | | | |")
+            continue
+        lines.append(f"| {row['id']} | {row['name']} | {len(row['seeds'])} | "
+                     + " | ".join(_cell(row[metric]) for metric in DEV_METRICS)
+                     + f" | {_delta(row['vs_previous'])} | {_delta(row['vs_reference'])} |")
+    lines.append("")
+    for row in measured:
+        for key in ("vs_previous", "vs_reference"):
+            delta = row[key]
+            if delta is None or (key == "vs_reference" and row["vs_previous"] and delta["row"] == row["vs_previous"]["row"]):
+                continue
+            lines.append(f"- {row['id']} vs {delta['row']}: Δ overall {delta['difference']:+.4f}, "
+                         f"{confidence:.0%} interval [{delta['low']:+.4f}, {delta['high']:+.4f}]: {verdict(delta)}"
+                         + ("" if delta["paper_difference"] is None else f" (paper: {delta['paper_difference']:+.3f})")
+                         + ".")
+    if table["excluded"]:
+        lines += ["", "Records left out (they run again with `palbert table3 --resume`):"]
+        lines += [f"- `{item['path']}`: {item['reason']}" for item in table["excluded"]]
+    return "\n".join(lines) + "\n"

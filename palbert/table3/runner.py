@@ -1,0 +1,181 @@
+"""``palbert table3``: run what a table is missing, record each run as it finishes, rebuild the table.
+
+The table lives in ``results/table3/<table-id>/`` (committed): one record per row x seed, and
+``table.md``, ``table.json`` and ``figures/`` rebuilt from those records alone. Runs are DVC experiments
+(``t3-<row>-s<seed>``) logged to MLflow with the tags ``table3_id`` and ``table3_row``; they run
+``--jobs`` at a time, and each one's record is written as soon as its batch is done, so a killed command
+loses only the runs in progress. ``--resume`` keeps every valid record (and records finished
+experiments that have none yet); a record that is damaged, of another scale, or of settings the row
+no longer has is named and run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from palbert.atomic import write_json, write_text
+from palbert.config import Params
+from palbert.table3.experiments import (
+    finished_experiment,
+    plan_experiments,
+    queue_run,
+    read_experiments,
+    run_queue,
+)
+from palbert.table3.figures import write_figures
+from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows
+from palbert.table3.records import RecordError, RunRecord, collect_record, read_record
+from palbert.table3.report import BootstrapSettings, build_table, render_markdown
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path("results/table3")
+TABLE_JSON = "table.json"
+TABLE_MD = "table.md"
+FIGURES = "figures"
+
+
+@dataclass
+class Table3Request:
+    rows: list[str] | None = None
+    seeds: list[int] | None = None
+    scale: str = "full"
+    resume: bool = False
+    #: False: only record experiments that already finished (a queue run by hand or still running elsewhere).
+    train: bool = True
+    jobs: int = 1
+    table_id: str | None = None
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+
+
+def table_folder(root: Path, table_id: str) -> Path:
+    return root / RESULTS / check_name("table id", table_id)
+
+
+def _check_scale(folder: Path, scale_name: str, scale: dict[str, Any]) -> None:
+    """Two tables of different scales never mix: a folder keeps the scale of its first table."""
+    path = folder / TABLE_JSON
+    if not path.is_file():
+        return
+    try:
+        have = json.loads(path.read_text(encoding="utf-8")).get("scale", {})
+    except json.JSONDecodeError:
+        return  # rebuilt below from the records, which carry their own scale
+    if have.get("overrides") != scale:
+        raise Table3Error(f"{folder} holds a table of scale {have.get('name')!r} {have.get('overrides')}, not "
+                          f"{scale_name!r} {scale}: choose another --table-id")
+
+
+def valid_records(folder: Path, runs: Sequence[PlannedRun]) -> tuple[dict[str, RunRecord], list[tuple[str, str]]]:
+    """Records of ``runs`` that can be used, and (path, reason) for each one that cannot."""
+    good, bad = {}, []
+    for run in runs:
+        path = folder / run.folder
+        if not path.exists():
+            continue
+        try:
+            good[run.name] = read_record(path, run, run.scale)
+        except RecordError as exc:
+            bad.append((str(path), str(exc).removeprefix(f"{path}/").removeprefix(str(path))))
+    return good, bad
+
+
+def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str, Any]:
+    """Run what is missing, write a record per finished run, then rebuild the table from the records."""
+    rows = select_rows(params.table3.rows, request.rows)
+    seeds = list(request.seeds or params.table3.seeds)
+    scale = params.table3.scale(request.scale)
+    table_id = request.table_id or request.scale
+    folder = table_folder(root, table_id)
+    _check_scale(folder, request.scale, scale)
+    runs = plan_runs(params, rows, seeds, table_id, scale)
+
+    recorded, bad = valid_records(folder, runs) if request.resume or not request.train else ({}, [])
+    for path, reason in bad:
+        log.warning("%s: %s; it runs again", path, reason)
+    for name in recorded:
+        log.info("%s: kept (record of overall %.4f)", name, recorded[name].dev["overall"])
+    missing = [run for run in runs if run.name not in recorded]
+    if missing:
+        plan = plan_experiments(missing, read_experiments(root), request.resume or not request.train)
+        for run in missing:
+            if run.name in plan.finished:
+                log.info("%s: finished experiment without a record: recording it", run.name)
+                collect_record(root, folder / run.folder, run, plan.finished[run.name], request.scale)
+        if not request.train:
+            left = [run.name for run in missing if run.name not in plan.finished]
+            if left:
+                log.info("no record yet (not trained now): %s", ", ".join(left))
+        elif plan.pending:
+            log.info("waiting for %s, already in the DVC queue", ", ".join(plan.pending))
+            run_queue(root, request.jobs)
+            _record_batch(root, folder, [run for run in missing if run.name in plan.pending], request.scale)
+        to_run = plan.to_queue if request.train else []
+        for start in range(0, len(to_run), request.jobs):
+            batch = to_run[start : start + request.jobs]
+            for run, force in batch:
+                queue_run(root, run, force)
+            log.info("running %s (%d of %d left)", ", ".join(run.name for run, _ in batch),
+                     len(to_run) - start, len(to_run))
+            run_queue(root, request.jobs)
+            _record_batch(root, folder, [run for run, _ in batch], request.scale)
+    return rebuild_table(root, params, table_id, request.bootstrap)
+
+
+def _record_batch(root: Path, folder: Path, runs: Sequence[PlannedRun], scale_name: str) -> None:
+    """Record every finished run of a batch; then stop on the first that failed, naming its log."""
+    experiments = read_experiments(root)
+    problems = []
+    for run in runs:
+        try:
+            collect_record(root, folder / run.folder, run, finished_experiment(run, experiments), scale_name)
+        except Table3Error as exc:
+            problems.append(str(exc))
+    if problems:
+        raise Table3Error("; ".join(problems) + ". Fix the cause and rerun with --resume: finished runs are kept.")
+
+
+def rebuild_table(root: Path, params: Params, table_id: str,
+                  bootstrap: BootstrapSettings = BootstrapSettings()) -> dict[str, Any]:
+    """``table.json``, ``table.md`` and the figures of ``table_id``, from its records alone."""
+    folder = table_folder(root, table_id)
+    found = sorted(path for path in folder.iterdir()
+                   if path.is_dir() and path.name != FIGURES and not path.name.startswith(".")) if folder.is_dir() else []
+    if not found:
+        raise Table3Error(f"{folder}: no records (run `palbert table3 --scale ...` first)")
+    scale_name, scale = _scale_of(found, params)
+    seeds = sorted({int(path.name.rsplit("-s", 1)[1]) for path in found if path.name.rsplit("-s", 1)[-1].isdigit()})
+    runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)
+    records, bad = valid_records(folder, runs)
+    known = {str(folder / run.folder) for run in runs}
+    bad += [(str(path), "not a row x seed of params.yaml's table3 section") for path in found if str(path) not in known]
+    for path, reason in bad:
+        log.warning("%s: left out of the table: %s", path, reason)
+    by_row: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        if run.name in records:
+            by_row.setdefault(run.row, []).append(records[run.name])
+    table = build_table(params.table3.rows, by_row, table_id, {"name": scale_name, "overrides": scale},
+                        bootstrap, excluded=[(str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p, r)
+                                             for p, r in bad])
+    write_json(folder / TABLE_JSON, table)
+    write_text(folder / TABLE_MD, render_markdown(table))
+    figures = write_figures(table, by_row, folder / FIGURES)
+    log.info("wrote %s, %s and %d figure(s) from %d record(s)", folder / TABLE_JSON, folder / TABLE_MD,
+             len(figures), table["records"])
+    return table
+
+
+def _scale_of(found: Sequence[Path], params: Params) -> tuple[str, dict[str, Any]]:
+    """The table's scale, from its first readable record: every other record must share it."""
+    for path in found:
+        try:
+            data = json.loads((path / "record.json").read_text(encoding="utf-8"))
+            return str(data["scale"]["name"]), dict(data["scale"]["overrides"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+    raise Table3Error(f"{found[0].parent}: no readable record.json")
