@@ -282,7 +282,7 @@ def test_the_table_is_rebuilt_from_records(tmp_path, params, labels):
     assert [item["path"] for item in table["excluded"]] == ["results/table3/tiny/junk-s9"]
     markdown = (folder / "table.md").read_text(encoding="utf-8")
     assert "| 4 | + extra datasets | 0 | not measured yet |" in markdown
-    assert "- 3 vs BP1: Δ overall" in markdown and ": better (paper: +0.009)." in markdown
+    assert "- row 3 vs row BP1: Δ overall" in markdown and ": better (paper: +0.009)." in markdown
     assert json.loads((folder / "table.json").read_text(encoding="utf-8")) == json.loads(json.dumps(table))
     figures = sorted(path.name for path in (folder / "figures").iterdir())
     assert figures == ["figure1_loss_1_vs_BP1.png", "rows.png"]  # rows 4 and 5 not measured: no Figures 2-3

@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from palbert.atomic import atomic_path  # noqa: E402
 from palbert.metrics import DEV_METRICS  # noqa: E402
 from palbert.table3.records import RunRecord  # noqa: E402
 
@@ -36,6 +37,13 @@ PAPER_FIGURES: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      ("para",)),
 )
 SMOOTHING_WINDOWS = 5
+TASK_TITLES = {"sst": "SST", "para": "paraphrase (Quora + SNLI)", "sts": "STS"}
+
+
+def _save(figure: plt.Figure, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
 
 
 def rows_figure(table: Mapping[str, Any], out: Path) -> Path:
@@ -49,7 +57,8 @@ def rows_figure(table: Mapping[str, Any], out: Path) -> Path:
             stats, y = row[metric], position[row["id"]]
             axis.errorbar([stats["mean"]], [y], xerr=[[stats["mean"] - stats["low"]], [stats["high"] - stats["mean"]]],
                           fmt="o", color="tab:blue", capsize=3, label="palbert (95% interval)" if y == 0 else None)
-            axis.plot(stats["values"], [y] * len(stats["values"]), "|", color="tab:blue", alpha=0.5, markersize=8)
+            axis.plot(stats["values"], [y + 0.18] * len(stats["values"]), ".", color="gray", markersize=5,
+                      label="one seed" if y == 0 else None)
         paper = [(row[metric].get("paper") if row["measured"] else None, position[row["id"]]) for row in table["rows"]]
         paper = [(value, y) for value, y in paper if value is not None]
         if paper:
@@ -65,12 +74,11 @@ def rows_figure(table: Mapping[str, Any], out: Path) -> Path:
             if name not in names:
                 handles.append(handle)
                 names.append(name)
-    figure.legend(handles, names, loc="lower center", ncol=2, frameon=False)
+    figure.legend(handles, names, loc="lower center", ncol=3, frameon=False)
     scale = table["scale"].get("name", "?")
-    figure.suptitle(f"Table 3 ({scale} scale): seed mean, its 95% interval (dev examples and seeds), each seed as |")
+    figure.suptitle(f"Table 3 ({scale} scale): seed mean with its 95% interval (dev examples and seeds)")
     figure.tight_layout(rect=(0, 0.06, 1, 0.95))
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    _save(figure, out)
     return out
 
 
@@ -97,15 +105,14 @@ def loss_figure(records: Mapping[str, Sequence[RunRecord]], names: Mapping[str, 
             axis.plot(per_seed.index, per_seed.mean(axis=1), color=color,
                       label=f"{row}: {names.get(row, row)} ({per_seed.shape[1]} seeds)")
             axis.fill_between(per_seed.index, per_seed.min(axis=1), per_seed.max(axis=1), color=color, alpha=0.2)
-            axis.set_title(f"{task} training loss")
+            axis.set_title(f"{TASK_TITLES[task]} training loss")
             axis.set_xlabel("step")
             axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"{title} (mean over seeds, band: min-max, smoothed over {SMOOTHING_WINDOWS} log windows)",
                     fontsize=10)
     figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    _save(figure, out)
     return out
 
 

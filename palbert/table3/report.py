@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from palbert.config import TASKS, Table3Row
-from palbert.metrics import DEV_METRICS, TASK_METRIC, RowBootstrap, bootstrap_rows
+from palbert.metrics import DEV_METRICS, RowBootstrap, bootstrap_rows
 from palbert.table3.records import RecordError, RunRecord
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,11 @@ def render_markdown(table: Mapping[str, Any]) -> str:
             delta = row[key]
             if delta is None or (key == "vs_reference" and row["vs_previous"] and delta["row"] == row["vs_previous"]["row"]):
                 continue
-            lines.append(f"- {row['id']} vs {delta['row']}: Δ overall {delta['difference']:+.4f}, "
+            lines.append(f"- row {row['id']} vs row {delta['row']}: Δ overall {delta['difference']:+.4f}, "
                          f"{confidence:.0%} interval [{delta['low']:+.4f}, {delta['high']:+.4f}]: {verdict(delta)}"
                          + ("" if delta["paper_difference"] is None else f" (paper: {delta['paper_difference']:+.3f})")
                          + ".")
     if table["excluded"]:
-        lines += ["", "Records left out (they run again with `palbert table3 --resume`):"]
+        lines += ["", "Left out of this table (`palbert table3 --resume` runs the rows' own again):"]
         lines += [f"- `{item['path']}`: {item['reason']}" for item in table["excluded"]]
     return "\n".join(lines) + "\n"
