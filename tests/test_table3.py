@@ -137,7 +137,7 @@ def test_parse_exp_show():
     ]
     found = parse_exp_show(show)
     ok, failed = found["t3-0-s1"][0], found["t3-0-s2"][0]
-    assert ok.complete and ok.table_id == "t3-a" and ok.baseline == "b" * 40 and ok.summary == {"mlflow_run_id": "abc"}
+    assert ok.complete and ok.table_id == "t3-a" and ok.baseline == "b" * 40
     assert not failed.complete and failed.state == "failed" and failed.log_file == "/y.out"
 
 

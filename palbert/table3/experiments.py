@@ -27,7 +27,6 @@ from palbert.table3.plan import PlannedRun, Table3Error
 log = logging.getLogger(__name__)
 
 DEV_METRICS_FILE = "metrics/dev.json"
-TRAIN_SUMMARY_FILE = "metrics/train.json"
 
 
 @dataclass
@@ -41,7 +40,6 @@ class ExpRecord:
     state: str | None
     params: dict[str, Any]
     metrics: dict[str, Any] | None  # metrics/dev.json
-    summary: dict[str, Any] | None = None  # metrics/train.json
     log_file: str | None = None
     timestamp: str = ""
 
@@ -87,7 +85,6 @@ def parse_exp_show(data: Sequence[Mapping[str, Any]]) -> dict[str, list[ExpRecor
                     state=state,
                     params=params_file.get("data") or {},
                     metrics=(metrics.get(DEV_METRICS_FILE) or {}).get("data"),
-                    summary=(metrics.get(TRAIN_SUMMARY_FILE) or {}).get("data"),
                     log_file=(executor.get("local") or {}).get("log"),
                     timestamp=body.get("timestamp") or "",
                 ))

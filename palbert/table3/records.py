@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,16 @@ def _read_prediction_csv(path: Path, where: str) -> dict[str, str]:
     return out
 
 
+def _train_summary(root: Path, experiment: ExpRecord) -> dict[str, Any]:
+    """The experiment's metrics/train.json as committed in its ref (``dvc exp show`` keeps only its numbers)."""
+    result = subprocess.run(["git", "show", f"{experiment.rev}:metrics/train.json"], cwd=root, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise Table3Error(f"{experiment.name}: no metrics/train.json in its commit {experiment.rev[:7]}: "
+                          f"{result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
 def _label_text(task: str, value: float) -> str:
     return f"{value:.4f}" if task == "sts" else str(int(value))
 
@@ -227,7 +238,7 @@ def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRec
     """Write the record of ``run`` from its finished experiment: metrics from DVC, files from its MLflow run."""
     from mlflow import MlflowClient
 
-    summary = experiment.summary or {}
+    summary = _train_summary(root, experiment)
     run_id, uri = summary.get("mlflow_run_id"), summary.get("tracking_uri")
     if not run_id or not uri:
         raise Table3Error(f"{experiment.name}: metrics/train.json names no MLflow run (Table 3 needs tracking)")
