@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -243,6 +244,7 @@ def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRec
     if not run_id or not uri:
         raise Table3Error(f"{experiment.name}: metrics/train.json names no MLflow run (Table 3 needs tracking)")
     labels = _load_dev_labels(root, experiment.rev)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per tiny file: noise
     client = MlflowClient(tracking_uri=uri)
     tables: dict[str, tuple[Sequence[str], list]] = {}
     with tempfile.TemporaryDirectory(prefix="table3-record-") as tmp:
