@@ -1,0 +1,169 @@
+"""Mistakes a tired user or a real export makes: each works, or fails in one line naming the file, line
+(or key) and the fix, and nothing already written is lost. One test per class of input (issue 13)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT, make_tiny_bert, project_env, tiny_training_params
+from palbert.config import ParamsError, load_params, params_from_dict
+from palbert.data.prepare import prepare_dataset
+from palbert.data.readers import DataError, read_snli, read_tsv
+
+SST_HEADER = "\tid\tsentence\tsentiment"
+SST_ROWS = ["0\ta\tA gorgeous , witty film .\t4", "1\tb\tDull .\t0", "2\tc\tIt is a film .\t2"]
+
+
+def write_params(folder: Path, **sections: dict) -> Path:
+    """The shipped params.yaml with some values replaced, in ``folder``."""
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in sections.items():
+        raw[section].update(values)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ------------------------------------------------------------------ model.pretrained (item 1)
+
+
+@pytest.fixture(scope="module")
+def bert_folders(tmp_path_factory) -> dict[str, Path]:
+    """A tiny BERT folder, and copies of it each broken one way."""
+    root = tmp_path_factory.mktemp("berts")
+    good = make_tiny_bert(root / "good")
+    folders = {"good": good}
+    for name, change in [("no_config", lambda f: (f / "config.json").unlink()),
+                         ("no_tokenizer", lambda f: [(f / n).unlink() for n in ("vocab.txt", "tokenizer.json")
+                                                     if (f / n).exists()]),
+                         ("negative", lambda f: _edit_config(f, hidden_size=-32)),
+                         ("absurd", lambda f: _edit_config(f, hidden_size=2**20, intermediate_size=2**22)),
+                         ("roberta", lambda f: _edit_config(f, model_type="roberta"))]:
+        folders[name] = root / name
+        shutil.copytree(good, folders[name])
+        change(folders[name])
+    return folders
+
+
+def _edit_config(folder: Path, **values) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **values}))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("/nonexistent/bert", "no such folder, and not a Hugging Face hub id"),
+    ("./bert", "no such folder"),
+    ("", "empty"),
+    ("no_config", "has no config.json"),
+    ("no_tokenizer", "has no tokenizer"),
+    ("negative", "hidden_size is -32, expected a positive integer"),
+    ("absurd", "parameters, more than the 1e+10"),
+    ("roberta", "not a BERT checkpoint"),
+])
+def test_a_bad_pretrained_fails_the_params_check(tmp_path, bert_folders, value, message):
+    value = str(bert_folders[value]) if value in bert_folders else value
+    path = write_params(tmp_path, model={"pretrained": value})
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    text = one_line(error)
+    assert text.startswith(f"{path}: model.pretrained") and message in text
+
+
+def test_a_good_pretrained_passes_and_a_hub_id_is_told_it_needs_the_network(tmp_path, bert_folders, caplog):
+    for value in ("embedded", str(bert_folders["good"])):
+        assert load_params(write_params(tmp_path, model={"pretrained": value})).model.pretrained == value
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        load_params(write_params(tmp_path, model={"pretrained": "an-org/not-cached-bert"}))
+    assert "needs the network" in caplog.text
+
+
+def test_check_params_exits_non_zero_on_a_bad_pretrained(tmp_path, capsys):
+    from palbert.cli import main
+
+    assert main(["check-params", str(write_params(tmp_path, model={"pretrained": "/nonexistent/bert"}))]) == 1
+
+
+def test_a_hub_id_that_cannot_be_loaded_is_one_line(tmp_path):
+    code = ("from palbert.model import load_tokenizer\n"
+            "from palbert.config import ParamsError\n"
+            "try:\n    load_tokenizer('no-such-org/no-such-bert')\n"
+            "except ParamsError as exc:\n    print('ERROR', exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)})
+    line = next(line for line in result.stdout.splitlines() if line.startswith("ERROR"))
+    assert "cannot load the tokenizer of 'no-such-org/no-such-bert'" in line and "needs the network" in line
+
+
+# ------------------------------------------------------------------ a damaged saved model (item 5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_size": -8}, "hidden_size is -8"),
+    ({"vocab_size": 10**12}, "more than the 1e+10"),
+    ({"num_hidden_layers": "2"}, "num_hidden_layers is '2'"),
+])
+def test_a_saved_model_with_an_absurd_size_is_refused_before_allocating(tmp_path, bert_folders, change, message):
+    from palbert.model import ModelLoadError, MultitaskBert, load_model, load_tokenizer, save_model
+
+    params = tiny_training_params(bert_folders["good"])
+    folder = save_model(MultitaskBert.from_pretrained(params.model), load_tokenizer(str(bert_folders["good"])),
+                        tmp_path / "model")
+    config = json.loads((folder / "palbert_model.json").read_text())
+    config["bert_config"].update(change)
+    (folder / "palbert_model.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as error:
+        load_model(folder)
+    assert message in one_line(error) and "palbert_model.json: bert_config" in str(error.value)
+
+
+# ------------------------------------------------------------------ params.yaml as people edit it
+
+
+def test_a_bad_value_tells_how_to_restore_params_yaml(tmp_path):
+    """Item 7: `dvc exp run -S` writes into params.yaml, so the error says how to undo it."""
+    path = write_params(tmp_path, train={"lr": "fast"})
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    text = one_line(error)
+    assert "train.lr: expected a number" in text and "git checkout params.yaml" in text
+    assert "dvc exp run -S <key>=<good value>" in text
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"data:\n\tbad_rows: skip\n", ":2:1: not valid YAML"),                     # a tab
+    (b"data:\n  bad_rows: skip\n  bad_rows: error\n", ":3: key 'bad_rows' appears twice (first on line 2)"),
+    (b"data:\n  mirror: caf\xe9\n", ":2: byte 0xe9 is not UTF-8; save the file as UTF-8"),   # Latin-1
+    (b"data: [skip\nmodel: {}\n", ":2:6: not valid YAML"),                     # an unclosed bracket
+])
+def test_a_broken_params_file_is_one_line_with_its_line(tmp_path, content, message):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert one_line(error).startswith(f"{path}{message}")
+
+
+def test_params_with_a_bom_crlf_and_a_path_with_spaces_work(tmp_path):
+    folder = tmp_path / "my params"
+    folder.mkdir()
+    path = folder / "params.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + b"data:\r\n  mirror: /data/my mirror  \r\n  bad_rows: skip\r\n")
+    params = load_params(path)
+    assert params.data.mirror == "/data/my mirror" and params.data.bad_rows == "skip"
