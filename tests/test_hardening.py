@@ -18,7 +18,7 @@ import yaml
 from conftest import PROJECT, make_tiny_bert, project_env, tiny_training_params
 from palbert.config import ParamsError, load_params, params_from_dict
 from palbert.data.prepare import prepare_dataset
-from palbert.data.readers import DataError, read_snli, read_tsv
+from palbert.data.readers import FIELD_TOO_LONG, MAX_FIELD_CHARS, DataError, read_snli, read_tsv
 
 SST_HEADER = "\tid\tsentence\tsentiment"
 SST_ROWS = ["0\ta\tA gorgeous , witty film .\t4", "1\tb\tDull .\t0", "2\tc\tIt is a film .\t2"]
@@ -167,3 +167,118 @@ def test_params_with_a_bom_crlf_and_a_path_with_spaces_work(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + b"data:\r\n  mirror: /data/my mirror  \r\n  bad_rows: skip\r\n")
     params = load_params(path)
     assert params.data.mirror == "/data/my mirror" and params.data.bad_rows == "skip"
+
+
+# ------------------------------------------------------------------ raw files: encodings, line ends, headers
+
+
+def read_sst(tmp_path: Path, content: bytes, policy: str = "error", split: str = "train"):
+    path = tmp_path / "ids-sst-train.csv"
+    path.write_bytes(content)
+    return read_tsv(path, "sst", split, policy)
+
+
+def lines(*rows: str, end: str = "\n") -> bytes:
+    return (end.join(rows) + end).encode("utf-8")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("utf-8 byte-order mark", b"\xef\xbb\xbf" + lines("id\tsentence\tsentiment", "a\tGood .\t4", "b\tBad .\t0")),
+    ("utf-16 (a spreadsheet's 'Unicode text')", "id\tsentence\tsentiment\na\tGood .\t4\nb\tBad .\t0\n".encode("utf-16")),
+    ("windows line ends", lines("id\tsentence\tsentiment", "a\tGood .\t4", "b\tBad .\t0", end="\r\n")),
+    ("blank lines at the end", lines("id\tsentence\tsentiment", "a\tGood .\t4", "b\tBad .\t0", "", "")),
+    ("blanks around header names and cells", lines(" id \t sentence\tsentiment ", " a \t Good . \t 4 ", "b\tBad .\t0")),
+    ("quoted cells", lines('id\tsentence\tsentiment', 'a\t"Good, ""really"" ."\t"4"', "b\tBad .\t0")),
+])
+def test_export_variants_read_the_same_rows(tmp_path, name, content):
+    split = read_sst(tmp_path, content)
+    assert split.ids == ["a", "b"] and split.labels == [4, 0], name
+    assert split.first[1] == "Bad ." and not split.skipped
+
+
+@pytest.mark.parametrize("content, message", [
+    (lines("id\tsentence\tsentiment\tid", "a\tGood .\t4\tx"), ":1: column 'id' appears 2 times in the header"),
+    (lines("a\tGood .\t4", "b\tBad .\t0"), ":1: missing column(s) id, sentence, sentiment"),
+    (b"", ": empty file (no header line)"),
+])
+def test_a_bad_header_stops_in_one_line(tmp_path, content, message):
+    with pytest.raises(DataError) as error:
+        read_sst(tmp_path, content, "skip")
+    assert one_line(error).startswith(f"{tmp_path / 'ids-sst-train.csv'}{message}")
+
+
+def test_a_decimal_comma_label_is_a_bad_row_with_the_fix(tmp_path):
+    path = tmp_path / "sts-train.csv"
+    path.write_bytes(lines("id\tsentence1\tsentence2\tsimilarity", "a\tx\ty\t3,5", "b\tx\tz\t2.0"))
+    split = read_tsv(path, "sts", "train", "skip")
+    assert split.ids == ["b"] and split.skipped == {"non_numeric_label": 1}
+    with pytest.raises(DataError, match=r"sts-train.csv:2: non_numeric_label: label '3,5' is not a number "
+                                        r"\(a decimal comma\? write 3.5\)"):
+        read_tsv(path, "sts", "train", "error")
+
+
+def test_an_unclosed_quote_is_a_bad_row_not_a_silent_merge(tmp_path):
+    split = read_sst(tmp_path, lines("id\tsentence\tsentiment", 'a\t"Good .\t4', "b\tBad .\t0", "c\tOk .\t2"), "skip")
+    assert split.ids == [] and split.skipped == {"malformed_row": 1}
+    with pytest.raises(DataError, match=r"ids-sst-train.csv:2: malformed_row: a quote .* never closed: this row runs "
+                                        r"to line 4"):
+        read_sst(tmp_path, lines("id\tsentence\tsentiment", 'a\t"Good .\t4', "b\tBad .\t0", "c\tOk .\t2"))
+
+
+def test_an_over_long_field_is_a_counted_bad_row_under_skip(tmp_path):
+    """Item 3: csv's own limit used to stop the whole stage; now the row is skipped and the limit named."""
+    content = lines("id\tsentence\tsentiment", "a\t" + "x" * 200_000 + "\t4", "b\tBad .\t0")
+    split = read_sst(tmp_path, content, "skip")
+    assert split.ids == ["b"] and split.skipped == {FIELD_TOO_LONG: 1}
+    with pytest.raises(DataError, match=rf":2: field_too_long: column 2 holds 200,000 characters, more than the "
+                                        rf"{MAX_FIELD_CHARS:,} a field may have"):
+        read_sst(tmp_path, content, "error")
+    import csv
+    assert csv.field_size_limit() == 131_072  # the process-wide limit is restored
+
+
+def test_snli_bom_blank_lines_crlf_and_an_over_long_sentence(tmp_path):
+    record = {"gold_label": "entailment", "sentence1": "A man sleeps.", "sentence2": "A person rests.", "pairID": "p1"}
+    long = {**record, "sentence1": "x" * (MAX_FIELD_CHARS + 1), "pairID": "p2"}
+    path = tmp_path / "snli.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode() + b"\r\n\r\n" + json.dumps(long).encode() + b"\n\n")
+    split = read_snli(path, "skip")
+    assert split.ids == ["p1"] and split.skipped == {FIELD_TOO_LONG: 1}
+
+
+# ------------------------------------------------------------------ empty and mostly-bad splits (item 2)
+
+
+def write_sst(raw: Path, train: list[str], dev: list[str] = SST_ROWS) -> None:
+    (raw / "sst").mkdir(parents=True, exist_ok=True)
+    for name, rows in (("ids-sst-train.csv", train), ("ids-sst-dev.csv", dev)):
+        (raw / "sst" / name).write_text("\n".join([SST_HEADER, *rows]) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_a_header_only_required_split_is_an_error_naming_the_file(tmp_path, policy):
+    write_sst(tmp_path / "raw", train=[])
+    with pytest.raises(DataError) as error:
+        prepare_dataset("sst", tmp_path / "raw", tmp_path / "prepared", params_from_dict({"data": {"bad_rows": policy}}))
+    assert one_line(error).startswith(f"{tmp_path / 'raw/sst/ids-sst-train.csv'}: the required train split has no "
+                                      "usable rows: the file has a header but no rows")
+    assert not (tmp_path / "prepared/sst").exists()
+
+
+def test_skip_leaving_a_small_fraction_is_shouted_and_leaving_nothing_stops(tmp_path, caplog):
+    params = params_from_dict({"data": {"bad_rows": "skip"}})
+    write_sst(tmp_path / "raw", train=[])
+    path = tmp_path / "raw/sst/ids-sst-train.csv"
+    latin1 = b"".join(f"{i}\tx{i}\tLatin-1 caf\xe9 .\t2\n".encode("latin-1") for i in range(6))
+    path.write_bytes(lines(SST_HEADER, SST_ROWS[0]) + latin1)
+    with caplog.at_level(logging.WARNING):
+        stats = prepare_dataset("sst", tmp_path / "raw", tmp_path / "prepared", params)
+    assert stats["train"]["rows"] == 1
+    assert f"!!! {path}: bad_rows=skip kept only 1 of 7 rows (14 %)" in caplog.text
+    assert "re-save the file as UTF-8" in caplog.text
+
+    path.write_bytes(lines(SST_HEADER) + latin1)
+    with pytest.raises(DataError) as error:
+        prepare_dataset("sst", tmp_path / "raw", tmp_path / "prepared", params)
+    assert "no usable rows: all 6 rows are bad and were skipped ({'undecodable_bytes': 6})" in one_line(error)
+    assert stats == json.loads((tmp_path / "prepared/sst/stats.json").read_text())  # the earlier output is kept
