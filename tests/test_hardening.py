@@ -282,3 +282,34 @@ def test_skip_leaving_a_small_fraction_is_shouted_and_leaving_nothing_stops(tmp_
         prepare_dataset("sst", tmp_path / "raw", tmp_path / "prepared", params)
     assert "no usable rows: all 6 rows are bad and were skipped ({'undecodable_bytes': 6})" in one_line(error)
     assert stats == json.loads((tmp_path / "prepared/sst/stats.json").read_text())  # the earlier output is kept
+
+
+# ------------------------------------------------------------------ a read-only MLflow store (item 5)
+
+
+def _make_read_only(path: Path) -> bool:
+    """chmod for ordinary users; root writes through modes, so an immutable flag where the filesystem has one."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return True
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path):
+    from mlflow import MlflowClient
+
+    from palbert.tracking import RunTracker, TrackingUnavailable
+
+    db = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # a real, empty store
+    if not _make_read_only(db):
+        pytest.skip("cannot make a file read-only here (root without chattr)")
+    try:
+        params = params_from_dict({"tracking": {"uri": f"sqlite:///{db}"}})
+        with pytest.raises(TrackingUnavailable) as error:
+            RunTracker.start(params, tmp_path, rank=0)
+        assert one_line(error).startswith(f"MLflow store {db} is read-only")
+        assert "tracking.uri" in str(error.value)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], capture_output=True)
+        db.chmod(0o644)
