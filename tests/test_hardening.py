@@ -313,3 +313,33 @@ def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path
     finally:
         subprocess.run(["chattr", "-i", str(db)], capture_output=True)
         db.chmod(0o644)
+
+
+# ------------------------------------------------------------------ a new run keeps the old checkpoint (item 4)
+
+
+def test_a_new_run_that_fails_early_keeps_the_previous_checkpoint(tmp_path, monkeypatch, tiny_bert_dir, tiny_prepared):
+    from palbert.tracking import TrackingUnavailable
+    from palbert.train.loop import TrainPaths, train
+
+    monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = TrainPaths(project_root=tmp_path, prepared=tiny_prepared, checkpoints=tmp_path / "checkpoints",
+                       best_model=tmp_path / "models/best", summary=tmp_path / "metrics/train.json",
+                       plots=tmp_path / "metrics/plots/train")
+    params = tiny_training_params(tiny_bert_dir, train={"epochs": 1})
+    train(params, paths)
+    before = {p.relative_to(paths.checkpoints): p.read_bytes() for p in paths.checkpoints.rglob("*") if p.is_file()}
+
+    other = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=5e-4),
+                                tracking=dataclasses.replace(params.tracking, uri="http://127.0.0.1:9"))
+    with pytest.raises(TrackingUnavailable):
+        train(other, paths)
+    after = {p.relative_to(paths.checkpoints): p.read_bytes() for p in paths.checkpoints.rglob("*") if p.is_file()}
+    assert after == before
+
+    # a run of other settings replaces it once it has written its own first checkpoint
+    other = dataclasses.replace(other, tracking=params.tracking, train=dataclasses.replace(other.train, epochs=2))
+    train(other, paths)
+    state = json.loads((paths.checkpoints / "latest/state.json").read_text())
+    assert state["step"] == 8 and state["complete"] and state["best_epoch"] in (1, 2)
