@@ -343,3 +343,38 @@ def test_a_new_run_that_fails_early_keeps_the_previous_checkpoint(tmp_path, monk
     train(other, paths)
     state = json.loads((paths.checkpoints / "latest/state.json").read_text())
     assert state["step"] == 8 and state["complete"] and state["best_epoch"] in (1, 2)
+
+
+# ------------------------------------------------------------------ under real DVC (items 6 and 7)
+
+
+def test_a_failed_dvc_exp_run_says_how_to_restore_params_and_outputs(tmp_path):
+    """DVC writes `-S` into params.yaml and removes the stage's outputs before running it: the error says how to
+    undo both, and `dvc checkout <stage>` does bring the last good output back."""
+    shutil.copytree(PROJECT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    write_params(tmp_path, data={"bad_rows": "error"})
+    write_sst(tmp_path / "data/raw", train=SST_ROWS)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prepare": {"foreach": ["sst"], "do": {
+        "cmd": "python -m stages.prepare ${item}", "deps": ["data/raw/${item}"],
+        "params": ["model.pretrained"], "outs": ["data/prepared/${item}"]}}}}))
+    env = project_env(tmp_path, PYTHONPATH=f"{tmp_path}{os.pathsep}{PROJECT}")
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        assert run(*command).returncode == 0, command
+    good = (tmp_path / "data/prepared/sst/train.npz").read_bytes()
+
+    failed = run("dvc", "exp", "run", "-S", "model.pretrained=/nonexistent/bert")
+    assert failed.returncode != 0
+    error = next(line for line in (failed.stdout + failed.stderr).splitlines() if "ERROR palbert" in line)
+    assert "params.yaml: model.pretrained: '/nonexistent/bert': no such folder" in error
+    assert "git checkout params.yaml" in error and "`dvc checkout prepare@sst` restores" in error
+    assert "/nonexistent/bert" in (tmp_path / "params.yaml").read_text()  # what DVC left behind
+    assert not (tmp_path / "data/prepared/sst").exists()  # what DVC removed before the stage ran
+
+    assert run("git", "checkout", "params.yaml").returncode == 0
+    assert run("dvc", "checkout", "prepare@sst").returncode == 0
+    assert (tmp_path / "data/prepared/sst/train.npz").read_bytes() == good
