@@ -187,6 +187,15 @@ class Params:
 # --------------------------------------------------------------------------------------------
 
 
+def _comma_hint(value: Any) -> str:
+    """``1,800`` or ``0,5`` in a params file is a string to YAML: say what to write instead."""
+    if not (isinstance(value, str) and "," in value):
+        return ""
+    tail = value.rpartition(",")[2]
+    thousands = value.count(",") > 1 or (len(tail) == 3 and tail.isdigit())
+    return f" (no commas in numbers: write {value.replace(',', '' if thousands else '.')})"
+
+
 def _parse_number(key: str, value: Any, kind: type) -> float | int:
     if isinstance(value, bool):
         raise ParamsError(f"{key}: expected a {kind.__name__}, got the boolean {value!r}")
@@ -200,7 +209,7 @@ def _parse_number(key: str, value: Any, kind: type) -> float | int:
                 return int(value.strip())
             except ValueError:
                 pass
-        raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        raise ParamsError(f"{key}: expected an integer, got {value!r}{_comma_hint(value)}")
     if isinstance(value, (int, float)):
         number = float(value)
     elif isinstance(value, str):
@@ -208,7 +217,7 @@ def _parse_number(key: str, value: Any, kind: type) -> float | int:
         try:
             number = float(value.strip())
         except ValueError:
-            raise ParamsError(f"{key}: expected a number, got {value!r}") from None
+            raise ParamsError(f"{key}: expected a number, got {value!r}{_comma_hint(value)}") from None
     else:
         raise ParamsError(f"{key}: expected a number, got {value!r}")
     if not math.isfinite(number):
@@ -248,6 +257,8 @@ def _parse_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> An
         return str(value)
     if origin is Literal:
         choices = typing.get_args(hint)
+        if isinstance(value, str) and value.strip() in choices:  # `sampling: " annealed"`: stray blanks in quotes
+            return value.strip()
         if value not in choices:
             raise ParamsError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value

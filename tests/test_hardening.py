@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT, make_tiny_bert, project_env, tiny_training_params
+from conftest import MIRROR, PROJECT, make_tiny_bert, needs_mirror, project_env, tiny_training_params
 from palbert.config import ParamsError, load_params, params_from_dict
 from palbert.data.prepare import prepare_dataset
 from palbert.data.readers import FIELD_TOO_LONG, MAX_FIELD_CHARS, DataError, read_snli, read_tsv
@@ -160,6 +160,18 @@ def test_a_broken_params_file_is_one_line_with_its_line(tmp_path, content, messa
     assert one_line(error).startswith(f"{path}{message}")
 
 
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("train", "steps_per_epoch", "1,800", "expected an integer, got '1,800' (no commas in numbers: write 1800)"),
+    ("train", "lr", "2,5e-5", "expected a number, got '2,5e-5' (no commas in numbers: write 2.5e-5)"),
+    ("train", "sampling", " uniform ", "uniform"),  # stray blanks inside quotes are dropped
+])
+def test_numbers_with_commas_say_the_fix_and_stray_blanks_are_dropped(section, key, value, expected):
+    try:
+        assert getattr(getattr(params_from_dict({section: {key: value}}), section), key) == expected
+    except ParamsError as exc:
+        assert str(exc) == f"{section}.{key}: {expected}"
+
+
 def test_params_with_a_bom_crlf_and_a_path_with_spaces_work(tmp_path):
     folder = tmp_path / "my params"
     folder.mkdir()
@@ -284,6 +296,23 @@ def test_skip_leaving_a_small_fraction_is_shouted_and_leaving_nothing_stops(tmp_
     assert stats == json.loads((tmp_path / "prepared/sst/stats.json").read_text())  # the earlier output is kept
 
 
+# ------------------------------------------------------------------ fetch: a mirror file re-saved by an editor
+
+
+@needs_mirror
+def test_a_mirror_file_with_converted_line_ends_is_one_line_saying_why(tmp_path):
+    from palbert.data.sources import fetch
+
+    (tmp_path / "mirror/cs224n").mkdir(parents=True)
+    original = (MIRROR / "cs224n/ids-sst-train.csv").read_bytes()
+    (tmp_path / "mirror/cs224n/ids-sst-train.csv").write_bytes(original.replace(b"\n", b"\r\n"))
+    with pytest.raises(DataError) as error:
+        fetch(params_from_dict({}), tmp_path / "raw", tmp_path / "mirror")
+    assert one_line(error).startswith(f"{tmp_path / 'mirror/cs224n/ids-sst-train.csv'}: sha256 ")
+    assert "other line ends" in str(error.value)
+    assert not (tmp_path / "raw/sst/ids-sst-train.csv").exists()
+
+
 # ------------------------------------------------------------------ a read-only MLflow store (item 5)
 
 
@@ -313,6 +342,30 @@ def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path
     finally:
         subprocess.run(["chattr", "-i", str(db)], capture_output=True)
         db.chmod(0o644)
+
+
+def test_an_mlflow_db_that_is_not_sqlite_is_one_line_and_left_alone(tmp_path):
+    from palbert.tracking import RunTracker, TrackingUnavailable
+
+    db = tmp_path / "mlflow.db"
+    db.write_text("notes, not a database\n")
+    with pytest.raises(TrackingUnavailable) as error:
+        RunTracker.start(params_from_dict({"tracking": {"uri": f"sqlite:///{db}"}}), tmp_path, rank=0)
+    assert one_line(error).startswith(f"MLflow store {db} is not an SQLite database")
+    assert db.read_text() == "notes, not a database\n"
+
+
+def test_a_project_path_with_spaces_holds_the_mlflow_store_and_artifacts(tmp_path):
+    from palbert.tracking import RunTracker
+
+    root = tmp_path / "my project"
+    root.mkdir()
+    (root / "note.txt").write_text("x")
+    tracker = RunTracker.start(params_from_dict({}), root, rank=0, system_metrics=False)
+    tracker.log_artifact(root / "note.txt", "notes")
+    tracker.end()
+    assert tracker.lost is None and tracker.tracking_uri == f"sqlite:///{root / 'mlflow.db'}"
+    assert len(list((root / "mlruns").rglob("note.txt"))) == 1
 
 
 # ------------------------------------------------------------------ a new run keeps the old checkpoint (item 4)
