@@ -211,6 +211,10 @@ def test_export_variants_read_the_same_rows(tmp_path, name, content):
 @pytest.mark.parametrize("content, message", [
     (lines("id\tsentence\tsentiment\tid", "a\tGood .\t4\tx"), ":1: column 'id' appears 2 times in the header"),
     (lines("a\tGood .\t4", "b\tBad .\t0"), ":1: missing column(s) id, sentence, sentiment"),
+    (lines("id,sentence,sentiment", "a,Good .,4"), ":1: missing column(s) id, sentence, sentiment (header has "
+                                                   "['id,sentence,sentiment']); the first line must be the "
+                                                   "tab-separated header naming id, sentence, sentiment (this one "
+                                                   "is comma-separated: export with tabs)"),
     (b"", ": empty file (no header line)"),
 ])
 def test_a_bad_header_stops_in_one_line(tmp_path, content, message):

@@ -221,8 +221,9 @@ def _header_columns(path: Path, header: list[str], needed: tuple[str, ...]) -> d
     missing = [name for name in needed if name not in names]
     if missing:
         # A file-level problem: no row could be read, so it stops the stage under either policy.
+        commas = " (this one is comma-separated: export with tabs)" if len(header) == 1 and "," in header[0] else ""
         raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} (header has {header}); the first line "
-                        f"must be the tab-separated header naming {', '.join(needed)}")
+                        f"must be the tab-separated header naming {', '.join(needed)}{commas}")
     for name in needed:
         where = [i + 1 for i, other in enumerate(names) if other == name]
         if len(where) > 1:
