@@ -348,6 +348,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML's own check below names it
             if key in seen:
                 raise ParamsError(f"{self.name}:{line}: key {key!r} appears twice (first on line {seen[key]}); "
                                   "keep one of them")
