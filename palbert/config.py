@@ -208,6 +208,15 @@ class Params:
 # --------------------------------------------------------------------------------------------
 
 
+def _comma_hint(value: Any) -> str:
+    """``1,800`` or ``0,5`` in a params file is a string to YAML: say what to write instead."""
+    if not (isinstance(value, str) and "," in value):
+        return ""
+    tail = value.rpartition(",")[2]
+    thousands = value.count(",") > 1 or (len(tail) == 3 and tail.isdigit())
+    return f" (no commas in numbers: write {value.replace(',', '' if thousands else '.')})"
+
+
 def _parse_number(key: str, value: Any, kind: type) -> float | int:
     if isinstance(value, bool):
         raise ParamsError(f"{key}: expected a {kind.__name__}, got the boolean {value!r}")
@@ -221,7 +230,7 @@ def _parse_number(key: str, value: Any, kind: type) -> float | int:
                 return int(value.strip())
             except ValueError:
                 pass
-        raise ParamsError(f"{key}: expected an integer, got {value!r}")
+        raise ParamsError(f"{key}: expected an integer, got {value!r}{_comma_hint(value)}")
     if isinstance(value, (int, float)):
         number = float(value)
     elif isinstance(value, str):
@@ -229,7 +238,7 @@ def _parse_number(key: str, value: Any, kind: type) -> float | int:
         try:
             number = float(value.strip())
         except ValueError:
-            raise ParamsError(f"{key}: expected a number, got {value!r}") from None
+            raise ParamsError(f"{key}: expected a number, got {value!r}{_comma_hint(value)}") from None
     else:
         raise ParamsError(f"{key}: expected a number, got {value!r}")
     if not math.isfinite(number):
@@ -269,6 +278,8 @@ def _parse_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> An
         return str(value)
     if origin is Literal:
         choices = typing.get_args(hint)
+        if isinstance(value, str) and value.strip() in choices:  # `sampling: " annealed"`: stray blanks in quotes
+            return value.strip()
         if value not in choices:
             raise ParamsError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value
@@ -352,19 +363,69 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     return params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; a params file with both is a mistake."""
+
+    def __init__(self, stream: str, path: Path) -> None:
+        super().__init__(stream)
+        self.name = str(path)  # what error messages call the file
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML's own check below names it
+            if key in seen:
+                raise ParamsError(f"{self.name}:{line}: key {key!r} appears twice (first on line {seen[key]}); "
+                                  "keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as ``<line>:<column>: what`` plus the fix for the usual cause."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    fix = "; indent with spaces, YAML does not allow tabs" if "'\\t'" in problem else ""
+    return f"{where}: not valid YAML ({getattr(exc, 'context', None) or 'parsing'}: {problem}){fix}"
+
+
+def _restore_hint(path: Path) -> str:
+    """`dvc exp run -S` writes its values into params.yaml, so a bad one fails every later run until undone."""
+    return (f" [if a `dvc exp run -S` put it there: DVC wrote it into {path.name}; fix the value, run "
+            f"`dvc exp run -S <key>=<good value>`, or `git checkout {path.name}` to restore the committed file]")
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; errors name the file and the key."""
+    """Read and validate a params file, and check that ``model.pretrained`` names something loadable.
+
+    Every error is one line naming the file (and line or key), with how to restore the file, because
+    ``dvc exp run -S`` writes its values into it.
+    """
+    from palbert.pretrained_source import check_pretrained  # it imports this module
+
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")
+        raw = yaml.load(text, Loader=lambda stream: _UniqueKeyLoader(stream, path))  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read the params file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ParamsError(f"{path}:{line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}{_yaml_problem(exc)}") from None
     try:
-        return params_from_dict(raw or {})
+        params = params_from_dict(raw or {})
+        check_pretrained(params.model.pretrained)
     except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
+        raise ParamsError(f"{path}: {exc}{_restore_hint(path)}") from None
+    return params
 
 
 def params_to_dict(params: Params, include_table3: bool = True) -> dict[str, Any]:

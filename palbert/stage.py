@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -21,15 +22,32 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ParamsError, DataError, ModelLoadError, TrackingUnavailable, FileNotFoundError)
 
 
+def recovery_hint() -> str:
+    """Under ``dvc repro`` / ``dvc exp run``: what DVC removed before the stage ran and how to get it back.
+
+    DVC deletes a stage's outputs (all but ``persist: true`` ones) before running its command, so a stage that
+    fails leaves them missing, whatever the stage itself took care not to write. DVC sets ``$DVC_STAGE``.
+    """
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return ""
+    return (f" [DVC removed the outputs of {stage} before running it: `dvc checkout {stage}` restores the last "
+            "good ones from the DVC cache (outputs with cache: false, such as metrics/, are not in it)]")
+
+
 def run_stage(main: Callable[[], int | None]) -> None:
     """Run a stage's ``main`` and exit with its status."""
     setup_logging()
     try:
         code = main() or 0
     except user_errors() as exc:
-        log.error("%s", exc)
+        log.error("%s%s", exc, recovery_hint())
         code = 1
     except KeyboardInterrupt:
-        log.error("interrupted")
+        log.error("interrupted%s", recovery_hint())
         code = 130
+    except Exception:
+        if recovery_hint():
+            log.error("unexpected error (traceback below)%s", recovery_hint())
+        raise
     sys.exit(code)

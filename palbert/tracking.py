@@ -182,12 +182,38 @@ def _short_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:300]}"
 
 
+def local_store_problem(uri: str) -> str | None:
+    """Why a local SQLite store cannot be used (not an SQLite file, or read-only: the file, or its folder for
+    SQLite's journal), else None.
+
+    Checked up front: otherwise MLflow fails on its first write with a page of SQLAlchemy traceback.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    if db.is_file() and db.stat().st_size:
+        with db.open("rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                return (f"MLflow store {db} is not an SQLite database: move it away (a new store is made in its "
+                        "place), or point tracking.uri / MLFLOW_TRACKING_URI at the right one")
+    folder = db.parent if str(db.parent) else Path(".")
+    for target, what in ((db, "file"), (folder, "folder")):
+        if target.exists() and not os.access(target, os.W_OK):
+            return (f"MLflow store {db} is read-only (its {what} {target} is not writable): make it writable "
+                    f"(`chmod u+w {target}`, or `chattr -i` where it is immutable), or point tracking.uri / "
+                    "MLFLOW_TRACKING_URI at a writable store")
+    return None
+
+
 def choose_store(params: TrackingParams, project_root: Path) -> tuple[str, str | None]:
     """The URI to log to, and the URI it fell back from (``None`` when no fallback happened).
 
-    Runs before any training so that a dead server costs seconds, not a training run.
+    Runs before any training so that a dead server or a read-only store costs seconds, not a training run.
     """
     uri = resolve_tracking_uri(params, project_root)
+    problem = local_store_problem(uri)
+    if problem:
+        raise TrackingUnavailable(problem)
     reason = check_reachable(uri)
     if reason is None:
         return uri, None
@@ -200,6 +226,9 @@ def choose_store(params: TrackingParams, project_root: Path) -> tuple[str, str |
             f"`-S tracking.on_unreachable=local` to log to the project's local store instead."
         )
     local = default_store_uri(project_root)
+    problem = local_store_problem(local)
+    if problem:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({reason}), and the local fallback: {problem}")
     log.warning(
         "!!! MLflow server %s unreachable: logging this run to the LOCAL store %s instead, "
         "tagged %s=%s. Copy it over later if you need it on the server. !!!",

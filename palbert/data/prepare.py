@@ -19,11 +19,15 @@ from tqdm import tqdm
 from palbert.atomic import atomic_dir
 from palbert.config import DATASETS, Params
 from palbert.data.prepared import META_FILE, STATS_FILE, PreparedSplit, TokenizedTexts, save_split
-from palbert.data.readers import DataError, RawSplit, read_split
+from palbert.data.readers import UNDECODABLE_BYTES, DataError, RawSplit, read_split
 from palbert.data.sources import RAW_FILES, is_required
 from palbert.model.pretrained import load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+#: A split that ``bad_rows: skip`` leaves with less than this fraction of its rows gets a loud warning:
+#: most of the file being bad usually means a wrong file or encoding, not a few bad rows.
+LOUD_SKIP_FRACTION = 0.5
 
 #: Texts per tokenizer call: large enough for the fast tokenizer's batching, small enough for a progress bar.
 _TOKENIZE_CHUNK = 2048
@@ -59,6 +63,24 @@ def split_stats(raw: RawSplit) -> dict:
         "skipped": dict(sorted(raw.skipped.items())),
         "dropped": dict(sorted(raw.dropped.items())),
     }
+
+
+def check_rows(raw: RawSplit, required: bool) -> None:
+    """A required split without rows stops the stage; one that ``skip`` reduced to a fraction is shouted about."""
+    skipped = sum(raw.skipped.values())
+    read = len(raw) + skipped
+    if len(raw) == 0 and required:
+        why = (f"all {skipped} rows are bad and were skipped ({dict(raw.skipped)})" if skipped
+               else "the file has a header but no rows")
+        raise DataError(f"{raw.path}: the required {raw.split} split has no usable rows: {why}; "
+                        "check that it is the right file")
+    if len(raw) == 0:
+        logger.warning("%s: the %s split has no rows", raw.path, raw.split)
+    elif skipped and len(raw) < LOUD_SKIP_FRACTION * read:
+        hint = (" (most rows are not UTF-8: re-save the file as UTF-8)"
+                if raw.skipped.get(UNDECODABLE_BYTES, 0) * 2 > skipped else "")
+        logger.warning("!!! %s: bad_rows=skip kept only %d of %d rows (%.0f %%): %d skipped %s%s. Is it the right "
+                       "file? !!!", raw.path, len(raw), read, 100 * len(raw) / read, skipped, dict(raw.skipped), hint)
 
 
 def _to_prepared(raw: RawSplit, tokenizer, max_length: int) -> PreparedSplit:
@@ -122,6 +144,7 @@ def prepare_dataset(dataset: str, raw_root: Path, out_root: Path, params: Params
         tokenizer = load_tokenizer(params.model.pretrained)
         for source in present:
             raw = read_split(dataset, source.split, raw_dir / source.name, params.data.bad_rows)
+            check_rows(raw, is_required(source, params))
             if params.data.subset > 0:
                 raw = raw.sample(params.data.subset)
             if source.split == "dev" and params.data.dev_subset > 0:

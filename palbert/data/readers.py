@@ -9,6 +9,7 @@ because it is part of what a row *means*: SNLI entailment -> 1, contradiction ->
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -17,7 +18,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -35,6 +36,11 @@ EMPTY_SENTENCE = "empty_sentence"
 EMPTY_LABEL = "empty_label"
 NON_NUMERIC_LABEL = "non_numeric_label"
 LABEL_OUT_OF_RANGE = "label_out_of_range"
+FIELD_TOO_LONG = "field_too_long"
+
+#: Longest field a raw file may hold, in characters (the csv module's own default limit; the longest
+#: CS224N field, a CFIMDB review, has about 6,000). A longer one is a bad row, not a stopped stage.
+MAX_FIELD_CHARS = 131_072
 
 #: How many bad rows an error message or a skip notice spells out before summarising.
 _SHOWN_BAD_ROWS = 10
@@ -94,7 +100,8 @@ def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _BadLabel(NON_NUMERIC_LABEL, f"label {text!r} is not a number") from None
+        fix = f" (a decimal comma? write {text.replace(',', '.')})" if text.count(",") == 1 else ""
+        raise _BadLabel(NON_NUMERIC_LABEL, f"label {text!r} is not a number{fix}") from None
     if not math.isfinite(value):
         raise _BadLabel(NON_NUMERIC_LABEL, f"label {text!r} is not a finite number")
     return value
@@ -182,10 +189,52 @@ def _has_undecodable(text: str) -> bool:
 
 
 def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a byte-order mark is dropped; bytes that are not UTF-8 are kept escaped so
+    that their rows can be reported) or, with a UTF-16 byte-order mark (a spreadsheet's "Unicode text"), UTF-16."""
     try:
-        return path.read_bytes().decode("utf-8", errors="surrogateescape")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: starts like UTF-16 but is not ({exc.reason}); save it as UTF-8") from None
+    return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+
+
+@contextlib.contextmanager
+def _no_csv_field_limit() -> Iterator[None]:
+    """Let ``csv`` read fields of any length, so that an over-long one becomes a counted bad row
+    (``MAX_FIELD_CHARS``) instead of a ``csv.Error`` that stops the whole file."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _header_columns(path: Path, header: list[str], needed: tuple[str, ...]) -> dict[str, int]:
+    """Where each needed column is; names are matched without surrounding blanks. Raises on missing or twice-named ones."""
+    names = [name.strip() for name in header]
+    missing = [name for name in needed if name not in names]
+    if missing:
+        # A file-level problem: no row could be read, so it stops the stage under either policy.
+        commas = " (this one is comma-separated: export with tabs)" if len(header) == 1 and "," in header[0] else ""
+        raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} (header has {header}); the first line "
+                        f"must be the tab-separated header naming {', '.join(needed)}{commas}")
+    for name in needed:
+        where = [i + 1 for i, other in enumerate(names) if other == name]
+        if len(where) > 1:
+            raise DataError(f"{path}:1: column {name!r} appears {len(where)} times in the header (columns "
+                            f"{', '.join(map(str, where))}); rename or remove all but one")
+    return {name: names.index(name) for name in needed}
+
+
+def _runaway_quote(row: list[str]) -> bool:
+    """A field holding both a line break and a tab: a quote that opened and never closed swallowed later rows."""
+    return any("\n" in cell and "\t" in cell for cell in row)
 
 
 def read_tsv(path: Path, dataset: str, split: str, policy: BadRowPolicy) -> RawSplit:
@@ -194,6 +243,11 @@ def read_tsv(path: Path, dataset: str, split: str, policy: BadRowPolicy) -> RawS
     Columns are found by name, so both header layouts work (train/dev: ``<blank> id sentence ...``;
     SST/CFIMDB test-student: ``0 <blank> id sentence``). The test split has no label column.
     """
+    with _no_csv_field_limit():
+        return _read_tsv(path, dataset, split, policy)
+
+
+def _read_tsv(path: Path, dataset: str, split: str, policy: BadRowPolicy) -> RawSplit:
     layout = TSV_LAYOUTS[dataset]
     labelled = split != "test"
     reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t")
@@ -204,11 +258,7 @@ def read_tsv(path: Path, dataset: str, split: str, policy: BadRowPolicy) -> RawS
     except csv.Error as exc:
         raise DataError(f"{path}:1: unreadable header: {exc}") from None
     needed = ("id", *layout.text_columns) + ((layout.label_column,) if labelled else ())
-    missing = [name for name in needed if name not in header]
-    if missing:
-        # A file-level problem: no row could be read, so it stops the stage under either policy.
-        raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} (header has {header})")
-    col = {name: header.index(name) for name in needed}
+    col = _header_columns(path, header, needed)
 
     out = RawSplit(dataset, split, path, second=[] if len(layout.text_columns) == 2 else None,
                    labels=[] if labelled else None)
@@ -224,8 +274,19 @@ def read_tsv(path: Path, dataset: str, split: str, policy: BadRowPolicy) -> RawS
         except csv.Error as exc:
             raise DataError(f"{path}:{line}: unreadable row: {exc}") from None
         last_line = reader.line_num
+        if not row:  # a blank line (e.g. at the end of an export) holds no row
+            continue
         if any(_has_undecodable(cell) for cell in row):
             bad.add(line, UNDECODABLE_BYTES, "bytes that are not valid UTF-8")
+            continue
+        if _runaway_quote(row):
+            bad.add(line, MALFORMED_ROW, f'a quote (") opened here is never closed: this row runs to line '
+                                         f"{last_line}; close the quote or remove it")
+            continue
+        longest = max(range(len(row)), key=lambda i: len(row[i]))
+        if len(row[longest]) > MAX_FIELD_CHARS:
+            bad.add(line, FIELD_TOO_LONG, f"column {longest + 1} holds {len(row[longest]):,} characters, "
+                                          f"more than the {MAX_FIELD_CHARS:,} a field may have")
             continue
         if len(row) != len(header):
             bad.add(line, MALFORMED_ROW, f"{len(row)} columns, the header has {len(header)}")
@@ -275,7 +336,10 @@ def read_snli(path: Path, policy: BadRowPolicy, split: str = "train") -> RawSpli
         raise DataError(f"{path}: file not found") from None
     with stream:
         for line, data in enumerate(stream, start=1):
-            _read_snli_record(data, line, out, bad, seen_ids)
+            if line == 1:
+                data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            if data.strip():  # blank lines hold no record
+                _read_snli_record(data, line, out, bad, seen_ids)
     out.skipped = bad.finish()
     if out.dropped:
         logger.info("%s: dropped %s (not paraphrase labels)", path, dict(out.dropped))
@@ -304,6 +368,10 @@ def _read_snli_record(data: bytes, line: int, out: RawSplit, bad: _BadRows, seen
     if gold not in SNLI_LABELS:
         return bad.add(line, LABEL_OUT_OF_RANGE, f"gold_label {gold!r} is not entailment, contradiction, neutral or -")
     first, second = first.strip(), second.strip()
+    longest = max(len(first), len(second))
+    if longest > MAX_FIELD_CHARS:
+        return bad.add(line, FIELD_TOO_LONG, f"a sentence holds {longest:,} characters, more than the "
+                                             f"{MAX_FIELD_CHARS:,} a field may have")
     empty = [name for name, value in (("sentence1", first), ("sentence2", second)) if not value]
     if empty:
         return bad.add(line, EMPTY_SENTENCE, f"{', '.join(empty)} is empty")

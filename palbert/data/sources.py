@@ -157,7 +157,9 @@ def verify(raw: RawFile, path: Path, origin: str) -> None:
     if raw.sha256 is not None:
         actual = _sha256(path)
         if actual != raw.sha256:
-            raise DataError(f"{origin}: sha256 {actual} differs from the published {raw.sha256} of {raw.name}")
+            raise DataError(f"{origin}: sha256 {actual} differs from the published {raw.sha256} of {raw.name} "
+                            "(a changed copy: re-saved with other line ends or encoding, or cut short?); put the "
+                            "original file there")
     elif path.stat().st_size < raw.min_bytes:
         raise DataError(f"{origin}: {path.stat().st_size} bytes, too small for {raw.name} (at least {raw.min_bytes})")
 

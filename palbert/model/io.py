@@ -20,6 +20,7 @@ from transformers import BertConfig
 from palbert.atomic import atomic_dir
 from palbert.config import ParamsError, params_from_dict
 from palbert.model.multitask import MultitaskBert
+from palbert.pretrained_source import bert_config_problem
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ def _build_model(config: dict[str, Any], config_path: Path) -> MultitaskBert:
         params = params_from_dict({"model": {"pooling": "cls", **config["model_params"]}}).model
     except ParamsError as exc:
         raise ModelLoadError(f"{config_path}: model_params: {exc}") from None
+    problem = bert_config_problem(config["bert_config"])  # before a negative or absurd size reaches the allocator
+    if problem:
+        raise ModelLoadError(f"{config_path}: bert_config: {problem}; the folder is damaged: save the model again")
     try:
         bert_config = BertConfig.from_dict(config["bert_config"])
         return MultitaskBert(bert_config, params)

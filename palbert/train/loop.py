@@ -152,6 +152,8 @@ def _save_checkpoint(ctx: DistContext, paths: TrainPaths, model: torch.nn.Module
         snapshot = dataclasses.asdict(state) | {"elapsed_s": state.elapsed_s + time.perf_counter() - started}
         checkpoint.save_checkpoint(paths.checkpoints, model=model, optimizer=optimizer, scheduler=scheduler,
                                    rng_states=rng_states, state=snapshot)
+        if state.best_epoch == 0:  # no best model of this run yet: a best/ there is an earlier run's
+            shutil.rmtree(paths.checkpoints / "best", ignore_errors=True)
     ctx.barrier()
 
 
@@ -201,10 +203,10 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
 
     # ---- a checkpoint of this configuration to resume? ---------------------------------------------
     state = RunState(fingerprint=checkpoint.fingerprint(params, meta))
+    # A checkpoint of other settings is left alone until this run writes its own (``_save_checkpoint``): a run
+    # that fails in its first seconds (unreachable tracking store, bad weights) must not have destroyed it.
     saved = ctx.broadcast_object(
         checkpoint.resumable_state(paths.checkpoints, state.fingerprint) if ctx.is_main else None)
-    if saved is None and ctx.is_main:
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)
 
     # ---- model, optimizer, schedule, sampler ---------------------------------------------------
     model = MultitaskBert.from_pretrained(params.model).to(device)
