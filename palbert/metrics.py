@@ -13,6 +13,8 @@ from typing import Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.stats import pearsonr
+from sklearn.metrics import accuracy_score
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +34,20 @@ def _pair(predictions: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.nda
 
 def accuracy(predictions: ArrayLike, labels: ArrayLike) -> float:
     p, y = _pair(predictions, labels)
-    return float(np.mean(p == y))
+    return float(accuracy_score(y, p))
 
 
 def pearson(predictions: ArrayLike, labels: ArrayLike) -> float:
     """Pearson r; 0.0 (with a warning) when either side is constant, where r is undefined.
 
-    0 rather than NaN keeps dev.json valid JSON and best-epoch selection well defined.
+    0 rather than scipy's NaN keeps dev.json valid JSON and best-epoch selection well defined.
     """
     p, y = _pair(predictions, labels)
     p, y = p.astype(np.float64), y.astype(np.float64)
-    dp, dy = p - p.mean(), y - y.mean()
-    denominator = np.sqrt(np.sum(dp * dp) * np.sum(dy * dy))
-    if denominator == 0:
+    if np.ptp(p) == 0 or np.ptp(y) == 0:
         log.warning("pearson: constant predictions or labels; reporting r = 0")
         return 0.0
-    return float(np.clip(np.sum(dp * dy) / denominator, -1.0, 1.0))
+    return float(pearsonr(p, y).statistic)
 
 
 def score(task: str, predictions: ArrayLike, labels: ArrayLike) -> float:
