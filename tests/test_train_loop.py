@@ -60,6 +60,15 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/train_loss.png", "plots/lr.png", "plots/dev_epochs.png", "plots/loss_sst.csv"} <= artifacts
 
+    # the evaluate stage adds the SST dev confusion matrix (scikit-learn's) to the same run
+    from palbert.evaluate import EvaluationPaths, evaluate_trained_model
+
+    evaluate_trained_model(params, EvaluationPaths(
+        project_root=workdir, model=paths.best_model, prepared=tiny_prepared, train_summary=paths.summary,
+        dev_metrics=workdir / "metrics" / "dev.json", predictions=workdir / "predictions"))
+    artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts["plots/sst_dev_confusion.png"] > 1000
+
 
 def test_interrupted_run_resumes_to_bitwise_identical_weights(workdir, tiny_bert_dir, tiny_prepared, monkeypatch):
     params = tiny_training_params(tiny_bert_dir, train={"epochs": 2, "steps_per_epoch": 6, "checkpoint_every": 2,
