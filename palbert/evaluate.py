@@ -60,7 +60,8 @@ def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows:
     ordered = _length_order(split, rows)
     out = np.empty(len(split), dtype=np.float64)
     chunks = [ordered[i : i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
-    for chunk in tqdm(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress):
+    # delay: no bar at all for a few sentences (`palbert predict`), one after 2 s for a real split
+    for chunk in tqdm(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress, delay=2):
         batch = make_batch(split, chunk.tolist(), task=task, pair_encoding=settings.pair_encoding,
                            special=settings.special, max_length=settings.max_length)
         with autocast(settings.precision, settings.device):
