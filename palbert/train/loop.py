@@ -22,17 +22,17 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from palbert.atomic import write_csv, write_json
 from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
+from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
-from palbert.precision import autocast, resolve_precision
+from palbert.precision import autocast, precision_reason, resolve_precision
 from palbert.tracking import RunTracker, find_project_root
 from palbert.train import checkpoint
 from palbert.train.distributed import DistContext, init_distributed
@@ -69,6 +69,7 @@ class RunState:
     streams: dict[str, dict] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     elapsed_s: float = 0.0
+    scoring_s: float = 0.0  # of elapsed_s, the time spent scoring dev (not training: left out of the rate)
     #: Plot data: {"loss_<task>": [[step, loss]], "lr": [[step, lr]], "sampling": [[step, {ds: p}]], "dev": [...]}
     history: dict[str, list] = field(default_factory=dict)
     #: Task probabilities of each epoch (drawn samplers: p_i; sequential/round-robin: the plan's fractions)
@@ -253,15 +254,15 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
                                  max_length=max_length, batch_size=params.evaluate.batch_size,
                                  device=device, precision=precision)
-    log.info("training %d steps (%d epochs, sampling=%s, precision=%s, %d process(es), batch %d per process)",
-             total_steps, params.train.epochs, params.train.sampling, precision, ctx.world_size,
-             params.train.batch_size)
+    log.info("training %d steps (%d epochs, sampling=%s, precision=%s [%s], %d process(es), batch %d per process)",
+             total_steps, params.train.epochs, params.train.sampling, precision,
+             precision_reason(params.train.precision, device), ctx.world_size, params.train.batch_size)
 
     # ---- the loop --------------------------------------------------------------------------------
     started = time.perf_counter()
     # in a terminal the bar redraws ~10 times a second; into a log file, an update every 30 s is enough
-    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
-                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    progress = ProgressBar(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
+                           mininterval=0.1 if sys.stderr.isatty() else 30.0)
     window_losses: dict[str, list[float]] = defaultdict(list)
     window_examples, window_started = 0, time.perf_counter()
     model.train()
@@ -302,7 +303,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     state.history.setdefault("lr", []).append([state.step, lr])
                     state.history.setdefault("sampling", []).append([state.step, probabilities])
                     tracker.log_metrics(metrics, step=state.step)
-                    progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.3f}" for t, v in window_losses.items()}
+                    progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.4g}" for t, v in window_losses.items()}
                                          | {"ex/s": f"{rate:.0f}"}, refresh=False)  # redraw at the bar's own pace
                     window_losses.clear()
                     window_examples, window_started = 0, time.perf_counter()
@@ -311,6 +312,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
 
             # ---- end of epoch: score dev, keep the best model ---------------------------------------
+            scoring_started = time.perf_counter()
             if ctx.is_main:
                 log.info("epoch %d: scoring dev (%s)", state.epoch,
                          ", ".join(f"{task} {len(split)} rows" for task, split in dev_splits.items()))
@@ -326,10 +328,12 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     state.best_overall, state.best_epoch = score, state.epoch
                     save_model(model, tokenizer, paths.checkpoints / "best")
             state.best_overall, state.best_epoch = ctx.broadcast_object((state.best_overall, state.best_epoch))
+            state.scoring_s += time.perf_counter() - scoring_started
             state.epoch += 1
             state.position = 0
             state.complete = state.epoch > params.train.epochs
             _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+            window_started = time.perf_counter()  # the next window's examples/s: training only
     except KeyboardInterrupt:
         progress.close()
         tracker.end("KILLED")
@@ -357,7 +361,8 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             "dev_per_epoch": state.history["dev"],
             "sampling_probabilities": state.epoch_probabilities,
             "train_wall_s": round(wall_s, 1),
-            "examples_per_s": round(state.examples / max(wall_s, 1e-9), 2),
+            "dev_scoring_s": round(state.scoring_s, 1),
+            "examples_per_s": round(state.examples / max(wall_s - state.scoring_s, 1e-9), 2),  # training time only
             "world_size": ctx.world_size,
             "precision": precision,
             "parameters": report,
