@@ -113,10 +113,10 @@ def make_optimizer(model: torch.nn.Module, params: Params, device: torch.device)
 
 def write_plots(history: dict[str, list], folder: Path) -> None:
     """CSV files behind `dvc plots` (loss per task, LR, sampling probabilities, dev per epoch)."""
-    for task in TASKS:
-        write_csv(folder / f"loss_{task}.csv", ["step", "loss"], history.get(f"loss_{task}", []))
-    if history.get("loss_simcse"):  # the SimCSE term alone; the task curves above are the supervised losses
-        write_csv(folder / "loss_simcse.csv", ["step", "loss"], history["loss_simcse"])
+    # the task curves are the supervised losses; simcse is the SimCSE term alone (only a header when it is off,
+    # so that dvc.yaml's SimCSE plot always finds its file)
+    for name in (*TASKS, "simcse"):
+        write_csv(folder / f"loss_{name}.csv", ["step", "loss"], history.get(f"loss_{name}", []))
     write_csv(folder / "lr.csv", ["step", "lr"], history.get("lr", []))
     write_csv(folder / "sampling.csv", ["step", *DATASETS],
                [[step, *(probs.get(ds, 0.0) for ds in DATASETS)] for step, probs in history.get("sampling", [])])
