@@ -124,14 +124,14 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def read_input_lines(path: Path | None) -> list[str]:
     """The lines of ``path`` (standard input when None), decoded as UTF-8 or refused in one clear line."""
-    name = str(path) if path else "standard input"
     data = path.read_bytes() if path else sys.stdin.buffer.read()
     try:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{name} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): convert it first, "
-            f"e.g. `iconv -f latin1 -t utf-8 {path or 'FILE'} > input-utf8.txt`") from None
+        fix = (f"`iconv -f latin1 -t utf-8 {path} > {path.with_name(path.stem + '-utf8' + path.suffix)}`" if path
+               else "pipe it through `iconv -f latin1 -t utf-8`")
+        raise ValueError(f"{path or 'standard input'} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start}): convert it first, e.g. {fix} (latin1 for Western European text)") from None
 
 
 def run_predict(args: argparse.Namespace) -> int:

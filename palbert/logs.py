@@ -32,7 +32,8 @@ def terminal_shape(stream: IO[str]) -> tuple[int | None, int | None]:
         size = os.get_terminal_size(stream.fileno())
     except (AttributeError, OSError, ValueError):
         return None, None
-    columns = size.columns if size.columns > 0 else int(os.environ.get("COLUMNS", "") or 80)
+    fallback = os.environ.get("COLUMNS", "")
+    columns = size.columns if size.columns > 0 else int(fallback) if fallback.isdigit() else 80
     return columns - 1, (size.lines if size.lines > 0 else 24) - 1
 
 

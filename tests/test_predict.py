@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pytest
 
 from palbert.config import ModelParams
@@ -96,7 +99,7 @@ def test_cli_output_lines_up_with_input_lines(model_dir, tmp_path, capsys):
     assert all(0.0 <= float(lines[i]) <= 5.0 for i in (0, 3))
 
 
-def test_cli_refuses_non_utf8_input_in_one_line(model_dir, tmp_path, capsys):
+def test_cli_refuses_non_utf8_input_in_one_line(model_dir, tmp_path, capsys, monkeypatch):
     from palbert.cli import main
 
     latin1 = tmp_path / "reviews.txt"
@@ -104,7 +107,12 @@ def test_cli_refuses_non_utf8_input_in_one_line(model_dir, tmp_path, capsys):
     assert main(["predict", "sst", "--model", model_dir, "--input", str(latin1)]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert f"{latin1} is not UTF-8 text (byte 0xe8 at offset 10)" in err and "iconv -f latin1 -t utf-8" in err
+    assert f"{latin1} is not UTF-8 text (byte 0xe8 at offset 10)" in err
+    assert f"iconv -f latin1 -t utf-8 {latin1} > {tmp_path / 'reviews-utf8.txt'}" in err
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("très\n".encode("latin-1"))))
+    assert main(["predict", "sst", "--model", model_dir]) == 1
+    assert "standard input is not UTF-8 text (byte 0xe8 at offset 2)" in capsys.readouterr().err
 
 
 def test_cli_version_and_help(capsys):
