@@ -46,6 +46,7 @@ class ProgressBar(tqdm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         file = kwargs.get("file") or sys.stderr
+        self._on_terminal = bool(getattr(file, "isatty", lambda: False)())
         kwargs["ncols"], kwargs["nrows"] = terminal_shape(file)
         super().__init__(*args, dynamic_ncols=False, **kwargs)
         self._log_redirect: ContextManager | None = None
@@ -53,6 +54,15 @@ class ProgressBar(tqdm):
             self.dynamic_ncols = terminal_shape  # re-read at every redraw: follows a resized terminal
             self._log_redirect = logging_redirect_tqdm(tqdm_class=type(self))
             self._log_redirect.__enter__()
+
+    def clear(self, nolock: bool = False) -> None:
+        """On a terminal, erase the bar's line; into a log file, end it, so that a record written next
+        starts a line of its own (not one that begins with the bar, a carriage return and padding)."""
+        if self._on_terminal or self.disable:
+            super().clear(nolock)
+        else:
+            self.fp.write("\n")
+            self.fp.flush()
 
     def close(self) -> None:
         super().close()
