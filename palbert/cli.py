@@ -105,7 +105,8 @@ def run_table3(args: argparse.Namespace) -> int:
 def add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="predict with a trained model: sentiment of sentences, paraphrase / similarity of pairs",
+        help="predict with a trained model (default: models/best): sentiment of sentences, paraphrase / "
+             "similarity of pairs",
         description="Reads one input per line from --input (or standard input, UTF-8): a sentence for sst, "
                     "two sentences separated by a tab for para and sts. Writes one prediction per input line "
                     "(sst: class 0..4, para: 0/1, sts: similarity 0..5); a blank input line gives a blank "

@@ -1,7 +1,8 @@
 """The ``data_report`` stage: one metrics file with every prepared split's counts, and Figure 4's data.
 
 ``metrics/data.json`` is ``{dataset: {split: {"rows", "labels", "skipped", "dropped"}}}`` (DESIGN.md),
-so ``dvc metrics diff`` shows when a change of params or raw files changes what training sees.
+so ``dvc metrics diff --targets metrics/data.json`` shows when a change of params or raw files changes what
+training sees (a plain output, not a declared metric: its ~50 counts would lead ``dvc exp show``).
 ``metrics/plots/label_distribution.csv`` holds the label fractions of SST train, SST dev and
 CFIMDB train: the paper's Figure 4, which motivates rescaling CFIMDB to 0/4.
 """
