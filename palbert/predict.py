@@ -75,5 +75,7 @@ class Predictor:
             second=None if second is None else tokenize(self.tokenizer, list(second), max_tokens, "tokenize"),
             labels=None,
         )
-        values = predict_split(self.model, split, task, self.settings).predictions
+        # one batch (a few sentences) draws no bar, however long a busy machine takes over it
+        values = predict_split(self.model, split, task, self.settings,
+                               progress=len(sentences) > self.settings.batch_size).predictions
         return [int(v) if task != "sts" else float(v) for v in values]
