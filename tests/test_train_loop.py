@@ -38,6 +38,7 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     with caplog.at_level("INFO", logger="palbert.train.loop"):
         summary = train(params, paths)
     assert "precision=fp32 [train.precision=fp32]" in caplog.text  # the precision and why
+    assert f"s of it scoring dev; {summary['examples_per_s']:.1f} examples/s while training" in caplog.text
     # the rate is training only: the dev scoring after each epoch is left out of it
     assert 0 < summary["dev_scoring_s"] < summary["train_wall_s"]
     examples = summary["steps"] * params.train.batch_size

@@ -334,6 +334,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             state.complete = state.epoch > params.train.epochs
             _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
             window_started = time.perf_counter()  # the next window's examples/s: training only
+            progress.unpause()  # and the bar's rate and ETA
     except KeyboardInterrupt:
         progress.close()
         tracker.end("KILLED")
@@ -379,8 +380,9 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                 tracker.log_artifact(png, "plots")
         tracker.log_artifact(paths.summary, "metrics")
         tracker.end("FINISHED")
-        log.info("trained %d steps in %.0f s; best epoch %d: %s", state.step, wall_s, state.best_epoch,
-                 _format_metrics(summary["best_dev"]))
+        log.info("trained %d steps in %.0f s (%.0f s of it scoring dev; %.1f examples/s while training); "
+                 "best epoch %d: %s", state.step, wall_s, state.scoring_s, summary["examples_per_s"],
+                 state.best_epoch, _format_metrics(summary["best_dev"]))
     ctx.barrier()
     return summary
 
