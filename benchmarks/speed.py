@@ -15,10 +15,12 @@ Paths measured
   palbert_*      the project's own ``train_step`` on ``make_batch`` batches whose rows come from a
                  length-bucketed ``IndexStream``; evaluation is ``predict_split`` (inference_mode,
                  length-sorted, batch ``evaluate.batch_size``). Variants: the defaults of params.yaml
-                 (bf16 here, SimCSE on), fp32, and SimCSE off (SimCSE runs the encoder twice per batch).
+                 (bf16 where the CPU has native bf16, SimCSE on), fp32 (only where the default is not
+                 already fp32), and SimCSE off (SimCSE runs the encoder twice per batch).
 
 FLOPs are estimated analytically from the padded shapes actually run (see ``forward_flops``) and
-reported as a fraction of a plain square matmul of the same dtype timed in the same repetitions.
+reported as a fraction of a plain square matmul of the same dtype timed in the same repetitions (only the
+dtypes some path runs are timed).
 
 Run:  python benchmarks/speed.py [--repeats 5] [--warmup 2] [--steps 10] [--out benchmarks/results/speed.json]
 """
@@ -73,6 +75,7 @@ REFERENCE_LENGTH = 128
 REFERENCE_EVAL_BATCH = 16
 DEFAULT_RUN_STEPS = 5400  # 3 epochs x 1800 steps: the default run, for torch.compile's payback
 MATMUL_SIZE = 2048
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -437,11 +440,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference.train()
     reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=2e-5)
     no_simcse = dataclasses.replace(params, train=dataclasses.replace(params.train, simcse=False))
-    setups = [
-        palbert_setup("palbert", params, params.train.precision, device, seed),
-        palbert_setup("palbert_fp32", params, "fp32", device, seed),
-        palbert_setup("palbert_no_simcse", no_simcse, params.train.precision, device, seed),
-    ]
+    setups = [palbert_setup("palbert", params, params.train.precision, device, seed)]
+    if setups[0].precision != "fp32":  # where auto means fp32 (no native bf16), this would time palbert twice
+        setups.append(palbert_setup("palbert_fp32", params, "fp32", device, seed))
+    setups.append(palbert_setup("palbert_no_simcse", no_simcse, params.train.precision, device, seed))
     if args.compile:
         compiled = palbert_setup("palbert_compiled", params, params.train.precision, device, seed)
         compiled.compiled = torch.compile(compiled.model, dynamic=True)
@@ -506,9 +508,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 seconds[name] += time.perf_counter() - started
 
     results: dict[str, list[Sample]] = defaultdict(list)
-    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    # Only the dtypes the paths run: on a CPU without native bf16 (auto -> fp32) a bf16 matmul is emulated,
+    # slow, and would take most of every repetition while no path uses it.
+    run_dtypes = sorted({precision for _, precision in (*train_paths.values(), *eval_paths.values())})
+    rates: dict[str, list[float]] = {precision: [] for precision in run_dtypes}
     for repeat in range(args.repeats):
-        rate = {"fp32": matmul_rate(torch.float32, device), "bf16": matmul_rate(torch.bfloat16, device)}
+        rate = {precision: matmul_rate(MATMUL_DTYPES[precision], device) for precision in rates}
         for dtype, value in rate.items():
             rates[dtype].append(value)
         for phase, paths, units in (("train", train_paths, timed_plan), ("eval", eval_paths, [(ds,) for ds in DATASETS])):
@@ -588,8 +593,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"{s['eval_real_tokens']} real tokens; "
           f"eval batch: reference {s['reference_eval_batch']}, palbert {s['palbert_eval_batch']}")
     mm = report["matmul_gflops"]
-    print(f"plain {MATMUL_SIZE}^3 matmul: fp32 {mm['fp32']['median']:.0f} GFLOP/s, bf16 {mm['bf16']['median']:.0f} GFLOP/s "
-          f"(medians over repetitions)\n")
+    print(f"plain {MATMUL_SIZE}^3 matmul: " + ", ".join(f"{dtype} {m['median']:.0f} GFLOP/s" for dtype, m in mm.items())
+          + " (medians over repetitions; only the dtypes the paths run)\n")
 
     def cell(stat: dict[str, float], fmt: str) -> str:
         return f"{format(stat['median'], fmt)} ({format(stat['min'], fmt)}-{format(stat['max'], fmt)})"

@@ -130,38 +130,58 @@ def run_table3(args: argparse.Namespace) -> int:
 def add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="predict with a trained model: sentiment of sentences, paraphrase / similarity of pairs",
-        description="Reads one input per line from --input (or standard input): a sentence for sst, two "
-                    "sentences separated by a tab for para and sts. Writes one prediction per line "
-                    "(sst: class 0..4, para: 0/1, sts: similarity 0..5).",
+        help="predict with a trained model (default: models/best): sentiment of sentences, paraphrase / "
+             "similarity of pairs",
+        description="Reads one input per line from --input (or standard input, UTF-8): a sentence for sst, "
+                    "two sentences separated by a tab for para and sts. Writes one prediction per input line "
+                    "(sst: class 0..4, para: 0/1, sts: similarity 0..5); a blank input line gives a blank "
+                    "output line, so output line N answers input line N.",
     )
     parser.add_argument("task", choices=("sst", "para", "sts"))
     parser.add_argument("sentences", nargs="*", help="inputs on the command line (pairs: 'a<TAB>b')")
-    parser.add_argument("--model", type=Path, default=Path("models/best"), help="trained model folder")
-    parser.add_argument("--input", type=Path, default=None, help="file with one input per line")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--model", type=Path, default=Path("models/best"), metavar="DIR",
+                        help="trained model folder (default: %(default)s, what `dvc repro` writes)")
+    parser.add_argument("--input", type=Path, default=None, metavar="FILE",
+                        help="UTF-8 file with one input per line (default: standard input)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="autocast dtype (default: %(default)s: bf16 where the CPU/GPU supports it)")
     parser.set_defaults(handler=run_predict)
+
+
+def read_input_lines(path: Path | None) -> list[str]:
+    """The lines of ``path`` (standard input when None), decoded as UTF-8 or refused in one clear line."""
+    data = path.read_bytes() if path else sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        fix = (f"`iconv -f latin1 -t utf-8 {path} > {path.with_name(path.stem + '-utf8' + path.suffix)}`" if path
+               else "pipe it through `iconv -f latin1 -t utf-8`")
+        raise ValueError(f"{path or 'standard input'} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start}): convert it first, e.g. {fix} (latin1 for Western European text)") from None
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from palbert.predict import PAIR_TASKS, Predictor
 
-    if args.sentences:
-        lines = list(args.sentences)
-    else:
-        source = args.input.read_text(encoding="utf-8") if args.input else sys.stdin.read()
-        lines = [line for line in source.splitlines() if line.strip()]
+    lines = list(args.sentences) if args.sentences else read_input_lines(args.input)
+    filled = [number for number, line in enumerate(lines) if line.strip()]  # blank lines keep their place
     first, second = [], []
-    for number, line in enumerate(lines, start=1):
-        parts = line.split("\t")
+    for number in filled:
+        parts = lines[number].split("\t")
         if args.task in PAIR_TASKS:
             if len(parts) != 2:
-                raise ValueError(f"input line {number}: expected two sentences separated by a tab, got {line!r}")
+                raise ValueError(f"input line {number + 1}: expected two sentences separated by a tab, "
+                                 f"got {lines[number]!r}")
             second.append(parts[1])
         first.append(parts[0])
-    predictor = Predictor.load(args.model, precision=args.precision)
-    for value in predictor.predict(args.task, first, second if args.task in PAIR_TASKS else None):
-        print(f"{value:.4f}" if args.task == "sts" else value)
+    values: dict[int, str] = {}
+    if filled:
+        predictor = Predictor.load(args.model, precision=args.precision)
+        predictions = predictor.predict(args.task, first, second if args.task in PAIR_TASKS else None)
+        values = {number: f"{value:.4f}" if args.task == "sts" else str(value)
+                  for number, value in zip(filled, predictions)}
+    for number in range(len(lines)):
+        print(values.get(number, ""))
     return 0
 
 
@@ -193,16 +213,34 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_tab
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from palbert import __version__
+
     parser = argparse.ArgumentParser(prog="palbert", description="palbert: multi-task PAL BERT experiments")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but inputs may also follow options (``predict sst --model DIR "x"``).
+
+    argparse fills a ``nargs="*"`` positional before the options that follow it and then calls the words
+    after them unrecognized (``parse_intermixed_args`` does not work with subcommands); they are the
+    subcommand's remaining inputs.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "sentences", None), list) and not any(w.startswith("-") for w in extra):
+        args.sentences.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     from palbert.stage import user_errors
     from palbert.table3 import Table3Error

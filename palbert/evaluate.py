@@ -9,6 +9,7 @@ same as those of one process.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -59,7 +60,8 @@ def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows:
     ordered = _length_order(split, rows)
     out = np.empty(len(split), dtype=np.float64)
     chunks = [ordered[i : i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
-    for chunk in tqdm(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress):
+    # delay: no bar at all for a few sentences (`palbert predict`), one after 2 s for a real split
+    for chunk in tqdm(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress, delay=2):
         batch = make_batch(split, chunk.tolist(), task=task, pair_encoding=settings.pair_encoding,
                            special=settings.special, max_length=settings.max_length)
         with autocast(settings.precision, settings.device):
@@ -144,6 +146,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     from palbert.atomic import write_json
     from palbert.data.prepared import read_meta
     from palbert.model import load_model
+    from palbert.plots import confusion_matrix_plot
     from palbert.precision import resolve_precision
     from palbert.tracking import RunTracker
 
@@ -161,6 +164,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     )
     paths.predictions.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
+    sst_dev: SplitPredictions | None = None
     for split in ("dev", "test"):
         results = [predict_split(model, prepared, task, settings) for task, prepared in
                    load_eval_splits(paths.prepared, split).items()]
@@ -168,6 +172,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
             write_predictions(result, paths.predictions)
         if split == "dev":
             metrics = dev_metrics(results)
+            sst_dev = next((result for result in results if result.task == "sst"), None)
     write_json(paths.dev_metrics, metrics)
     log.info("dev: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -181,6 +186,10 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
         tracker.log_artifact(artifact, "metrics")
     tracker.log_artifacts(paths.predictions, "predictions")
+    if sst_dev is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
+                                                       Path(folder) / "sst_dev_confusion.png"), "plots")
     tracker.log_artifact("params.yaml", "params")
     tracker.log_artifacts(paths.model, "model")
     tracker.end("FINISHED")

@@ -8,11 +8,14 @@ by more than the noise of the dev examples and of the seeds.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.stats import pearsonr
+from sklearn.metrics import accuracy_score
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +35,20 @@ def _pair(predictions: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.nda
 
 def accuracy(predictions: ArrayLike, labels: ArrayLike) -> float:
     p, y = _pair(predictions, labels)
-    return float(np.mean(p == y))
+    return float(accuracy_score(y, p))
 
 
 def pearson(predictions: ArrayLike, labels: ArrayLike) -> float:
     """Pearson r; 0.0 (with a warning) when either side is constant, where r is undefined.
 
-    0 rather than NaN keeps dev.json valid JSON and best-epoch selection well defined.
+    0 rather than scipy's NaN keeps dev.json valid JSON and best-epoch selection well defined.
     """
     p, y = _pair(predictions, labels)
     p, y = p.astype(np.float64), y.astype(np.float64)
-    dp, dy = p - p.mean(), y - y.mean()
-    denominator = np.sqrt(np.sum(dp * dp) * np.sum(dy * dy))
-    if denominator == 0:
+    if np.ptp(p) == 0 or np.ptp(y) == 0:
         log.warning("pearson: constant predictions or labels; reporting r = 0")
         return 0.0
-    return float(np.clip(np.sum(dp * dy) / denominator, -1.0, 1.0))
+    return float(pearsonr(p, y).statistic)
 
 
 def score(task: str, predictions: ArrayLike, labels: ArrayLike) -> float:
@@ -79,20 +80,19 @@ class BootstrapInterval:
 def task_scores(task: str, predictions: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``task``'s dev metric on each row of ``rows`` ([resamples, n] example indices) at once.
 
-    Hand-written because it scores a thousand resamples in one array operation; ``score`` (one sample)
-    is this with a single row. Pearson r of a constant side is 0, as in ``pearson``.
+    The bootstrap scores a thousand resamples per system: accuracy as one array mean (sklearn's
+    ``accuracy_score`` takes one sample at a time), Pearson r with scipy along the last axis; r of a
+    constant side is 0, as in ``pearson``.
     """
     if task in ("sst", "para"):
         return (predictions == labels).astype(np.float64)[rows].mean(axis=-1)
     if task != "sts":
         raise ValueError(f"unknown task {task!r}: expected sst, para or sts")
     p, y = predictions.astype(np.float64)[rows], labels.astype(np.float64)[rows]
-    dp = p - p.mean(axis=-1, keepdims=True)
-    dy = y - y.mean(axis=-1, keepdims=True)
-    denominator = np.sqrt((dp * dp).sum(axis=-1) * (dy * dy).sum(axis=-1))
-    numerator = (dp * dy).sum(axis=-1)
-    r = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
-    return np.clip(r, -1.0, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant resamples: NaN, reported as 0 below
+        r = np.atleast_1d(pearsonr(p, y, axis=-1).statistic)
+    return np.nan_to_num(np.clip(r, -1.0, 1.0), nan=0.0).reshape(p.shape[:-1])
 
 
 #: Index matrices of one bootstrap chunk hold at most this many entries (memory stays ~64 MB).

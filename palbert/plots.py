@@ -1,4 +1,4 @@
-"""PNG renderings of the training plots, for MLflow (which shows images, not DVC plot specs).
+"""PNG renderings for MLflow (which shows images, not DVC plot specs): training plots, SST confusion matrix.
 
 The CSVs in ``metrics/plots/train/`` stay the source: `dvc plots` renders them for DVC users, this
 module draws the same data once for the MLflow UI.
@@ -11,9 +11,11 @@ import logging
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +71,17 @@ def render_training_plots(csv_folder: Path, out_folder: Path) -> list[Path]:
                    out_folder / "dev_epochs.png"),
     ]
     return [path for path in made if path is not None]
+
+
+def confusion_matrix_plot(labels: np.ndarray, predictions: np.ndarray, out: Path,
+                          title: str = "SST dev: confusion matrix") -> Path:
+    """The SST classes 0..4, true vs predicted (counts): where the accuracy is lost, e.g. 1 vs 0."""
+    classes = list(range(5))
+    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(np.asarray(labels).astype(int), np.asarray(predictions).astype(int),
+                                            labels=classes, ax=axes, colorbar=False)
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out

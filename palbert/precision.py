@@ -29,6 +29,20 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     return choice
 
 
+def precision_reason(choice: str, device: torch.device) -> str:
+    """Why ``resolve_precision(choice, device)`` picks what it picks, for the training log: the choice
+    decides much of a run's speed (the README's times differ by CPU kind for this reason)."""
+    hardware = "this GPU" if device.type == "cuda" else "this CPU"
+    native = bf16_supported(device)
+    if choice != "auto":
+        return f"train.precision={choice}" + ("" if choice == "fp32" or native else f"; {hardware} has no native bf16")
+    if native:
+        return f"auto: {hardware} has native bf16" + ("" if device.type == "cuda" else " (AVX512-BF16 / AMX)")
+    if device.type == "cpu":
+        return "auto: this CPU has no AVX512-BF16, where bf16 is emulated and slower than fp32"
+    return f"auto: {hardware} has no native bf16"
+
+
 def autocast(precision: str, device: torch.device) -> ContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, overload
 
 import numpy as np
 import torch
@@ -42,8 +42,24 @@ class Predictor:
         )
         return cls(model, tokenizer, settings)
 
-    def predict(self, task: str, sentences: Sequence[str], second: Sequence[str] | None = None) -> list[float]:
-        """sst: class 0..4; para: 0/1; sts: similarity 0..5. Pair tasks need ``second``, one per sentence."""
+    @overload
+    def predict(self, task: str, sentences: str, second: str | None = None) -> float: ...
+    @overload
+    def predict(self, task: str, sentences: Sequence[str], second: Sequence[str] | None = None) -> list[float]: ...
+
+    def predict(self, task: str, sentences: str | Sequence[str],
+                second: str | Sequence[str] | None = None) -> float | list[float]:
+        """sst: class 0..4; para: 0/1; sts: similarity 0..5. Pair tasks need ``second``, one per sentence.
+
+        One string (``predict("sst", "Great!")``) gives one prediction; a list gives a list (a string is a
+        sequence of characters too, which would otherwise be scored one character at a time).
+        """
+        if isinstance(sentences, str):
+            if second is not None and not isinstance(second, str):
+                raise ValueError("one first sentence but a list of second sentences")
+            return self.predict(task, [sentences], None if second is None else [second])[0]
+        if isinstance(second, str):
+            raise ValueError("a list of first sentences but one second sentence")
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if (task in PAIR_TASKS) != (second is not None):
@@ -59,5 +75,7 @@ class Predictor:
             second=None if second is None else tokenize(self.tokenizer, list(second), max_tokens, "tokenize"),
             labels=None,
         )
-        values = predict_split(self.model, split, task, self.settings).predictions
+        # one batch (a few sentences) draws no bar, however long a busy machine takes over it
+        values = predict_split(self.model, split, task, self.settings,
+                               progress=len(sentences) > self.settings.batch_size).predictions
         return [int(v) if task != "sts" else float(v) for v in values]

@@ -14,6 +14,15 @@ def test_accuracy_and_pearson():
     assert pearson(x, y) == pytest.approx(pearsonr(x, y)[0])
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert pearson([1, 1, 1], [1, 2, 3]) == 0.0  # undefined: reported as 0, not NaN
+    # evaluate passes float64 class predictions against int64 labels
+    assert accuracy(np.array([0.0, 1.0, 2.0]), np.array([0, 1, 3])) == pytest.approx(2 / 3)
+
+
+def test_constant_input_warns_and_scores_zero(caplog):
+    with caplog.at_level("WARNING", logger="palbert.metrics"):
+        assert pearson([2.5, 2.5, 2.5], [1.0, 2.0, 3.0]) == 0.0
+        assert score("sts", [0.0, 1.0, 2.0], [3.0, 3.0, 3.0]) == 0.0
+    assert caplog.text.count("constant predictions or labels; reporting r = 0") == 2
 
 
 def test_score_per_task():

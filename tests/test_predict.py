@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pytest
 
 from palbert.config import ModelParams
@@ -56,3 +59,69 @@ def test_cli_predicts_pairs_from_a_file(tmp_path, predictor, capsys):
     assert len(values) == 2 and all(0.0 <= v <= 5.0 for v in values)
     inputs.write_text("no tab here\n")
     assert main(["predict", "para", "--model", str(folder), "--input", str(inputs)]) == 1
+
+
+def test_one_string_gives_one_prediction(predictor):
+    assert predictor.predict("sst", "Great!") == predictor.predict("sst", ["Great!"])[0]
+    assert isinstance(predictor.predict("sst", "Great!"), int)
+    assert predictor.predict("sts", "a cat sits", "a cat is sitting") == pytest.approx(
+        predictor.predict("sts", ["a cat sits"], ["a cat is sitting"])[0])
+    with pytest.raises(ValueError, match="one first sentence but a list"):
+        predictor.predict("sts", "a cat", ["b", "c"])
+
+
+@pytest.fixture()
+def model_dir(tmp_path, predictor) -> str:
+    folder = tmp_path / "model"
+    save_model(predictor.model, predictor.tokenizer, folder)
+    return str(folder)
+
+
+def test_cli_takes_sentences_after_options(model_dir, capsys):
+    from palbert.cli import main
+
+    assert main(["predict", "sst", "--model", model_dir, "--precision", "fp32", "x", "a second one"]) == 0
+    out, err = capsys.readouterr()
+    assert [int(v) in range(5) for v in out.split("\n")[:-1]] == [True, True]
+    assert "it/s" not in err and "%|" not in err  # no progress bars for two sentences
+    assert main(["predict", "sst", "first", "--model", model_dir, "second"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_cli_output_lines_up_with_input_lines(model_dir, tmp_path, capsys):
+    from palbert.cli import main
+
+    inputs = tmp_path / "pairs.tsv"
+    inputs.write_text("a cat sits\ta cat is sitting\n\n   \nthe market fell\tstocks went down\n")
+    assert main(["predict", "sts", "--model", model_dir, "--input", str(inputs)]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[1:3] == ["", ""] and lines[4] == ""  # blank input lines give blank output lines
+    assert all(0.0 <= float(lines[i]) <= 5.0 for i in (0, 3))
+
+
+def test_cli_refuses_non_utf8_input_in_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    from palbert.cli import main
+
+    latin1 = tmp_path / "reviews.txt"
+    latin1.write_bytes("Un film très réussi\n".encode("latin-1"))
+    assert main(["predict", "sst", "--model", model_dir, "--input", str(latin1)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"{latin1} is not UTF-8 text (byte 0xe8 at offset 10)" in err
+    assert f"iconv -f latin1 -t utf-8 {latin1} > {tmp_path / 'reviews-utf8.txt'}" in err
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("très\n".encode("latin-1"))))
+    assert main(["predict", "sst", "--model", model_dir]) == 1
+    assert "standard input is not UTF-8 text (byte 0xe8 at offset 2)" in capsys.readouterr().err
+
+
+def test_cli_version_and_help(capsys):
+    from palbert import __version__
+    from palbert.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"palbert {__version__}"
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "(default: models/best" in " ".join(capsys.readouterr().out.split())

@@ -32,10 +32,18 @@ def _final_weights(paths: TrainPaths) -> dict[str, torch.Tensor]:
     return load_file(str(paths.checkpoints / "latest" / "model.safetensors"))
 
 
-def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tiny_prepared):
+def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tiny_prepared, caplog):
     params = tiny_training_params(tiny_bert_dir)
     paths = _paths(workdir, tiny_prepared)
-    summary = train(params, paths)
+    with caplog.at_level("INFO", logger="palbert.train.loop"):
+        summary = train(params, paths)
+    assert "precision=fp32 [train.precision=fp32]" in caplog.text  # the precision and why
+    assert f"s of it scoring dev; {summary['examples_per_s']:.1f} examples/s while training" in caplog.text
+    # the rate is training only: the dev scoring after each epoch is left out of it
+    assert 0 < summary["dev_scoring_s"] < summary["train_wall_s"]
+    examples = summary["steps"] * params.train.batch_size
+    assert summary["examples_per_s"] == pytest.approx(
+        examples / (summary["train_wall_s"] - summary["dev_scoring_s"]), rel=0.01)
 
     assert summary["steps"] == 8 and summary["best_epoch"] in (1, 2)
     assert set(summary["best_dev"]) == {"sst_acc", "para_acc", "sts_pearson", "overall"}
@@ -46,7 +54,7 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     probabilities = on_disk["sampling_probabilities"]
     assert set(probabilities) == {"1", "2"}
     assert (paths.best_model / "model.safetensors").is_file()
-    for name in ("loss_sst", "loss_para", "loss_sts", "lr", "sampling", "dev_epochs"):
+    for name in ("loss_sst", "loss_para", "loss_sts", "loss_simcse", "lr", "sampling", "dev_epochs"):
         assert (paths.plots / f"{name}.csv").read_text().count("\n") >= 2, name
 
     from mlflow import MlflowClient
@@ -59,6 +67,15 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     assert len(client.get_metric_history(run.info.run_id, "dev_overall")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/train_loss.png", "plots/lr.png", "plots/dev_epochs.png", "plots/loss_sst.csv"} <= artifacts
+
+    # the evaluate stage adds the SST dev confusion matrix (scikit-learn's) to the same run
+    from palbert.evaluate import EvaluationPaths, evaluate_trained_model
+
+    evaluate_trained_model(params, EvaluationPaths(
+        project_root=workdir, model=paths.best_model, prepared=tiny_prepared, train_summary=paths.summary,
+        dev_metrics=workdir / "metrics" / "dev.json", predictions=workdir / "predictions"))
+    artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts["plots/sst_dev_confusion.png"] > 1000
 
 
 def test_interrupted_run_resumes_to_bitwise_identical_weights(workdir, tiny_bert_dir, tiny_prepared, monkeypatch):

@@ -36,7 +36,7 @@ _TOKENIZE_CHUNK = 2048
 def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, desc: str) -> TokenizedTexts:
     """Token ids without special tokens, each truncated to ``max_tokens``."""
     token_ids: list[list[int]] = []
-    with tqdm(total=len(texts), desc=desc, unit="text", leave=False) as bar:
+    with tqdm(total=len(texts), desc=desc, unit="text", leave=False, delay=2) as bar:  # no bar for a few texts
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
             chunk = list(texts[start:start + _TOKENIZE_CHUNK])
             encoded = tokenizer(chunk, add_special_tokens=False, truncation=True, max_length=max_tokens)

@@ -22,18 +22,18 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from palbert.atomic import write_csv, write_json
 from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
+from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
-from palbert.precision import autocast, resolve_precision
+from palbert.precision import autocast, precision_reason, resolve_precision
 from palbert.tracking import RunTracker, find_project_root
 from palbert.train import checkpoint
 from palbert.train.distributed import DistContext, init_distributed
@@ -70,6 +70,7 @@ class RunState:
     streams: dict[str, dict] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     elapsed_s: float = 0.0
+    scoring_s: float = 0.0  # of elapsed_s, the time spent scoring dev (not training: left out of the rate)
     #: Plot data: {"loss_<task>": [[step, loss]], "lr": [[step, lr]], "sampling": [[step, {ds: p}]], "dev": [...]}
     history: dict[str, list] = field(default_factory=dict)
     #: Task probabilities of each epoch (drawn samplers: p_i; sequential/round-robin: the plan's fractions)
@@ -113,10 +114,10 @@ def make_optimizer(model: torch.nn.Module, params: Params, device: torch.device)
 
 def write_plots(history: dict[str, list], folder: Path) -> None:
     """CSV files behind `dvc plots` (loss per task, LR, sampling probabilities, dev per epoch)."""
-    for task in TASKS:
-        write_csv(folder / f"loss_{task}.csv", ["step", "loss"], history.get(f"loss_{task}", []))
-    if history.get("loss_simcse"):  # the SimCSE term alone; the task curves above are the supervised losses
-        write_csv(folder / "loss_simcse.csv", ["step", "loss"], history["loss_simcse"])
+    # the task curves are the supervised losses; simcse is the SimCSE term alone (only a header when it is off,
+    # so that dvc.yaml's SimCSE plot always finds its file)
+    for name in (*TASKS, "simcse"):
+        write_csv(folder / f"loss_{name}.csv", ["step", "loss"], history.get(f"loss_{name}", []))
     write_csv(folder / "lr.csv", ["step", "lr"], history.get("lr", []))
     write_csv(folder / "sampling.csv", ["step", *DATASETS],
                [[step, *(probs.get(ds, 0.0) for ds in DATASETS)] for step, probs in history.get("sampling", [])])
@@ -256,15 +257,15 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
                                  max_length=max_length, batch_size=params.evaluate.batch_size,
                                  device=device, precision=precision)
-    log.info("training %d steps (%d epochs, sampling=%s, precision=%s, %d process(es), batch %d per process)",
-             total_steps, params.train.epochs, params.train.sampling, precision, ctx.world_size,
-             params.train.batch_size)
+    log.info("training %d steps (%d epochs, sampling=%s, precision=%s [%s], %d process(es), batch %d per process)",
+             total_steps, params.train.epochs, params.train.sampling, precision,
+             precision_reason(params.train.precision, device), ctx.world_size, params.train.batch_size)
 
     # ---- the loop --------------------------------------------------------------------------------
     started = time.perf_counter()
     # in a terminal the bar redraws ~10 times a second; into a log file, an update every 30 s is enough
-    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
-                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    progress = ProgressBar(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
+                           mininterval=0.1 if sys.stderr.isatty() else 30.0)
     window_losses: dict[str, list[float]] = defaultdict(list)
     window_examples, window_started = 0, time.perf_counter()
     model.train()
@@ -305,7 +306,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     state.history.setdefault("lr", []).append([state.step, lr])
                     state.history.setdefault("sampling", []).append([state.step, probabilities])
                     tracker.log_metrics(metrics, step=state.step)
-                    progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.3f}" for t, v in window_losses.items()}
+                    progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.4g}" for t, v in window_losses.items()}
                                          | {"ex/s": f"{rate:.0f}"}, refresh=False)  # redraw at the bar's own pace
                     window_losses.clear()
                     window_examples, window_started = 0, time.perf_counter()
@@ -314,6 +315,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
 
             # ---- end of epoch: score dev, keep the best model ---------------------------------------
+            scoring_started = time.perf_counter()
             if ctx.is_main:
                 log.info("epoch %d: scoring dev (%s)", state.epoch,
                          ", ".join(f"{task} {len(split)} rows" for task, split in dev_splits.items()))
@@ -329,10 +331,13 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     state.best_overall, state.best_epoch = score, state.epoch
                     save_model(model, tokenizer, paths.checkpoints / "best")
             state.best_overall, state.best_epoch = ctx.broadcast_object((state.best_overall, state.best_epoch))
+            state.scoring_s += time.perf_counter() - scoring_started
             state.epoch += 1
             state.position = 0
             state.complete = state.epoch > params.train.epochs
             _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+            window_started = time.perf_counter()  # the next window's examples/s: training only
+            progress.unpause()  # and the bar's rate and ETA
     except KeyboardInterrupt:
         progress.close()
         tracker.end("KILLED")
@@ -360,7 +365,8 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             "dev_per_epoch": state.history["dev"],
             "sampling_probabilities": state.epoch_probabilities,
             "train_wall_s": round(wall_s, 1),
-            "examples_per_s": round(state.examples / max(wall_s, 1e-9), 2),
+            "dev_scoring_s": round(state.scoring_s, 1),
+            "examples_per_s": round(state.examples / max(wall_s - state.scoring_s, 1e-9), 2),  # training time only
             "world_size": ctx.world_size,
             "precision": precision,
             "machine": describe_machine(),
@@ -378,8 +384,9 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                 tracker.log_artifact(png, "plots")
         tracker.log_artifact(paths.summary, "metrics")
         tracker.end("FINISHED")
-        log.info("trained %d steps in %.0f s; best epoch %d: %s", state.step, wall_s, state.best_epoch,
-                 _format_metrics(summary["best_dev"]))
+        log.info("trained %d steps in %.0f s (%.0f s of it scoring dev; %.1f examples/s while training); "
+                 "best epoch %d: %s", state.step, wall_s, state.scoring_s, summary["examples_per_s"],
+                 state.best_epoch, _format_metrics(summary["best_dev"]))
     ctx.barrier()
     return summary
 
