@@ -45,7 +45,14 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     # annealed sampling: alpha 1.0 then 0.2 -> probabilities move towards uniform
     probabilities = on_disk["sampling_probabilities"]
     assert set(probabilities) == {"1", "2"}
-    assert (paths.best_model / "model.safetensors").is_file()
+    # models/best is a Hugging Face BERT folder (the encoder) and still palbert's whole model
+    from transformers import AutoModel, AutoTokenizer
+
+    from palbert.model import load_model
+
+    assert type(AutoModel.from_pretrained(paths.best_model)).__name__ == "BertModel"
+    assert AutoTokenizer.from_pretrained(paths.best_model)("a film").input_ids[0] == 101  # [CLS]
+    assert load_model(paths.best_model)[0].params == params.model
     for name in ("loss_sst", "loss_para", "loss_sts", "lr", "sampling", "dev_epochs"):
         assert (paths.plots / f"{name}.csv").read_text().count("\n") >= 2, name
 
