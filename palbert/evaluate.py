@@ -182,6 +182,6 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
         tracker.log_artifact(artifact, "metrics")
     tracker.log_artifacts(paths.predictions, "predictions")
     tracker.log_artifact("params.yaml", "params")
-    tracker.log_artifacts(paths.model, "model")
+    tracker.log_model(paths.model, registered_model_name=params.tracking.experiment)
     tracker.end("FINISHED")
     return metrics

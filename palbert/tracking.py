@@ -518,6 +518,13 @@ class RunTracker:
                   for context, group in splits.items() for split in group]
         self._send("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
+    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
+        """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model``, a pyfunc that
+        ``mlflow models serve`` can serve, registered when the store has a registry (``palbert.mlflow_model``)."""
+        from palbert.mlflow_model import log_model
+
+        self._send("log_model", lambda: log_model(self.run_id, self.tracking_uri, model_dir, registered_model_name))
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._send(f"log_artifact {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
@@ -575,6 +582,9 @@ class NullTracker(RunTracker):
         pass
 
     def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
+        pass
+
+    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
         pass
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
