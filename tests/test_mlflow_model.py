@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from conftest import free_port, running_mlflow_server, stop_process_group, wait_until_up
 from palbert.config import ModelParams, Params, TrackingParams
 from palbert.mlflow_model import input_example, predict_table
 from palbert.model import MultitaskBert, load_tokenizer, save_model
@@ -76,6 +75,18 @@ def test_the_logged_model_loads_with_pyfunc_and_predicts_all_three_tasks(logged,
     assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)]
 
 
+def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_dir, tmp_path, monkeypatch):
+    with running_mlflow_server(tmp_path) as url:
+        params = Params()
+        params.tracking = TrackingParams(experiment="palbert-served", uri=url)
+        with RunTracker.start(params, tmp_path, system_metrics=False) as tracker:
+            tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
+        assert tracker.lost is None
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        model = mlflow.pyfunc.load_model("models:/palbert-served/1")
+        assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
+
+
 def test_bad_requests_are_refused_clearly(model_dir):
     predictor = Predictor.load(model_dir)
     with pytest.raises(ValueError, match=r"task para needs sentence2; row\(s\) \[1\]"):
@@ -84,12 +95,6 @@ def test_bad_requests_are_refused_clearly(model_dir):
         predict_table(predictor, pd.DataFrame([{"task": "sentiment", "sentence1": "a"}]))
     with pytest.raises(ValueError, match="missing"):
         predict_table(predictor, pd.DataFrame([{"text": "a"}]))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -105,7 +110,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path, monkeypatch):
     uri, run_id = logged
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the server, and for runs:/ URIs here (see below)
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log_file:
         server = subprocess.Popen(
@@ -116,17 +121,7 @@ def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path,
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-        while True:
-            assert server.poll() is None, f"mlflow models serve exited: {log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"not up in {SERVE_START_TIMEOUT_S}s: {log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
+        wait_until_up(f"{base}/ping", server, log_path, SERVE_START_TIMEOUT_S)
 
         status, answer = _post(f"{base}/invocations", {"dataframe_records": REQUESTS})
         assert status == 200, answer
@@ -143,13 +138,4 @@ def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path,
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "para", "sentence1": "a"}]})
         assert status >= 400 and "needs sentence2" in json.dumps(answer), (status, answer)
     finally:
-        # the server runs its workers in its own session: end that whole group, and only it
-        try:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(server.pid, 9)
-            except ProcessLookupError:
-                pass
-            server.wait(timeout=15)
+        stop_process_group(server)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from mlflow import MlflowClient
 
+from conftest import free_port, running_mlflow_server
 from palbert.config import Params, TrackingParams
 from palbert.tracking import (
     CONTEXT_TRAINING,
@@ -31,14 +28,6 @@ from palbert.tracking import (
     resolve_tracking_uri,
 )
 
-SERVER_START_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,48 +37,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     # Sample system metrics fast so the background thread gets a sample in during the test.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-
-
-@contextlib.contextmanager
-def running_mlflow_server(root: Path) -> Iterator[str]:
-    """A real tracking server on a free loopback port, SQLite backend and artifacts in ``root``."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_file = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not up in {SERVER_START_TIMEOUT_S}s: "
-                                   f"{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        # The server runs workers in its own session: end that whole group, and only it.
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log_file.close()
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +191,7 @@ def test_disabled_tracking_records_nothing_and_says_so(tmp_path: Path, caplog: p
 
 
 def test_unreachable_server_stops_quickly(tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=uri.replace(".", r"\.")) as info:
         RunTracker.start(_params(uri), tmp_path)
@@ -266,7 +213,7 @@ def test_silent_server_times_out_quickly(tmp_path: Path) -> None:
 
 
 def test_unreachable_server_falls_back_to_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # like a DVC temp workspace: nothing may land in the cwd
