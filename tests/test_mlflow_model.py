@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import free_port, running_mlflow_server, stop_process_group, wait_until_up
+from conftest import free_port, running_mlflow_server, stop_process_group, tiny_training_params, wait_until_up
 from palbert.config import ModelParams, Params, TrackingParams
 from palbert.mlflow_model import input_example, predict_table
 from palbert.model import MultitaskBert, load_tokenizer, save_model
@@ -85,6 +85,29 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         model = mlflow.pyfunc.load_model("models:/palbert-served/1")
         assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
+
+
+def test_the_evaluate_stage_logs_and_registers_the_mlflow_model(tmp_path, monkeypatch, model_dir, tiny_bert_dir,
+                                                                tiny_prepared):
+    from palbert.evaluate import EvaluationPaths, evaluate_trained_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the stage logs ./params.yaml
+    Path("params.yaml").write_text("train: {}\n")
+    params = tiny_training_params(tiny_bert_dir)
+    paths = EvaluationPaths(project_root=tmp_path, model=model_dir, prepared=tiny_prepared,
+                            train_summary=tmp_path / "metrics" / "train.json",
+                            dev_metrics=tmp_path / "metrics" / "dev.json", predictions=tmp_path / "predictions")
+    evaluate_trained_model(params, paths)
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    [version] = client.search_model_versions(f"name='{params.tracking.experiment}'")
+    assert version.run_id == run.info.run_id and run.info.status == "FINISHED"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
 
 
 def test_bad_requests_are_refused_clearly(model_dir):
