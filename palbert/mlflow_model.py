@@ -64,11 +64,19 @@ def signature() -> "ModelSignature":
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", PREDICTION)]))
 
 
+def _texts(table: pd.DataFrame, column: str, rows: np.ndarray, task: str) -> list[str]:
+    """The column's strings at ``rows``; a missing column or a null cell is refused, never read as "None"."""
+    values = table[column].iloc[rows].tolist() if column in table.columns else [None] * len(rows)
+    absent = [int(rows[i]) for i, value in enumerate(values) if not isinstance(value, str)]
+    if absent:
+        raise ValueError(f"task {task} needs {column}; row(s) {absent[:5]} have none")
+    return values
+
+
 def predict_table(predictor: "Predictor", table: pd.DataFrame) -> pd.DataFrame:
     """Predictions in the rows' order; each task's rows go through one ``Predictor.predict`` call (batched)."""
-    missing = [column for column in (TASK, FIRST) if column not in table.columns]
-    if missing:
-        raise ValueError(f"input needs the columns {TASK}, {FIRST} (and {SECOND} for pairs); missing {missing}")
+    if TASK not in table.columns:
+        raise ValueError(f"input needs the columns {TASK}, {FIRST} (and {SECOND} for pairs); got {list(table.columns)}")
     tasks = table[TASK].astype(str).to_numpy()
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -76,16 +84,9 @@ def predict_table(predictor: "Predictor", table: pd.DataFrame) -> pd.DataFrame:
     out = np.zeros(len(table), dtype=np.float64)
     for task in TASKS:
         rows = np.flatnonzero(tasks == task)
-        if len(rows) == 0:
-            continue
-        second = None
-        if task in PAIR_TASKS:
-            second = table[SECOND].iloc[rows] if SECOND in table.columns else pd.Series([None] * len(rows))
-            absent = [int(rows[i]) for i, value in enumerate(second) if not isinstance(value, str)]
-            if absent:
-                raise ValueError(f"task {task} needs {SECOND}; row(s) {absent[:5]} have none")
-            second = second.tolist()
-        out[rows] = predictor.predict(task, table[FIRST].iloc[rows].astype(str).tolist(), second)
+        if len(rows) > 0:
+            second = _texts(table, SECOND, rows, task) if task in PAIR_TASKS else None
+            out[rows] = predictor.predict(task, _texts(table, FIRST, rows, task), second)
     return pd.DataFrame({PREDICTION: out})
 
 

@@ -116,7 +116,9 @@ def test_bad_requests_are_refused_clearly(model_dir):
         predict_table(predictor, pd.DataFrame([REQUESTS[0], {"task": "para", "sentence1": "a"}]))
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['sentiment'\]"):
         predict_table(predictor, pd.DataFrame([{"task": "sentiment", "sentence1": "a"}]))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match=r"task sst needs sentence1; row\(s\) \[1\]"):
+        predict_table(predictor, pd.DataFrame([REQUESTS[0], {"task": "sst", "sentence1": None}]))
+    with pytest.raises(ValueError, match="input needs the columns task, sentence1"):
         predict_table(predictor, pd.DataFrame([{"text": "a"}]))
 
 
