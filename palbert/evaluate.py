@@ -191,6 +191,6 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
             tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
                                                        Path(folder) / "sst_dev_confusion.png"), "plots")
     tracker.log_artifact("params.yaml", "params")
-    tracker.log_artifacts(paths.model, "model")
+    tracker.log_model(paths.model, registered_model_name=params.tracking.experiment)
     tracker.end("FINISHED")
     return metrics

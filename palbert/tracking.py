@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -34,9 +35,12 @@ import subprocess
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from palbert.config import Params, TrackingParams
+
+if TYPE_CHECKING:
+    from palbert.data.prepared import PreparedSplit
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,14 @@ TAG_TABLE3_ROW = "table3_row"
 TAG_SEED = "seed"
 TAG_FALLBACK_FROM = "palbert.fallback_from"
 TAG_RESUMED_FROM = "palbert.resumed_from"
+
+#: Param-name prefix of the model's parameter counts (``MultitaskBert.parameter_report``).
+PARAMETER_COUNT_PREFIX = "parameters."
+#: Run name of a run outside any DVC experiment (a plain ``dvc repro``): DVC calls it the workspace.
+WORKSPACE_RUN_NAME = "workspace"
+#: ``mlflow.data.context`` input tag values (MLflow's own key), as in ``mlflow.log_input(..., context=)``.
+CONTEXT_TRAINING = "training"
+CONTEXT_VALIDATION = "validation"
 
 #: MLflow refuses longer param values.
 PARAM_VALUE_LIMIT = 6000
@@ -286,6 +298,63 @@ def run_tags(params: Params, project_root: Path) -> dict[str, str]:
     return tags
 
 
+def default_run_name(tags: Mapping[str, str]) -> str:
+    """The DVC experiment's name, else ``workspace@<commit>``: what ``dvc exp show`` calls a plain
+    ``dvc repro`` run (the workspace, on top of that commit), instead of a random MLflow name."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    commit = tags.get(TAG_GIT_COMMIT)
+    return f"{WORKSPACE_RUN_NAME}@{commit[:7]}" if commit else WORKSPACE_RUN_NAME
+
+
+def parameter_counts(report: Mapping[str, Any]) -> dict[str, str]:
+    """``MultitaskBert.parameter_report()`` as params ``parameters.<name>`` (nested names joined by dots).
+
+    Facts about the model, not time series: logged as metrics they made one chart panel each and took
+    over the compare view's parallel-coordinates plot.
+    """
+    out: dict[str, str] = {}
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                add(f"{name}.{key}", inner)
+        else:
+            out[PARAMETER_COUNT_PREFIX + name] = f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    for key, value in report.items():
+        add(key, value)
+    return out
+
+
+def _file_md5(path: Path) -> str:
+    """The file's md5, as DVC computes it, so ``md5sum`` or ``dvc.lock`` can be compared with the run."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as fp:
+        for block in iter(lambda: fp.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_input(split: "PreparedSplit", prepared_root: Path, context: str) -> Any:
+    """One prepared split as an MLflow ``DatasetInput`` (what ``mlflow.log_input`` logs): name
+    ``<dataset>-<split>``, the prepared file as source, its md5 as digest and the rows used as profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from palbert.data.prepared import split_path
+
+    path = split_path(prepared_root, split.dataset, split.split)
+    dataset = Dataset(
+        name=f"{split.dataset}-{split.split}",
+        digest=_file_md5(path),
+        source_type="local",
+        source=json.dumps({"uri": str(path)}),
+        profile=json.dumps({"num_rows": len(split)}),
+    )
+    return DatasetInput(dataset=dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
 def _context_tags(tags: dict[str, str]) -> dict[str, str]:
     """MLflow's usual source/user tags (what ``mlflow.start_run`` adds), ours winning."""
     try:
@@ -367,7 +436,7 @@ class RunTracker:
         """Check the store, create the experiment if needed, start one run, log params and tags.
 
         ``rank`` (default ``$RANK``, else 0) other than 0 gets a ``NullTracker``. ``run_name``
-        defaults to ``$DVC_EXP_NAME`` (MLflow picks a name when neither is set).
+        defaults to ``default_run_name`` (the DVC experiment, else ``workspace@<commit>``).
         Raises ``TrackingUnavailable`` before anything is logged when the server is down and
         ``tracking.on_unreachable`` is ``stop``.
         """
@@ -382,7 +451,7 @@ class RunTracker:
         all_tags = {**run_tags(params, root), **dict(tags or {})}
         if fallback_from:
             all_tags[TAG_FALLBACK_FROM] = fallback_from
-        run_name = run_name or os.environ.get("DVC_EXP_NAME") or None
+        run_name = run_name or default_run_name(all_tags)
         run = client.create_run(experiment_id, run_name=run_name, tags=_context_tags(all_tags))
         run_id = run.info.run_id
         try:
@@ -467,6 +536,24 @@ class RunTracker:
         for i in range(0, len(entries), 1000):
             self._send("log_batch", lambda batch=entries[i : i + 1000]: self.client.log_batch(self.run_id, metrics=batch))
 
+    def log_params(self, values: Mapping[str, str]) -> None:
+        """More params (e.g. ``parameter_counts``); logging a param again with the same value is allowed."""
+        self._send("log_params", lambda: _log_params(self.client, self.run_id, values))
+
+    def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
+        """The prepared splits a run reads, per context (``{"training": [...], "validation": [...]}``):
+        the UI's Datasets column then says what the run was trained and scored on."""
+        inputs = [dataset_input(split, prepared_root, context)
+                  for context, group in splits.items() for split in group]
+        self._send("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
+        """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model``, a pyfunc that
+        ``mlflow models serve`` can serve, registered when the store has a registry (``palbert.mlflow_model``)."""
+        from palbert.mlflow_model import log_model
+
+        self._send("log_model", lambda: log_model(self.run_id, self.tracking_uri, model_dir, registered_model_name))
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._send(f"log_artifact {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
@@ -518,6 +605,15 @@ class NullTracker(RunTracker):
         self._ended = True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_params(self, values: Mapping[str, str]) -> None:
+        pass
+
+    def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
+        pass
+
+    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
         pass
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:

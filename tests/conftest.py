@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -107,3 +113,65 @@ def tiny_prepared(tmp_path_factory, tiny_bert_dir) -> Path:
     for dataset in ("sst", "quora", "sts", "snli", "cfimdb"):
         prepare_dataset(dataset, root / "raw", root / "prepared", params)
     return root / "prepared"
+
+
+# ---------------------------------------------------------------------------------------------
+# Real servers on 127.0.0.1 (mlflow server, mlflow models serve)
+
+SERVER_START_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if it exits or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not up in {timeout_s}s: {log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """End a server started with ``start_new_session=True``: its whole group (workers too), and only it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def running_mlflow_server(root: Path) -> Iterator[str]:
+    """A real tracking server on a free loopback port, SQLite backend and artifacts in ``root``."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_file = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_until_up(f"{url}/health", proc, root / "server.log", SERVER_START_TIMEOUT_S)
+        yield url
+    finally:
+        stop_process_group(proc)
+        log_file.close()

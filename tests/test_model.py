@@ -22,7 +22,7 @@ from palbert.model import (
 )
 from palbert.model.encoder import mean_pool
 from palbert.model.heads import STS_MAX_SCORE
-from palbert.model.io import CONFIG_FILE, WEIGHTS_FILE
+from palbert.model.io import CONFIG_FILE, HF_CONFIG_FILE, TASK_WEIGHTS_FILE, WEIGHTS_FILE
 
 HIDDEN, LAYERS, PAL_SIZE = 32, 2, 8
 
@@ -315,7 +315,8 @@ def test_load_of_a_corrupted_weights_file_names_the_file(saved_dir):
         load_model(saved_dir)
 
 
-@pytest.mark.parametrize("name", [WEIGHTS_FILE, CONFIG_FILE, "tokenizer_config.json"])
+@pytest.mark.parametrize("name", [WEIGHTS_FILE, TASK_WEIGHTS_FILE, CONFIG_FILE, HF_CONFIG_FILE,
+                                  "tokenizer_config.json"])
 def test_load_with_a_missing_file_names_it(saved_dir, name):
     (saved_dir / name).unlink()
     with pytest.raises(ModelLoadError, match=name):
@@ -335,13 +336,56 @@ def test_load_of_mismatched_weights_names_the_key(saved_dir):
     config = json.loads(config_path.read_text())
     config["model_params"]["pal_size"] = 16
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"model\.safetensors: key 'bert\.pals\.[\w.]+' has shape \("):
+    with pytest.raises(ModelLoadError, match=r"palbert_task_layers\.safetensors: key 'bert\.pals\.[\w.]+' has shape \("):
         load_model(saved_dir)
 
     config["model_params"].update(pal_size=PAL_SIZE, pals=False)
     config_path.write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"unexpected key 'bert\.pals\."):
         load_model(saved_dir)
+
+
+def test_load_of_an_encoder_of_another_shape_names_the_file(saved_dir):
+    hf_config = saved_dir / HF_CONFIG_FILE
+    hf_config.write_text(json.dumps({**json.loads(hf_config.read_text()), "intermediate_size": 48}))
+    with pytest.raises(ModelLoadError, match=r"/model\.safetensors: key 'bert\.encoder\.[\w.]+' has shape \("):
+        load_model(saved_dir)
+
+
+def test_the_saved_encoder_is_a_hugging_face_bert_folder(tmp_path, tokenizer):
+    """AutoModel/AutoTokenizer read models/best as a plain BERT: palbert's encoder without the PALs."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = tiny_model(pooling="mean").eval()
+    folder = save_model(model, tokenizer, tmp_path / "model")
+    bert = AutoModel.from_pretrained(folder).eval()
+    assert type(bert) is BertModel
+    inputs = encoder_inputs(3, 10, seed=5, second_segment_from=6)
+    with torch.no_grad():
+        ours = model.bert(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)  # task None: no PALs
+        theirs = bert(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                      token_type_ids=inputs.token_type_ids)
+    torch.testing.assert_close(theirs.last_hidden_state, ours.last_hidden_state, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs.pooler_output, ours.pooler_output, rtol=1e-5, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(folder)("a test").input_ids == tokenizer("a test").input_ids
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt")) and not list(folder.glob("*.pkl"))
+
+
+def test_a_model_saved_in_format_1_still_loads(tmp_path, tokenizer):
+    """Before the Hugging Face layout every weight sat in model.safetensors and the BertConfig in the JSON."""
+    from safetensors.torch import save_file
+
+    model = tiny_model()
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps({"format_version": 1, "model_params": dataclasses.asdict(model.params),
+                                                  "bert_config": model.bert_config.to_dict()}))
+    tokenizer.save_pretrained(str(folder))
+    loaded, _ = load_model(folder)
+    expected, got = _outputs(model), _outputs(loaded)
+    for task in TASKS:
+        assert torch.equal(expected[task], got[task]), task
 
 
 def test_load_of_a_bad_config_names_the_file(saved_dir):

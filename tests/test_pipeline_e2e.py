@@ -82,3 +82,30 @@ def test_training_summary_and_plots(pipeline):
     assert (pipeline / "models/best/model.safetensors").is_file()
     status = subprocess.run(["dvc", "status"], cwd=pipeline, env=project_env(pipeline), capture_output=True, text=True)
     assert "changed" not in status.stdout, status.stdout
+
+
+def test_the_run_fits_mlflow_and_hugging_face(pipeline, monkeypatch):
+    """One MLflow run named after the workspace, with parameter counts as params, the datasets it read, and
+    the model as a pyfunc that predicts like models/best; models/best is also a Hugging Face BERT folder."""
+    import mlflow
+    import pandas as pd
+    from transformers import AutoModel, AutoTokenizer
+
+    from palbert.mlflow_model import input_example, predict_table
+    from palbert.predict import Predictor
+
+    uri = f"sqlite:///{pipeline}/mlflow.db"
+    run_id = json.loads((pipeline / "metrics/train.json").read_text())["mlflow_run_id"]
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.info.run_name.startswith("workspace") and run.info.status == "FINISHED"
+    assert int(run.data.params["parameters.encoder"]) > 20_000_000  # MiniLM: 22.7 M
+    assert not [key for key in run.data.metrics if key.startswith("params_")]
+    assert {"sst-train", "quora-train", "sts-train", "sst-dev", "quora-dev", "sts-dev"} <= {
+        i.dataset.name for i in run.inputs.dataset_inputs}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(input_example())
+    assert served.equals(predict_table(Predictor.load(pipeline / "models/best"), input_example()))
+    assert isinstance(served, pd.DataFrame) and len(served) == 3
+
+    assert type(AutoModel.from_pretrained(pipeline / "models/best")).__name__ == "BertModel"
+    assert AutoTokenizer.from_pretrained(pipeline / "models/best")("a film").input_ids[0] == 101

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
+import json
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from mlflow import MlflowClient
 
+from conftest import free_port, running_mlflow_server
 from palbert.config import Params, TrackingParams
 from palbert.tracking import (
+    CONTEXT_TRAINING,
+    CONTEXT_VALIDATION,
     TAG_FALLBACK_FROM,
     TAG_SEED,
     TAG_TABLE3_ROW,
@@ -24,16 +24,9 @@ from palbert.tracking import (
     RunTracker,
     TrackingUnavailable,
     find_project_root,
+    parameter_counts,
     resolve_tracking_uri,
 )
-
-SERVER_START_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -44,48 +37,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     # Sample system metrics fast so the background thread gets a sample in during the test.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-
-
-@contextlib.contextmanager
-def running_mlflow_server(root: Path) -> Iterator[str]:
-    """A real tracking server on a free loopback port, SQLite backend and artifacts in ``root``."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_file = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not up in {SERVER_START_TIMEOUT_S}s: "
-                                   f"{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        # The server runs workers in its own session: end that whole group, and only it.
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log_file.close()
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +70,9 @@ def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch
         tracker.log_artifact(artifact)
         tracker.log_artifacts(tmp_path / "plots", "plots")
         tracker.set_tags({"note": "first"})
+        tracker.log_params(parameter_counts({"total": 1200, "pal_per_task": {"sst": 40}, "pal_overhead_pct": 3.14159}))
+        tracker.log_datasets(tmp_path / "prepared", {CONTEXT_TRAINING: [_saved_split(tmp_path / "prepared", "train", 3)],
+                                                     CONTEXT_VALIDATION: [_saved_split(tmp_path / "prepared", "dev", 2)]})
         run_id = tracker.run_id
         time.sleep(1.5)  # one system-metrics sample
 
@@ -130,7 +84,15 @@ def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch
     assert run.data.params["train.lr"] == "2e-05"
     assert run.data.params["data.extra"] == '["snli", "cfimdb"]'
     assert run.data.params["tracking.table3_row"] == "BP1"
-    assert len(run.data.params) == len(params.flat())
+    assert run.data.params["parameters.total"] == "1200" and run.data.params["parameters.pal_per_task.sst"] == "40"
+    assert run.data.params["parameters.pal_overhead_pct"] == "3.14"
+    assert len(run.data.params) == len(params.flat()) + 3
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["sst-dev", "sst-train"]
+    train = inputs["sst-train"]
+    assert [(t.key, t.value) for t in train.tags] == [("mlflow.data.context", "training")]
+    assert train.dataset.profile == '{"num_rows": 3}' and len(train.dataset.digest) == 32
+    assert json.loads(train.dataset.source)["uri"] == str(tmp_path / "prepared" / "sst" / "train.npz")
     tags = run.data.tags
     assert tags[TAG_SEED] == "7" and tags[TAG_TABLE3_ROW] == "BP1" and tags["table3_id"] == "t1"
     assert tags["dvc_exp_name"] == "bp1-seed7" and tags["dvc_exp_baseline_rev"] == "abc123"
@@ -150,6 +112,33 @@ def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch
     run = client.get_run(run_id)
     assert run.data.metrics["dev/overall"] == pytest.approx(0.77)
     assert run.info.status == "FINISHED"
+
+
+def _saved_split(root: Path, split: str, rows: int) -> Path:
+    """A small prepared SST split written where the prepare stage puts it; returns the loaded split."""
+    import numpy as np
+
+    from palbert.data.prepared import PreparedSplit, TokenizedTexts, load_split, save_split, split_path
+
+    path = split_path(root, "sst", split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_split(PreparedSplit("sst", split, np.asarray([str(i) for i in range(rows)]),
+                             TokenizedTexts.from_lists([[7, 8]] * rows), None, np.zeros(rows, dtype=np.int64)), path)
+    return load_split(path)
+
+
+def test_a_run_outside_a_dvc_experiment_is_named_after_the_workspace(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=repo, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    with RunTracker.start(_params(""), repo, system_metrics=False) as tracker:
+        run_id = tracker.run_id
+    assert MlflowClient(tracking_uri=tracker.tracking_uri).get_run(run_id).info.run_name == f"workspace@{commit[:7]}"
 
 
 def test_failure_marks_run_failed(mlflow_server: str, tmp_path: Path) -> None:
@@ -202,7 +191,7 @@ def test_disabled_tracking_records_nothing_and_says_so(tmp_path: Path, caplog: p
 
 
 def test_unreachable_server_stops_quickly(tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=uri.replace(".", r"\.")) as info:
         RunTracker.start(_params(uri), tmp_path)
@@ -224,7 +213,7 @@ def test_silent_server_times_out_quickly(tmp_path: Path) -> None:
 
 
 def test_unreachable_server_falls_back_to_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # like a DVC temp workspace: nothing may land in the cwd

@@ -53,7 +53,14 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     # annealed sampling: alpha 1.0 then 0.2 -> probabilities move towards uniform
     probabilities = on_disk["sampling_probabilities"]
     assert set(probabilities) == {"1", "2"}
-    assert (paths.best_model / "model.safetensors").is_file()
+    # models/best is a Hugging Face BERT folder (the encoder) and still palbert's whole model
+    from transformers import AutoModel, AutoTokenizer
+
+    from palbert.model import load_model
+
+    assert type(AutoModel.from_pretrained(paths.best_model)).__name__ == "BertModel"
+    assert AutoTokenizer.from_pretrained(paths.best_model)("a film").input_ids[0] == 101  # [CLS]
+    assert load_model(paths.best_model)[0].params == params.model
     for name in ("loss_sst", "loss_para", "loss_sts", "loss_simcse", "lr", "sampling", "dev_epochs"):
         assert (paths.plots / f"{name}.csv").read_text().count("\n") >= 2, name
 
@@ -67,6 +74,19 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     assert len(client.get_metric_history(run.info.run_id, "dev_overall")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/train_loss.png", "plots/lr.png", "plots/dev_epochs.png", "plots/loss_sst.csv"} <= artifacts
+    # parameter counts are params (facts), not metrics; no DVC experiment here: the run is the workspace's
+    assert int(run.data.params["parameters.total"]) == on_disk["parameters"]["total"]
+    assert int(run.data.params["parameters.pal_per_task.sst"]) == on_disk["parameters"]["pal_per_task"]["sst"]
+    assert not [key for key in run.data.metrics if key.startswith("params_")]
+    assert run.info.run_name.startswith("workspace@") and run.info.run_name != "workspace@"
+    assert _datasets(run) == {("sst-train", "training"), ("quora-train", "training"), ("sts-train", "training"),
+                              ("sst-dev", "validation"), ("quora-dev", "validation"), ("sts-dev", "validation")}
+
+
+def _datasets(run) -> set[tuple[str, str]]:
+    """(name, context) of each dataset input of an MLflow run; a set, so check the count separately."""
+    return {(i.dataset.name, next(t.value for t in i.tags if t.key == "mlflow.data.context"))
+            for i in run.inputs.dataset_inputs}
 
     # the evaluate stage adds the SST dev confusion matrix (scikit-learn's) to the same run
     from palbert.evaluate import EvaluationPaths, evaluate_trained_model
@@ -106,8 +126,12 @@ def test_interrupted_run_resumes_to_bitwise_identical_weights(workdir, tiny_bert
     assert first.keys() == resumed.keys()
     for key in first:
         assert torch.equal(first[key], resumed[key]), key
-    # one MLflow run for the whole (interrupted + resumed) training
+    # one MLflow run for the whole (interrupted + resumed) training, its datasets logged once
     assert summary["mlflow_run_id"] == state["mlflow_run_id"]
+    from mlflow import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{interrupted.project_root}/mlflow.db").get_run(summary["mlflow_run_id"])
+    assert len(run.inputs.dataset_inputs) == len(_datasets(run)) == 6
 
 
 def test_other_settings_do_not_resume_a_foreign_checkpoint(workdir, tiny_bert_dir, tiny_prepared, caplog):

@@ -34,7 +34,7 @@ from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason, resolve_precision
-from palbert.tracking import RunTracker, find_project_root
+from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, RunTracker, find_project_root, parameter_counts
 from palbert.train import checkpoint
 from palbert.train.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
@@ -253,7 +253,8 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     else:  # an unreachable tracking server stops the run here, before training
         tracker = RunTracker.start(params, paths.project_root, rank=ctx.rank)
     state.mlflow_run_id = ctx.broadcast_object(tracker.run_id)
-    tracker.log_metrics({f"params_{k}": float(v) for k, v in report.items() if isinstance(v, (int, float))}, step=0)
+    tracker.log_params(parameter_counts(report))
+    tracker.log_datasets(paths.prepared, {CONTEXT_TRAINING: train_splits.values(), CONTEXT_VALIDATION: dev_splits.values()})
     eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
                                  max_length=max_length, batch_size=params.evaluate.batch_size,
                                  device=device, precision=precision)

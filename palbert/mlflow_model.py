@@ -1,0 +1,154 @@
+"""A trained palbert model as an MLflow Model: a pyfunc over ``palbert.predict.Predictor``.
+
+MLflow's own tools then read it: ``mlflow.pyfunc.load_model("runs:/<id>/model")``, ``mlflow models serve``,
+the UI's Models page and the model registry. One request may mix the three tasks: a table with the
+columns ``task`` (sst | para | sts), ``sentence1`` and, for the pair tasks, ``sentence2``; the answer
+has one ``prediction`` per row (sst: class 0..4, para: 0/1, sts: similarity 0..5), computed by the same
+``Predictor`` as ``palbert predict`` and the ``evaluate`` stage.
+
+It is logged as a "model from code" (MLflow runs ``palbert/mlflow_model_code.py`` to build it), not as a
+pickled Python object: like ``models/best`` itself, loading it runs no pickle. The pyfunc imports the
+palbert package, so serve it from the project's environment (``--env-manager local``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from palbert.config import TASKS
+from palbert.model import PAIR_TASKS
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
+    from mlflow.models.model import ModelInfo
+
+    from palbert.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+#: Where the model goes in the run's artifacts: ``runs:/<id>/model``.
+ARTIFACT_PATH = "model"
+#: The pyfunc's artifact key for the ``models/best`` folder it wraps.
+MODEL_DIR_ARTIFACT = "palbert_model"
+TASK, FIRST, SECOND, PREDICTION = "task", "sentence1", "sentence2", "prediction"
+#: The file MLflow runs to build the pyfunc (``mlflow.models.set_model``).
+CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")
+#: What the pyfunc imports, pinned to the versions it was logged with.
+REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
+
+
+def input_example() -> pd.DataFrame:
+    """One row per task, as a request to ``mlflow models serve`` would send them."""
+    return pd.DataFrame({
+        TASK: ["sst", "para", "sts"],
+        FIRST: ["A gorgeous, witty, seductive movie.", "How do I learn Python?", "A cat sits on the mat."],
+        SECOND: [None, "What is the best way to learn Python?", "A cat is sitting on a mat."],
+    })
+
+
+def signature() -> "ModelSignature":
+    """``task`` and ``sentence1`` always, ``sentence2`` for the pair tasks only; one number out per row."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", TASK), ColSpec("string", FIRST), ColSpec("string", SECOND, required=False)])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", PREDICTION)]))
+
+
+def _texts(table: pd.DataFrame, column: str, rows: np.ndarray, task: str) -> list[str]:
+    """The column's strings at ``rows``; a missing column or a null cell is refused, never read as "None"."""
+    values = table[column].iloc[rows].tolist() if column in table.columns else [None] * len(rows)
+    absent = [int(rows[i]) for i, value in enumerate(values) if not isinstance(value, str)]
+    if absent:
+        raise ValueError(f"task {task} needs {column}; row(s) {absent[:5]} have none")
+    return values
+
+
+def predict_table(predictor: "Predictor", table: pd.DataFrame) -> pd.DataFrame:
+    """Predictions in the rows' order; each task's rows go through one ``Predictor.predict`` call (batched)."""
+    if TASK not in table.columns:
+        raise ValueError(f"input needs the columns {TASK}, {FIRST} (and {SECOND} for pairs); got {list(table.columns)}")
+    tasks = table[TASK].astype(str).to_numpy()
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; expected {', '.join(TASKS)}")
+    out = np.zeros(len(table), dtype=np.float64)
+    for task in TASKS:
+        rows = np.flatnonzero(tasks == task)
+        if len(rows) > 0:
+            second = _texts(table, SECOND, rows, task) if task in PAIR_TASKS else None
+            out[rows] = predictor.predict(task, _texts(table, FIRST, rows, task), second)
+    return pd.DataFrame({PREDICTION: out})
+
+
+class PalbertPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc MLflow builds from ``CODE_FILE``: loads ``models/best`` from the model's artifacts."""
+
+    predictor: "Predictor"
+
+    def load_context(self, context: Any) -> None:
+        from palbert.predict import Predictor
+
+        self.predictor = Predictor.load(context.artifacts[MODEL_DIR_ARTIFACT])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return predict_table(self.predictor, model_input)
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's model logging reads the global tracking URI; set it for the call only (palbert logs through
+    a client bound to its own URI, and a caller's global setting must survive)."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)  # None unsets it again
+
+
+def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
+              registered_model_name: str | None = None) -> "ModelInfo":
+    """Log ``model_dir`` (a ``save_model`` folder) as the run's MLflow Model ``model``, and register it
+    as a new version of ``registered_model_name`` when given and the store has a model registry."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    with _tracking_uri(tracking_uri):
+        # Created here, in the run's experiment: left to Model.log, it would go to the active (default) one.
+        client = mlflow.MlflowClient(tracking_uri)
+        run = client.get_run(run_id)
+        logged = client.create_logged_model(run.info.experiment_id, name=ARTIFACT_PATH, source_run_id=run_id,
+                                            params=run.data.params)
+        info = Model.log(
+            artifact_path=None, name=ARTIFACT_PATH, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+            python_model=str(CODE_FILE), artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            signature=signature(), input_example=input_example(), pip_requirements=_requirements(),
+        )
+        log.info("logged MLflow Model %s (%s)", info.model_uri, info.model_id)
+        if registered_model_name:
+            try:
+                registered = mlflow.register_model(info.model_uri, registered_model_name)
+                log.info("registered as model %r version %s", registered_model_name, registered.version)
+            except MlflowException as exc:  # e.g. a store without a model registry
+                log.warning("model not registered in %s: %s", tracking_uri, exc.message)
+    return info

@@ -1,0 +1,166 @@
+"""The trained model as an MLflow Model: logged to a real SQLite store, loaded by ``mlflow.pyfunc`` and
+served by a real ``mlflow models serve`` on 127.0.0.1 (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import free_port, running_mlflow_server, stop_process_group, tiny_training_params, wait_until_up
+from palbert.config import ModelParams, Params, TrackingParams
+from palbert.mlflow_model import input_example, predict_table
+from palbert.model import MultitaskBert, load_tokenizer, save_model
+from palbert.predict import Predictor
+from palbert.tracking import RunTracker
+
+SERVE_START_TIMEOUT_S = 180  # a cold start imports torch and loads the model, on a busy 2-core machine
+REQUEST_TIMEOUT_S = 60
+REQUESTS = [
+    {"task": "sst", "sentence1": "A gorgeous, witty, seductive movie."},
+    {"task": "para", "sentence1": "How do I learn Python?", "sentence2": "What is the best way to learn Python?"},
+    {"task": "sts", "sentence1": "A cat sits on the mat.", "sentence2": "A cat is sitting on a mat."},
+    {"task": "sst", "sentence1": "Dull.", "sentence2": None},
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    model = MultitaskBert.from_pretrained(ModelParams(pretrained=str(tiny_bert_dir), pal_size=8, pal_heads=2))
+    return save_model(model, load_tokenizer(str(tiny_bert_dir)), tmp_path_factory.mktemp("model") / "best")
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[str, str]:
+    """(tracking URI, run id) of a finished run whose model was logged the way the evaluate stage does."""
+    root = tmp_path_factory.mktemp("store")
+    params = Params()
+    params.tracking = TrackingParams(experiment="palbert-model-test", uri=f"sqlite:///{root / 'mlflow.db'}")
+    with RunTracker.start(params, root, system_metrics=False) as tracker:
+        tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
+    assert tracker.lost is None
+    return tracker.tracking_uri, tracker.run_id
+
+
+def _expected(model_dir: Path) -> list[float]:
+    """What the CLI's predictor says for ``REQUESTS``, task by task."""
+    return predict_table(Predictor.load(model_dir), pd.DataFrame(REQUESTS))["prediction"].tolist()
+
+
+def test_the_logged_model_loads_with_pyfunc_and_predicts_all_three_tasks(logged, model_dir, monkeypatch):
+    uri, run_id = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert model.metadata.signature.inputs.input_names() == ["task", "sentence1", "sentence2"]
+    assert model.metadata.signature.outputs.input_names() == ["prediction"]
+    assert model.metadata.saved_input_example_info["type"] == "dataframe"
+    assert model.predict(input_example()).equals(predict_table(Predictor.load(model_dir), input_example()))
+    got = model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist()
+    assert got == _expected(model_dir)
+    assert got[0] in range(5) and got[1] in (0, 1) and 0.0 <= got[2] <= 5.0
+    # no pickle in the logged model: MLflow rebuilds the pyfunc from code, the weights are safetensors
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
+    assert not [p.name for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".bin", ".pt")]
+    # registered: the store (SQLite) has a model registry
+    versions = MlflowClient(uri).search_model_versions("name='palbert-model-test'")
+    assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)]
+
+
+def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_dir, tmp_path, monkeypatch):
+    with running_mlflow_server(tmp_path) as url:
+        params = Params()
+        params.tracking = TrackingParams(experiment="palbert-served", uri=url)
+        with RunTracker.start(params, tmp_path, system_metrics=False) as tracker:
+            tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
+        assert tracker.lost is None
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        model = mlflow.pyfunc.load_model("models:/palbert-served/1")
+        assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
+
+
+def test_the_evaluate_stage_logs_and_registers_the_mlflow_model(tmp_path, monkeypatch, model_dir, tiny_bert_dir,
+                                                                tiny_prepared):
+    from palbert.evaluate import EvaluationPaths, evaluate_trained_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the stage logs ./params.yaml
+    Path("params.yaml").write_text("train: {}\n")
+    params = tiny_training_params(tiny_bert_dir)
+    paths = EvaluationPaths(project_root=tmp_path, model=model_dir, prepared=tiny_prepared,
+                            train_summary=tmp_path / "metrics" / "train.json",
+                            dev_metrics=tmp_path / "metrics" / "dev.json", predictions=tmp_path / "predictions")
+    evaluate_trained_model(params, paths)
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    [version] = client.search_model_versions(f"name='{params.tracking.experiment}'")
+    assert version.run_id == run.info.run_id and run.info.status == "FINISHED"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
+
+
+def test_bad_requests_are_refused_clearly(model_dir):
+    predictor = Predictor.load(model_dir)
+    with pytest.raises(ValueError, match=r"task para needs sentence2; row\(s\) \[1\]"):
+        predict_table(predictor, pd.DataFrame([REQUESTS[0], {"task": "para", "sentence1": "a"}]))
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['sentiment'\]"):
+        predict_table(predictor, pd.DataFrame([{"task": "sentiment", "sentence1": "a"}]))
+    with pytest.raises(ValueError, match=r"task sst needs sentence1; row\(s\) \[1\]"):
+        predict_table(predictor, pd.DataFrame([REQUESTS[0], {"task": "sst", "sentence1": None}]))
+    with pytest.raises(ValueError, match="input needs the columns task, sentence1"):
+        predict_table(predictor, pd.DataFrame([{"text": "a"}]))
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path, monkeypatch):
+    uri, run_id = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the server, and for runs:/ URIs here (see below)
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager",
+             "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=dict(os.environ), cwd=tmp_path, stdout=log_file,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/ping", server, log_path, SERVE_START_TIMEOUT_S)
+
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": REQUESTS})
+        assert status == 200, answer
+        values = [row["prediction"] if isinstance(row, dict) else row for row in answer["predictions"]]
+        assert values == pytest.approx(_expected(model_dir), abs=1e-6)
+
+        # the model's own serving example (written by MLflow at logging time) is a valid request too
+        # (MLflow 3.17 resolves a logged model's runs:/ URI through the global URI, not a tracking_uri= argument)
+        local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "m")))
+        example = json.loads((local / "serving_input_example.json").read_text())
+        status, answer = _post(f"{base}/invocations", example)
+        assert status == 200 and len(answer["predictions"]) == 3, answer
+
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "para", "sentence1": "a"}]})
+        assert status >= 400 and "needs sentence2" in json.dumps(answer), (status, answer)
+    finally:
+        stop_process_group(server)
