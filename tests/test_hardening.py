@@ -125,12 +125,12 @@ def test_a_saved_model_with_an_absurd_size_is_refused_before_allocating(tmp_path
     params = tiny_training_params(bert_folders["good"])
     folder = save_model(MultitaskBert.from_pretrained(params.model), load_tokenizer(str(bert_folders["good"])),
                         tmp_path / "model")
-    config = json.loads((folder / "palbert_model.json").read_text())
-    config["bert_config"].update(change)
-    (folder / "palbert_model.json").write_text(json.dumps(config))
+    config = json.loads((folder / "config.json").read_text())  # the encoder's Hugging Face config
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError) as error:
         load_model(folder)
-    assert message in one_line(error) and "palbert_model.json: bert_config" in str(error.value)
+    assert message in one_line(error) and "config.json: bert_config" in str(error.value)
 
 
 # ------------------------------------------------------------------ params.yaml as people edit it

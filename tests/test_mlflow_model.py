@@ -141,7 +141,9 @@ def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path,
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager",
              "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env=dict(os.environ), cwd=tmp_path, stdout=log_file,
+            # the server execs `uvicorn` by name: this venv's bin first, activated or not
+            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+            cwd=tmp_path, stdout=log_file,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"

@@ -120,9 +120,9 @@ def _build_model(config: dict[str, Any], config_path: Path, bert_config: dict[st
         params = params_from_dict({"model": {"pooling": "cls", **config["model_params"]}}).model
     except ParamsError as exc:
         raise ModelLoadError(f"{config_path}: model_params: {exc}") from None
-    problem = bert_config_problem(config["bert_config"])  # before a negative or absurd size reaches the allocator
+    problem = bert_config_problem(bert_config)  # before a negative or absurd size reaches the allocator
     if problem:
-        raise ModelLoadError(f"{config_path}: bert_config: {problem}; the folder is damaged: save the model again")
+        raise ModelLoadError(f"{bert_config_path}: bert_config: {problem}; the folder is damaged: save the model again")
     try:
         return MultitaskBert(BertConfig.from_dict(bert_config), params)
     except (ValueError, TypeError, KeyError) as exc:
