@@ -49,7 +49,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # predict_split's progress bars woul
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +58,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 from palbert.config import DATASET_TASK, Params, load_params  # noqa: E402
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch  # noqa: E402
 from palbert.data.prepare import tokenize  # noqa: E402
-from palbert.data.prepared import PreparedSplit, TokenizedTexts  # noqa: E402
+from palbert.data.prepared import PreparedSplit  # noqa: E402
 from palbert.data.readers import RawSplit, read_split  # noqa: E402
 from palbert.evaluate import EvalSettings, predict_split  # noqa: E402
 from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402

@@ -92,7 +92,7 @@ def run_table3(args: argparse.Namespace) -> int:
     from palbert.table3 import BootstrapSettings, Table3Error, Table3Request, make_table3, rebuild_table
     from palbert.table3.report import render_markdown
     from palbert.table3.runner import table_folder
-    from palbert.tracking import find_project_root
+    from palbert.paths import find_project_root
 
     root = find_project_root()
     params = load_params(args.params or root / "params.yaml")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+from palbert.errors import ParamsError  # noqa: F401 - raised here, caught by palbert.stage
 
 TASKS: tuple[str, ...] = ("sst", "para", "sts")
 DATASETS: tuple[str, ...] = ("sst", "quora", "sts", "snli", "cfimdb")
@@ -31,9 +32,6 @@ DATASET_TASK: dict[str, str] = {
 #: The main dataset of each task (the one scored on dev).
 TASK_DATASET: dict[str, str] = {"sst": "sst", "para": "quora", "sts": "sts"}
 
-
-class ParamsError(ValueError):
-    """A parameter is unknown, of the wrong type or out of range; the message names the key."""
 
 
 def _check(low: float | None = None, high: float | None = None, *, low_open: bool = False):

@@ -9,8 +9,7 @@ same as those of one process.
 from __future__ import annotations
 
 import logging
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -19,14 +18,12 @@ import torch
 from tqdm import tqdm
 
 from palbert.atomic import write_csv
-from palbert.config import TASK_DATASET, TASKS, Params
+from palbert.config import TASK_DATASET, TASKS
 from palbert.data.batching import SpecialTokens, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared
 from palbert.metrics import TASK_METRIC, overall, score
+from palbert.distributed import DistContext
 from palbert.precision import autocast
-from palbert.train.distributed import DistContext
-from palbert.train.streams import shard_indices
-from palbert.tracking import find_project_root
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +49,16 @@ class SplitPredictions:
 
 def _length_order(split: PreparedSplit, rows: np.ndarray) -> np.ndarray:
     return rows[np.argsort(-split.token_lengths()[rows], kind="stable")]
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s contiguous slice of ``range(n)`` for evaluation; concatenated in rank order they
+    give ``range(n)`` back. Sizes differ by at most one (ranks may get unequal shards here)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return list(range(start, start + base + (1 if rank < extra else 0)))
 
 
 @torch.inference_mode()
@@ -126,71 +133,3 @@ def write_predictions(result: SplitPredictions, folder: Path) -> Path:
               ([row_id, f"{value:.4f}" if result.task == "sts" else int(round(value))]
                for row_id, value in zip(result.ids, result.predictions)))
     return path
-
-
-@dataclass
-class EvaluationPaths:
-    #: The repository (also from inside a DVC queued-experiment copy): where the MLflow store lives.
-    project_root: Path = field(default_factory=find_project_root)
-    model: Path = Path("models/best")
-    prepared: Path = Path("data/prepared")
-    train_summary: Path = Path("metrics/train.json")
-    dev_metrics: Path = Path("metrics/dev.json")
-    predictions: Path = Path("predictions")
-
-
-def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, float]:
-    """The ``evaluate`` stage: score dev, write every prediction file, add both to the training's MLflow run."""
-    import json
-
-    from palbert.atomic import write_json
-    from palbert.data.prepared import read_meta
-    from palbert.model import load_model
-    from palbert.plots import confusion_matrix_plot
-    from palbert.precision import resolve_precision
-    from palbert.tracking import RunTracker
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model(paths.model)
-    model.to(device)
-    meta = read_meta(paths.prepared, "sst")
-    settings = EvalSettings(
-        pair_encoding=model.params.pair_encoding,
-        special=SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"]),
-        max_length=meta["max_length"],
-        batch_size=params.evaluate.batch_size,
-        device=device,
-        precision=resolve_precision(params.train.precision, device),
-    )
-    paths.predictions.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, float] = {}
-    sst_dev: SplitPredictions | None = None
-    for split in ("dev", "test"):
-        results = [predict_split(model, prepared, task, settings) for task, prepared in
-                   load_eval_splits(paths.prepared, split).items()]
-        for result in results:
-            write_predictions(result, paths.predictions)
-        if split == "dev":
-            metrics = dev_metrics(results)
-            sst_dev = next((result for result in results if result.task == "sst"), None)
-    write_json(paths.dev_metrics, metrics)
-    log.info("dev: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-
-    summary = json.loads(paths.train_summary.read_text(encoding="utf-8")) if paths.train_summary.is_file() else {}
-    if summary.get("mlflow_run_id"):
-        tracker = RunTracker.resume(summary["mlflow_run_id"], params, paths.project_root,
-                                    tracking_uri=summary.get("tracking_uri"))
-    else:
-        tracker = RunTracker.start(params, paths.project_root)
-    tracker.log_metrics({f"final_dev_{k}": v for k, v in metrics.items()}, step=0)
-    for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
-        tracker.log_artifact(artifact, "metrics")
-    tracker.log_artifacts(paths.predictions, "predictions")
-    if sst_dev is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
-                                                       Path(folder) / "sst_dev_confusion.png"), "plots")
-    tracker.log_artifact("params.yaml", "params")
-    tracker.log_model(paths.model, registered_model_name=params.tracking.experiment)
-    tracker.end("FINISHED")
-    return metrics

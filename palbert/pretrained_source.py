@@ -1,7 +1,8 @@
-"""Where a pretrained BERT comes from (the embedded MiniLM, a local folder or a hub id), checked without loading it.
+"""Where a pretrained BERT comes from (the embedded MiniLM, a local folder or a hub id), and its tokenizer.
 
-Kept apart from ``palbert.model`` (which imports torch and transformers) so that the params check of every
-stage and of ``palbert check-params`` can validate ``model.pretrained`` in an instant.
+Kept apart from ``palbert.model`` (which imports torch) so that the params check of every stage and of
+``palbert check-params`` can validate ``model.pretrained`` in an instant, and so that the data stages
+tokenize with the checkpoint's own tokenizer without importing the model package.
 """
 
 from __future__ import annotations
@@ -139,3 +140,21 @@ def check_pretrained(name: str) -> None:
     if not _in_hub_cache(name):
         logger.warning("model.pretrained %r is not a local folder: it is read as a Hugging Face hub id, which "
                        "needs the network on first use (then it comes from the cache)", name)
+
+
+def load_tokenizer(name: str):
+    """The fast Hugging Face tokenizer of a pretrained name (``embedded``, a directory or a hub id)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, use_fast=True)
+    except OSError as exc:  # not on the hub, no network, or a damaged folder: one line, not a traceback
+        raise PretrainedError(load_failure_message(name, path, "tokenizer", exc)) from None
+
+
+def load_failure_message(name: str, path: str, what: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ("a hub id needs the network the first time (or the model in the Hugging Face cache); "
+            "check the name, or use embedded or a local folder") if not Path(path).is_dir() else "check the folder"
+    return f"model.pretrained: cannot load the {what} of {name!r} ({first[:300]}); {hint}"

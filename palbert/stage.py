@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Callable
 
+from palbert.errors import USER_ERRORS
 from palbert.logs import setup_logging
 
 log = logging.getLogger("palbert")
@@ -14,12 +15,7 @@ log = logging.getLogger("palbert")
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or settings: reported in one line, exit code 1."""
-    from palbert.config import ParamsError
-    from palbert.data.readers import DataError
-    from palbert.model.io import ModelLoadError
-    from palbert.tracking import TrackingUnavailable
-
-    return (ParamsError, DataError, ModelLoadError, TrackingUnavailable, FileNotFoundError)
+    return USER_ERRORS
 
 
 def recovery_hint() -> str:

@@ -8,14 +8,7 @@ SQLite store at an absolute path in the project root. MLflow's own default (``sq
 and artifacts in ``./mlruns``) is relative to the current folder, and DVC runs queued and temporary
 experiments in ``.dvc/tmp/exps/<tmp>/``, which it deletes afterwards: relative paths would lose runs.
 
-The project root (``find_project_root``), first match wins:
-1. ``$PALBERT_PROJECT_ROOT``: an explicit override.
-2. ``$DVC_ROOT``: DVC sets it for every stage command (``dvc/stage/run.py``); for queued and
-   ``--temp`` experiments it points at the parent repository, not the temp workspace
-   (``dvc/repo/experiments/queue/base.py``, next to ``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV``).
-3. The git toplevel of the current folder; if that lies inside ``<repo>/.dvc/tmp/exps/``, ``<repo>``.
-4. The current folder.
-A ``project_root`` passed in (stages pass their working folder) that lies inside
+The project root is ``palbert.paths.find_project_root``. A ``project_root`` passed in (stages pass their working folder) that lies inside
 ``<repo>/.dvc/tmp/exps/`` is mapped to ``<repo>`` the same way.
 
 Local stores also get an absolute artifact location (beside the SQLite file, ``mlruns/<experiment>``)
@@ -38,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from palbert.config import Params, TrackingParams
+from palbert.errors import TrackingUnavailable
+from palbert.paths import find_project_root, outside_dvc_temp
 
 if TYPE_CHECKING:
     from palbert.data.prepared import PreparedSplit
@@ -69,44 +64,10 @@ CHECK_TIMEOUT_S = 5
 _BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking server did not answer and ``tracking.on_unreachable`` is ``stop``."""
-
 
 # --------------------------------------------------------------------------------------------
 # Where the store is
 # --------------------------------------------------------------------------------------------
-
-
-def find_project_root(start: Path | None = None) -> Path:
-    """The real repository root, also from a subfolder or a DVC temp workspace (see module doc)."""
-    for name in ("PALBERT_PROJECT_ROOT", "DVC_ROOT"):
-        value = os.environ.get(name)
-        if value:
-            return Path(value).expanduser().resolve()
-    start = (start or Path.cwd()).resolve()
-    try:
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            cwd=start,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        root = Path(top).resolve() if top else start
-    except (OSError, subprocess.SubprocessError):
-        root = start
-    return _outside_dvc_temp(root)
-
-
-def _outside_dvc_temp(path: Path) -> Path:
-    """``<repo>/.dvc/tmp/exps/<tmp>/...`` → ``<repo>``: a DVC experiment workspace is not the project."""
-    parts = path.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return path
 
 
 def _project_root(project_root: Path | None) -> Path:
@@ -117,7 +78,7 @@ def _project_root(project_root: Path | None) -> Path:
     """
     if project_root is None:
         return find_project_root()
-    return _outside_dvc_temp(Path(project_root).resolve())
+    return outside_dvc_temp(Path(project_root).resolve())
 
 
 def default_store_uri(project_root: Path) -> str:

@@ -1,7 +1,6 @@
 """DVC stage ``data_report``: metrics/data.json and the label-distribution plot (paper Figure 4)."""
 
-from pathlib import Path
-
+from palbert import paths
 from palbert.config import load_params
 from palbert.data.report import summary, write_data_report
 from palbert.stage import run_stage
@@ -9,8 +8,8 @@ from palbert.stage import run_stage
 
 def main() -> int:
     load_params("params.yaml")  # a broken params file stops every stage, this one included
-    report = write_data_report(Path("data/prepared"), Path("metrics/data.json"),
-                               Path("metrics/plots/label_distribution.csv"))
+    report = write_data_report(paths.PREPARED, paths.DATA_REPORT,
+                               paths.LABEL_DISTRIBUTION)
     print(f"data_report: {summary(report)}")
     return 0
 

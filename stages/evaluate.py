@@ -1,12 +1,100 @@
-"""DVC stage `evaluate`: dev scores of the trained model and predictions for every dev/test file present."""
+"""DVC stage `evaluate`: dev scores of the best epoch's model, predictions for every dev/test file present,
+and all of it (with the model as an MLflow Model) added to the training's MLflow run."""
 
-from palbert.config import load_params
-from palbert.evaluate import EvaluationPaths, evaluate_trained_model
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from palbert import paths
+from palbert.atomic import write_json
+from palbert.config import Params, load_params
+from palbert.data.batching import SpecialTokens
+from palbert.data.prepared import read_meta
+from palbert.evaluate import (
+    EvalSettings,
+    SplitPredictions,
+    dev_metrics,
+    load_eval_splits,
+    predict_split,
+    write_predictions,
+)
+from palbert.model import load_model
+from palbert.paths import find_project_root
+from palbert.plots import confusion_matrix_plot
+from palbert.precision import resolve_precision
 from palbert.stage import run_stage
+from palbert.tracking import RunTracker
+
+log = logging.getLogger("palbert.evaluate")
+
+
+@dataclass
+class EvaluationPaths:
+    #: The repository (also from inside a DVC queued-experiment copy): where the MLflow store lives.
+    project_root: Path = field(default_factory=find_project_root)
+    model: Path = paths.BEST_MODEL
+    prepared: Path = paths.PREPARED
+    train_summary: Path = paths.TRAIN_SUMMARY
+    dev_metrics: Path = paths.DEV_METRICS
+    predictions: Path = paths.PREDICTIONS
+
+
+def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, float]:
+    """Score dev, write every prediction file, add both (and the model) to the training's MLflow run."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_model(paths.model)
+    model.to(device)
+    meta = read_meta(paths.prepared, "sst")
+    settings = EvalSettings(
+        pair_encoding=model.params.pair_encoding,
+        special=SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"]),
+        max_length=meta["max_length"],
+        batch_size=params.evaluate.batch_size,
+        device=device,
+        precision=resolve_precision(params.train.precision, device),
+    )
+    paths.predictions.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    sst_dev: SplitPredictions | None = None
+    for split in ("dev", "test"):
+        results = [predict_split(model, prepared, task, settings) for task, prepared in
+                   load_eval_splits(paths.prepared, split).items()]
+        for result in results:
+            write_predictions(result, paths.predictions)
+        if split == "dev":
+            metrics = dev_metrics(results)
+            sst_dev = next((result for result in results if result.task == "sst"), None)
+    write_json(paths.dev_metrics, metrics)
+    log.info("dev: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    summary = json.loads(paths.train_summary.read_text(encoding="utf-8")) if paths.train_summary.is_file() else {}
+    if summary.get("mlflow_run_id"):
+        tracker = RunTracker.resume(summary["mlflow_run_id"], params, paths.project_root,
+                                    tracking_uri=summary.get("tracking_uri"))
+    else:
+        tracker = RunTracker.start(params, paths.project_root)
+    tracker.log_metrics({f"final_dev_{k}": v for k, v in metrics.items()}, step=0)
+    for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
+        tracker.log_artifact(artifact, "metrics")
+    tracker.log_artifacts(paths.predictions, "predictions")
+    if sst_dev is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
+                                                       Path(folder) / "sst_dev_confusion.png"), "plots")
+    tracker.log_artifact("params.yaml", "params")
+    tracker.log_model(paths.model, registered_model_name=params.tracking.experiment)
+    tracker.end("FINISHED")
+    return metrics
 
 
 def main() -> int:
-    evaluate_trained_model(load_params("params.yaml"), EvaluationPaths())
+    evaluate_trained_model(load_params(paths.PARAMS), EvaluationPaths())
     return 0
 
 

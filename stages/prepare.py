@@ -1,8 +1,8 @@
 """DVC stage ``prepare@<dataset>``: validate, relabel and tokenize one dataset into data/prepared/<dataset>/."""
 
 import sys
-from pathlib import Path
 
+from palbert import paths
 from palbert.config import load_params
 from palbert.data.prepare import prepare_dataset
 from palbert.stage import run_stage
@@ -13,7 +13,7 @@ def main() -> int:
         print("usage: python stages/prepare.py <dataset>", file=sys.stderr)
         return 2
     dataset = sys.argv[1]
-    stats = prepare_dataset(dataset, Path("data/raw"), Path("data/prepared"), load_params("params.yaml"))
+    stats = prepare_dataset(dataset, paths.RAW, paths.PREPARED, load_params(paths.PARAMS))
     rows = ", ".join(f"{split} {s['rows']} rows" for split, s in stats.items()) or "absent (no raw files)"
     print(f"prepare@{dataset}: {rows}")
     return 0

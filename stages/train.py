@@ -2,7 +2,7 @@
 
 from palbert.config import load_params
 from palbert.stage import run_stage
-from palbert.train.distributed import launch, needs_launch, shutdown_distributed
+from palbert.distributed import launch, needs_launch, shutdown_distributed
 from palbert.train.loop import TrainPaths, train
 
 

@@ -4,16 +4,13 @@ checked against the counts in ../shared/data/README.md."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import HAVE_MIRROR, MIRROR, copy_project, project_env
+from conftest import HAVE_MIRROR, copy_project, project_env
 
 pytestmark = [
     pytest.mark.e2e,

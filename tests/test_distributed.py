@@ -126,7 +126,7 @@ def _dev_predictions(model: torch.nn.Module, prepared: Path, device: torch.devic
 def _equivalence_worker(rank: int, world_size: int, port: int, out_dir: str, prepared: str, bert_dir: str) -> None:
     import torch.distributed as dist
 
-    from palbert.train.distributed import DistContext
+    from palbert.distributed import DistContext
 
     torch.set_num_threads(1)  # two workers share the CI machine's cores
     device = _device(rank)
@@ -201,7 +201,7 @@ def _plan_worker(rank: int, world_size: int, port: int, out_dir: str, prepared: 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from palbert.train.distributed import init_distributed, shutdown_distributed
+    from palbert.distributed import init_distributed, shutdown_distributed
     from palbert.train.loop import load_training_data, make_streams
     from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
     from palbert.train.streams import IndexStream

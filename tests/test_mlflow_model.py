@@ -89,7 +89,7 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
 
 def test_the_evaluate_stage_logs_and_registers_the_mlflow_model(tmp_path, monkeypatch, model_dir, tiny_bert_dir,
                                                                 tiny_prepared):
-    from palbert.evaluate import EvaluationPaths, evaluate_trained_model
+    from stages.evaluate import EvaluationPaths, evaluate_trained_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the stage logs ./params.yaml

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from palbert.train.streams import IndexStream, shard_indices
+from palbert.evaluate import shard_indices
+from palbert.train.streams import IndexStream
 
 
 def take(stream, steps):

@@ -82,20 +82,20 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     assert _datasets(run) == {("sst-train", "training"), ("quora-train", "training"), ("sts-train", "training"),
                               ("sst-dev", "validation"), ("quora-dev", "validation"), ("sts-dev", "validation")}
 
-
-def _datasets(run) -> set[tuple[str, str]]:
-    """(name, context) of each dataset input of an MLflow run; a set, so check the count separately."""
-    return {(i.dataset.name, next(t.value for t in i.tags if t.key == "mlflow.data.context"))
-            for i in run.inputs.dataset_inputs}
-
     # the evaluate stage adds the SST dev confusion matrix (scikit-learn's) to the same run
-    from palbert.evaluate import EvaluationPaths, evaluate_trained_model
+    from stages.evaluate import EvaluationPaths, evaluate_trained_model
 
     evaluate_trained_model(params, EvaluationPaths(
         project_root=workdir, model=paths.best_model, prepared=tiny_prepared, train_summary=paths.summary,
         dev_metrics=workdir / "metrics" / "dev.json", predictions=workdir / "predictions"))
     artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts["plots/sst_dev_confusion.png"] > 1000
+
+
+def _datasets(run) -> set[tuple[str, str]]:
+    """(name, context) of each dataset input of an MLflow run; a set, so check the count separately."""
+    return {(i.dataset.name, next(t.value for t in i.tags if t.key == "mlflow.data.context"))
+            for i in run.inputs.dataset_inputs}
 
 
 def test_interrupted_run_resumes_to_bitwise_identical_weights(workdir, tiny_bert_dir, tiny_prepared, monkeypatch):

@@ -21,7 +21,7 @@ from palbert.config import DATASETS, Params
 from palbert.data.prepared import META_FILE, STATS_FILE, PreparedSplit, TokenizedTexts, save_split
 from palbert.data.readers import UNDECODABLE_BYTES, DataError, RawSplit, read_split
 from palbert.data.sources import RAW_FILES, is_required
-from palbert.model.pretrained import load_tokenizer
+from palbert.pretrained_source import load_tokenizer
 
 logger = logging.getLogger(__name__)
 

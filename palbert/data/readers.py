@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
+from palbert.errors import DataError  # noqa: F401 - raised here, caught by palbert.stage
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,6 @@ MAX_FIELD_CHARS = 131_072
 #: How many bad rows an error message or a skip notice spells out before summarising.
 _SHOWN_BAD_ROWS = 10
 
-
-class DataError(ValueError):
-    """Input data is missing or invalid; the message names the file (and line) and the reason."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig
 
+from palbert.errors import ModelLoadError  # noqa: F401 - raised here, caught by palbert.stage
 from palbert.atomic import atomic_dir
 from palbert.config import ParamsError, params_from_dict
 from palbert.model.multitask import MultitaskBert
@@ -45,9 +46,6 @@ READABLE_VERSIONS = (1, 2)
 ENCODER_PREFIX = "bert."
 _PAL_PREFIX = "bert.pals."
 
-
-class ModelLoadError(RuntimeError):
-    """A saved model directory cannot be loaded; the message names the file (and key) at fault."""
 
 
 def _is_encoder_key(name: str) -> bool:

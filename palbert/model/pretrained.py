@@ -7,10 +7,16 @@ always read the same checkpoint, and so that the default works offline from the 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from palbert.pretrained_source import EMBEDDED, PretrainedError, bert_config_problem, resolve_pretrained
+from palbert.pretrained_source import (
+    EMBEDDED,
+    PretrainedError,
+    bert_config_problem,
+    load_failure_message,
+    load_tokenizer,
+    resolve_pretrained,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -19,24 +25,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["EMBEDDED", "PretrainedError", "load_pretrained_bert", "load_tokenizer", "resolve_pretrained"]
-
-
-def load_tokenizer(name: str):
-    """The fast Hugging Face tokenizer of a pretrained name (``embedded``, a directory or a hub id)."""
-    from transformers import AutoTokenizer
-
-    path = resolve_pretrained(name)
-    try:
-        return AutoTokenizer.from_pretrained(path, use_fast=True)
-    except OSError as exc:  # not on the hub, no network, or a damaged folder: one line, not a traceback
-        raise PretrainedError(_load_failure(name, path, "tokenizer", exc)) from None
-
-
-def _load_failure(name: str, path: str, what: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    hint = ("a hub id needs the network the first time (or the model in the Hugging Face cache); "
-            "check the name, or use embedded or a local folder") if not Path(path).is_dir() else "check the folder"
-    return f"model.pretrained: cannot load the {what} of {name!r} ({first[:300]}); {hint}"
 
 
 def load_pretrained_bert(name: str) -> tuple["BertConfig", dict[str, "torch.Tensor"]]:
@@ -52,7 +40,7 @@ def load_pretrained_bert(name: str) -> tuple["BertConfig", dict[str, "torch.Tens
     try:
         config = BertConfig.from_pretrained(path)
     except OSError as exc:
-        raise PretrainedError(_load_failure(name, path, "config", exc)) from None
+        raise PretrainedError(load_failure_message(name, path, "config", exc)) from None
     if config.model_type != "bert":
         raise ValueError(f"{name}: model_type is {config.model_type!r}, not a BERT checkpoint")
     problem = bert_config_problem(config.to_dict())
@@ -61,6 +49,6 @@ def load_pretrained_bert(name: str) -> tuple["BertConfig", dict[str, "torch.Tens
     try:
         bert = BertModel.from_pretrained(path, config=config, dtype=torch.float32, add_pooling_layer=True)
     except OSError as exc:
-        raise PretrainedError(_load_failure(name, path, "weights", exc)) from None
+        raise PretrainedError(load_failure_message(name, path, "weights", exc)) from None
     logger.info("loaded pretrained BERT %s (%d layers, hidden %d)", path, config.num_hidden_layers, config.hidden_size)
     return config, {k: v.detach().clone() for k, v in bert.state_dict().items()}

@@ -34,9 +34,10 @@ from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason, resolve_precision
-from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, RunTracker, find_project_root, parameter_counts
+from palbert.paths import BEST_MODEL, CHECKPOINTS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
+from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, RunTracker, parameter_counts
 from palbert.train import checkpoint
-from palbert.train.distributed import DistContext, init_distributed
+from palbert.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
 from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
 from palbert.train.schedule import lr_multiplier
@@ -49,11 +50,11 @@ log = logging.getLogger(__name__)
 class TrainPaths:
     #: The repository (also from inside a DVC queued-experiment copy): where the MLflow store lives.
     project_root: Path = field(default_factory=find_project_root)
-    prepared: Path = Path("data/prepared")
-    checkpoints: Path = Path("checkpoints")
-    best_model: Path = Path("models/best")
-    summary: Path = Path("metrics/train.json")
-    plots: Path = Path("metrics/plots/train")
+    prepared: Path = PREPARED
+    checkpoints: Path = CHECKPOINTS
+    best_model: Path = BEST_MODEL
+    summary: Path = TRAIN_SUMMARY
+    plots: Path = TRAIN_PLOTS
 
 
 @dataclass

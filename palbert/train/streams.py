@@ -150,13 +150,3 @@ def _bucketed(
         pieces.extend(batches[i] for i in rng.permutation(full))
         pieces.append(rows[full * block :])  # a partial batch only ends the pass: it stays last
     return np.concatenate(pieces)
-
-
-def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
-    """Rank ``rank``'s contiguous slice of ``range(n)`` for evaluation; concatenated in rank order they
-    give ``range(n)`` back. Sizes differ by at most one (ranks may get unequal shards here)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return list(range(start, start + base + (1 if rank < extra else 0)))

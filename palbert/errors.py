@@ -1,0 +1,27 @@
+"""The errors a user can cause and fix (bad params, bad data, a damaged model folder, an unreachable
+tracking store): each carries a one-line message naming the file or key and the fix. They live below every
+other module so that the stage runner can catch them without importing the library's heavy parts.
+"""
+
+from __future__ import annotations
+
+
+class ParamsError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range; the message names the key."""
+
+
+class DataError(ValueError):
+    """Input data is missing or invalid; the message names the file (and line) and the reason."""
+
+
+class ModelLoadError(RuntimeError):
+    """A saved model directory cannot be loaded; the message names the file (and key) at fault."""
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer and ``tracking.on_unreachable`` is ``stop``."""
+
+
+#: What ``palbert.stage.run_stage`` and the CLI report in one line instead of a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (ParamsError, DataError, ModelLoadError, TrackingUnavailable,
+                                            FileNotFoundError)
