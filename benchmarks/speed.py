@@ -248,7 +248,7 @@ def palbert_setup(name: str, params: Params, precision: str, device: torch.devic
     torch.manual_seed(seed)
     model = MultitaskBert.from_pretrained(params.model).to(device)
     model.train()
-    optimizer = make_optimizer(model, params, device)
+    optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(params.train.schedule, DEFAULT_RUN_STEPS, params.train.warmup_fraction))
     return PalbertSetup(name, params, resolve_precision(precision, device), model, optimizer, scheduler)

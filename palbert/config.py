@@ -335,9 +335,6 @@ def _validate_cross_field(params: Params) -> None:
             f"model.pal_heads: {params.model.pal_heads} heads must divide model.pal_size "
             f"{params.model.pal_size}"
         )
-    if params.model.freeze_encoder and not params.model.pals:
-        # Not an error: heads alone can train. It is rarely what people mean, so keep it legal.
-        pass
     ids = [row.id for row in params.table3.rows]
     if len(set(ids)) != len(ids):
         raise ParamsError(f"table3.rows: duplicate row ids in {ids}")

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score
 
 log = logging.getLogger(__name__)
 
-#: Metric names in metrics/dev.json (the DESIGN.md contract), per task and in table order.
+#: Metric names in metrics/dev.json (a contract other tools read: README "The pipeline"), per task and in table order.
 TASK_METRIC: dict[str, str] = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}
 DEV_METRICS: tuple[str, ...] = (*TASK_METRIC.values(), "overall")
 

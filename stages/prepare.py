@@ -10,7 +10,7 @@ from palbert.stage import run_stage
 
 def main() -> int:
     if len(sys.argv) != 2:
-        print("usage: python stages/prepare.py <dataset>", file=sys.stderr)
+        print("usage: python -m stages.prepare <dataset>", file=sys.stderr)
         return 2
     dataset = sys.argv[1]
     stats = prepare_dataset(dataset, paths.RAW, paths.PREPARED, load_params(paths.PARAMS))

@@ -89,7 +89,7 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
     splits = {ds: load_prepared(prepared, ds, "train") for ds in set(EQUIVALENCE_PLAN)}
     streams = make_streams(splits, {ds: params.train.batch_size for ds in splits}, params.train.seed, rank, world_size)
     model = MultitaskBert.from_pretrained(params.model).to(device)
-    optimizer = make_optimizer(model, params, device)
+    optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier("stlr", len(EQUIVALENCE_PLAN), 0.25))  # a changing LR, also under DDP
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,

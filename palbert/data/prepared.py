@@ -44,10 +44,6 @@ class TokenizedTexts:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def head(self, n: int) -> "TokenizedTexts":
-        n = min(n, len(self))
-        return TokenizedTexts(self.flat[: self.offsets[n]].copy(), self.offsets[: n + 1].copy())
-
 
 @dataclass
 class PreparedSplit:

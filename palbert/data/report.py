@@ -1,6 +1,6 @@
 """The ``data_report`` stage: one metrics file with every prepared split's counts, and Figure 4's data.
 
-``metrics/data.json`` is ``{dataset: {split: {"rows", "labels", "skipped", "dropped"}}}`` (DESIGN.md),
+``metrics/data.json`` is ``{dataset: {split: {"rows", "labels", "skipped", "dropped"}}}`` (the contract `dvc metrics` and the tests read),
 so ``dvc metrics diff --targets metrics/data.json`` shows when a change of params or raw files changes what
 training sees (a plain output, not a declared metric: its ~50 counts would lead ``dvc exp show``).
 ``metrics/plots/label_distribution.csv`` holds the label fractions of SST train, SST dev and

@@ -102,7 +102,7 @@ def load_training_data(params: Params, prepared_root: Path) -> tuple[dict[str, P
     return splits, metas["sst"]
 
 
-def make_optimizer(model: torch.nn.Module, params: Params, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.AdamW:
     """AdamW (paper 5.3); the fused kernel where this PyTorch has one for the device."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     kwargs: dict[str, Any] = dict(lr=params.train.lr, betas=(params.train.beta1, params.train.beta2),
@@ -214,7 +214,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     model = MultitaskBert.from_pretrained(params.model).to(device)
     tokenizer = load_tokenizer(params.model.pretrained)
     report = model.parameter_report()
-    optimizer = make_optimizer(model, params, device)
+    optimizer = make_optimizer(model, params)
     sampler = make_task_sampler(
         params.train.sampling,
         sizes={ds: len(split) for ds, split in train_splits.items()},

@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from palbert.config import DATASETS
+from palbert.config import DATASETS, TrainParams
 
 log = logging.getLogger(__name__)
 
-SAMPLING_KINDS: tuple[str, ...] = ("sequential", "round_robin", "annealed", "proportional", "uniform")
+#: ``train.sampling``'s choices, as config.py declares them.
+SAMPLING_KINDS: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainParams)["sampling"])
 #: Order of datasets in sequential and round-robin epochs: grouped by task sst → para → sts.
 PLAN_ORDER: tuple[str, ...] = ("sst", "cfimdb", "quora", "snli", "sts")
 #: Keeps plan draws apart from other generators seeded with the same run seed.

@@ -12,9 +12,13 @@ resumed run always follows the schedule of its current params rather than a save
 from __future__ import annotations
 
 import math
+import typing
 from typing import Callable
 
-SCHEDULE_KINDS: tuple[str, ...] = ("constant", "stlr")
+from palbert.config import TrainParams
+
+#: ``train.schedule``'s choices, as config.py declares them.
+SCHEDULE_KINDS: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainParams)["schedule"])
 
 
 def warmup_steps(total_steps: int, warmup_fraction: float) -> int:
