@@ -74,6 +74,11 @@ def test_a_run_is_its_row_its_scale_and_its_seed(params):
     assert best.settings()["train"]["lr"] == pytest.approx(5e-5) and best.settings()["train"]["schedule"] == "stlr"
 
 
+def test_runs_go_seed_by_seed(params):
+    runs = runs_of(params, ["0", "BP1"], [5, 6])
+    assert [run.name for run in runs] == ["t3-0-s5", "t3-BP1-s5", "t3-0-s6", "t3-BP1-s6"]
+
+
 def test_the_reduced_scale_caps_every_sampler(params):
     scale = params.table3.scale("reduced")
     for run in plan_runs(params, params.table3.rows, [1], "reduced", scale):

@@ -100,17 +100,22 @@ class PlannedRun:
 
 def plan_runs(base: Params, rows: Sequence[Table3Row], seeds: Sequence[int], table_id: str,
               scale: Mapping[str, Any]) -> list[PlannedRun]:
-    """One run per row x seed (row-major), each with every override that defines it."""
+    """One run per row x seed, each with every override that defines it.
+
+    Seed-major: all rows of the first seed, then of the next, so that a table whose runs are cut short
+    (a job's time limit) is a whole table with fewer seeds, not some rows with all seeds.
+    """
     check_name("table id", table_id)
     if not seeds:
         raise Table3Error("no seeds given")
     if len(set(seeds)) != len(seeds):
         raise Table3Error(f"duplicate seeds in {list(seeds)}")
     raw = params_to_dict(base, include_table3=False)
-    runs = []
     for row in rows:
         check_name("row id", row.id)
-        for seed in seeds:
+    runs = []
+    for seed in seeds:
+        for row in rows:
             overrides = {**row.overrides, **scale, "train.seed": int(seed)}
             params = params_from_dict(apply_overrides(raw, overrides))
             runs.append(PlannedRun(table_id=table_id, row=row.id, seed=int(seed), row_overrides=dict(row.overrides),
