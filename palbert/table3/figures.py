@@ -37,7 +37,7 @@ PAPER_FIGURES: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      ("para",)),
 )
 SMOOTHING_WINDOWS = 5
-TASK_TITLES = {"sst": "SST", "para": "paraphrase (Quora + SNLI)", "sts": "STS"}
+TASK_TITLES = {"sst": "SST", "para": "paraphrase", "sts": "STS"}
 
 
 def _save(figure: plt.Figure, out: Path) -> None:
@@ -103,7 +103,7 @@ def loss_figure(records: Mapping[str, Sequence[RunRecord]], names: Mapping[str, 
             per_seed = (series.pivot_table(index="step", columns="seed", values="value")
                         .rolling(SMOOTHING_WINDOWS, min_periods=1).mean())
             axis.plot(per_seed.index, per_seed.mean(axis=1), color=color,
-                      label=f"{row}: {names.get(row, row)} ({per_seed.shape[1]} seeds)")
+                      label=f"{row}: {names.get(row, row)} ({per_seed.shape[1]} seed{'s' if per_seed.shape[1] > 1 else ''})")
             axis.fill_between(per_seed.index, per_seed.min(axis=1), per_seed.max(axis=1), color=color, alpha=0.2)
             axis.set_title(f"{TASK_TITLES[task]} training loss")
             axis.set_xlabel("step")
