@@ -42,8 +42,8 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     # the rate is training only: the dev scoring after each epoch is left out of it
     assert 0 < summary["dev_scoring_s"] < summary["train_wall_s"]
     examples = summary["steps"] * params.train.batch_size
-    assert summary["examples_per_s"] == pytest.approx(
-        examples / (summary["train_wall_s"] - summary["dev_scoring_s"]), rel=0.01)
+    training_s = summary["train_wall_s"] - summary["dev_scoring_s"]  # both rounded to 0.1 s in train.json
+    assert examples / (training_s + 0.1) <= summary["examples_per_s"] <= examples / max(training_s - 0.1, 1e-9)
 
     assert summary["steps"] == 8 and summary["best_epoch"] in (1, 2)
     assert set(summary["best_dev"]) == {"sst_acc", "para_acc", "sts_pearson", "overall"}
