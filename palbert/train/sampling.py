@@ -34,13 +34,13 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from palbert.config import DATASETS
+from palbert.tasks import DATASET_TASK, DATASETS, TASKS
 
 log = logging.getLogger(__name__)
 
 SAMPLING_KINDS: tuple[str, ...] = ("sequential", "round_robin", "annealed", "proportional", "uniform")
 #: Order of datasets in sequential and round-robin epochs: grouped by task sst → para → sts.
-PLAN_ORDER: tuple[str, ...] = ("sst", "cfimdb", "quora", "snli", "sts")
+PLAN_ORDER: tuple[str, ...] = tuple(d for task in TASKS for d in DATASETS if DATASET_TASK[d] == task)
 #: Keeps plan draws apart from other generators seeded with the same run seed.
 _PLAN_STREAM = 0x5A4D
 _FINAL_ALPHA_DROP = 0.8
