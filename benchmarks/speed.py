@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from palbert.config import DATASET_TASK, Params, load_params  # noqa: E402
+from palbert.config import Params, load_params  # noqa: E402
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch  # noqa: E402
 from palbert.data.prepare import tokenize  # noqa: E402
 from palbert.data.prepared import PreparedSplit  # noqa: E402
@@ -63,12 +63,13 @@ from palbert.data.readers import RawSplit, read_split  # noqa: E402
 from palbert.evaluate import EvalSettings, predict_split  # noqa: E402
 from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402
 from palbert.precision import resolve_precision  # noqa: E402
+from palbert.tasks import DATASET_TASK, TASK_DATASET, TASK_SPECS, dataset_spec  # noqa: E402
 from palbert.train.loop import make_optimizer, train_step  # noqa: E402
 from palbert.train.losses import task_loss  # noqa: E402
 from palbert.train.schedule import lr_multiplier  # noqa: E402
 from palbert.train.streams import IndexStream  # noqa: E402
 
-DATASETS = ("sst", "quora", "sts")
+DATASETS = tuple(TASK_DATASET.values())  # each task's main dataset
 RAW_NAMES = {"sst": "ids-sst-{split}.csv", "quora": "quora-{split}.csv", "sts": "sts-{split}.csv"}
 REFERENCE_LENGTH = 128
 REFERENCE_EVAL_BATCH = 16
@@ -109,7 +110,7 @@ def load_dataset(mirror: Path, dataset: str, split: str, tokenizer, max_length: 
         ids=np.asarray(raw.ids, dtype=str),
         first=tokenize(tokenizer, raw.first, max_length - 2, dataset),
         second=None if raw.second is None else tokenize(tokenizer, raw.second, max_length - 2, dataset),
-        labels=None if raw.labels is None else np.asarray(raw.labels, dtype=np.float32 if dataset == "sts" else np.int64),
+        labels=None if raw.labels is None else np.asarray(raw.labels, dtype=dataset_spec(dataset).label_dtype),
     )
     return Dataset(raw, prepared)
 
@@ -186,11 +187,11 @@ class ReferenceModel(nn.Module):
 
         self.bert = BertModel.from_pretrained(path, dtype=torch.float32)
         hidden = self.bert.config.hidden_size
-        self.heads = nn.ModuleDict({"sst": nn.Linear(hidden, 5), "para": nn.Linear(hidden, 1), "sts": nn.Linear(hidden, 1)})
+        self.heads = nn.ModuleDict({task: nn.Linear(hidden, spec.outputs) for task, spec in TASK_SPECS.items()})
 
     def forward(self, encoded: dict[str, torch.Tensor], task: str) -> torch.Tensor:
         prediction = self.heads[task](self.bert(**encoded).pooler_output)
-        return prediction if task == "sst" else prediction.squeeze(-1)
+        return prediction.squeeze(-1) if TASK_SPECS[task].outputs == 1 else prediction
 
 
 def reference_encode(tokenizer, data: Dataset, rows: list[int], device: torch.device) -> dict[str, torch.Tensor]:
@@ -223,7 +224,7 @@ def reference_evaluate(model: ReferenceModel, tokenizer, data: Dataset) -> np.nd
     for start in range(0, len(data.prepared), REFERENCE_EVAL_BATCH):
         rows = list(range(start, min(start + REFERENCE_EVAL_BATCH, len(data.prepared))))
         prediction = model(reference_encode(tokenizer, data, rows, next(model.parameters()).device), task)
-        out.append(prediction.argmax(-1) if task == "sst" else prediction)
+        out.append(TASK_SPECS[task].predict(prediction))
     model.train()
     return torch.cat(out).cpu().numpy()
 

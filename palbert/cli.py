@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from palbert.logs import setup_logging
+from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
 log = logging.getLogger("palbert")
 
@@ -137,7 +138,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
                     "(sst: class 0..4, para: 0/1, sts: similarity 0..5); a blank input line gives a blank "
                     "output line, so output line N answers input line N.",
     )
-    parser.add_argument("task", choices=("sst", "para", "sts"))
+    parser.add_argument("task", choices=TASKS)
     parser.add_argument("sentences", nargs="*", help="inputs on the command line (pairs: 'a<TAB>b')")
     parser.add_argument("--model", type=Path, default=Path("models/best"), metavar="DIR",
                         help="trained model folder (default: %(default)s, what `dvc repro` writes)")
@@ -161,7 +162,7 @@ def read_input_lines(path: Path | None) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from palbert.predict import PAIR_TASKS, Predictor
+    from palbert.predict import Predictor
 
     lines = list(args.sentences) if args.sentences else read_input_lines(args.input)
     filled = [number for number, line in enumerate(lines) if line.strip()]  # blank lines keep their place
@@ -178,8 +179,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if filled:
         predictor = Predictor.load(args.model, precision=args.precision)
         predictions = predictor.predict(args.task, first, second if args.task in PAIR_TASKS else None)
-        values = {number: f"{value:.4f}" if args.task == "sts" else str(value)
-                  for number, value in zip(filled, predictions)}
+        values = {number: TASK_SPECS[args.task].format(value) for number, value in zip(filled, predictions)}
     for number in range(len(lines)):
         print(values.get(number, ""))
     return 0

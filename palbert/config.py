@@ -18,20 +18,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from palbert.errors import ParamsError  # noqa: F401 - raised here, caught by palbert.stage
 
-TASKS: tuple[str, ...] = ("sst", "para", "sts")
-DATASETS: tuple[str, ...] = ("sst", "quora", "sts", "snli", "cfimdb")
-EXTRA_DATASETS: tuple[str, ...] = ("snli", "cfimdb")
-#: Which task head each dataset trains.
-DATASET_TASK: dict[str, str] = {
-    "sst": "sst",
-    "cfimdb": "sst",
-    "quora": "para",
-    "snli": "para",
-    "sts": "sts",
-}
-#: The main dataset of each task (the one scored on dev).
-TASK_DATASET: dict[str, str] = {"sst": "sst", "para": "quora", "sts": "sts"}
-
+# The tasks and datasets live in palbert.tasks; re-exported here, where the params name them.
+from palbert.tasks import DATASET_TASK, DATASETS, EXTRA_DATASETS, TASK_DATASET, TASKS  # noqa: F401
 
 
 def _check(low: float | None = None, high: float | None = None, *, low_open: bool = False):
@@ -45,7 +33,8 @@ class DataParams:
     mirror: str = ""
     #: What a malformed row does: ``error`` stops the stage, ``skip`` drops and counts it.
     bad_rows: Literal["error", "skip"] = "error"
-    #: Extra training datasets (paper section 4.1): SNLI as paraphrase, CFIMDB as sentiment.
+    #: Extra training datasets (paper section 4.1): SNLI as paraphrase, CFIMDB as sentiment
+    #: (``tasks.EXTRA_DATASETS``; the Literal stays literal for type checkers, a test checks they agree).
     extra: list[Literal["snli", "cfimdb"]] = field(default_factory=list)
     #: SNLI's annealed sampling probability is divided by this (paper 5.3).
     snli_prob_factor: float = field(default=10.0, metadata=_check(0, None, low_open=True))

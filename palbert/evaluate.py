@@ -18,12 +18,12 @@ import torch
 from tqdm import tqdm
 
 from palbert.atomic import write_csv
-from palbert.config import TASK_DATASET, TASKS
 from palbert.data.batching import SpecialTokens, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared
 from palbert.metrics import TASK_METRIC, overall, score
 from palbert.distributed import DistContext
 from palbert.precision import autocast
+from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def dev_metrics(results: Iterable[SplitPredictions]) -> dict[str, float]:
 def write_predictions(result: SplitPredictions, folder: Path) -> Path:
     """``predictions/<task>-<split>.csv``: ``id,prediction`` (sst int 0..4, para 0/1, sts float 0..5)."""
     path = folder / f"{result.task}-{result.split}.csv"
+    spec = TASK_SPECS[result.task]
     write_csv(path, ["id", "prediction"],
-              ([row_id, f"{value:.4f}" if result.task == "sts" else int(round(value))]
-               for row_id, value in zip(result.ids, result.predictions)))
+              ([row_id, spec.format(value)] for row_id, value in zip(result.ids, result.predictions)))
     return path

@@ -17,10 +17,12 @@ from numpy.typing import ArrayLike
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score
 
+from palbert.tasks import TASK_SPECS, TASKS, TaskSpec
+
 log = logging.getLogger(__name__)
 
 #: Metric names in metrics/dev.json (a contract other tools read: README "The pipeline"), per task and in table order.
-TASK_METRIC: dict[str, str] = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_pearson"}
+TASK_METRIC: dict[str, str] = {task: spec.metric for task, spec in TASK_SPECS.items()}
 DEV_METRICS: tuple[str, ...] = (*TASK_METRIC.values(), "overall")
 
 
@@ -53,11 +55,13 @@ def pearson(predictions: ArrayLike, labels: ArrayLike) -> float:
 
 def score(task: str, predictions: ArrayLike, labels: ArrayLike) -> float:
     """The paper's dev metric of ``task``: accuracy for sst and para, Pearson r for sts."""
-    if task in ("sst", "para"):
-        return accuracy(predictions, labels)
-    if task == "sts":
-        return pearson(predictions, labels)
-    raise ValueError(f"unknown task {task!r}: expected sst, para or sts")
+    return {"accuracy": accuracy, "pearson": pearson}[_spec(task).score](predictions, labels)
+
+
+def _spec(task: str) -> TaskSpec:
+    if task not in TASK_SPECS:
+        raise ValueError(f"unknown task {task!r}: expected {', '.join(TASKS)}")
+    return TASK_SPECS[task]
 
 
 def overall(sst_acc: float, para_acc: float, sts_pearson: float) -> float:
@@ -84,10 +88,8 @@ def task_scores(task: str, predictions: np.ndarray, labels: np.ndarray, rows: np
     ``accuracy_score`` takes one sample at a time), Pearson r with scipy along the last axis; r of a
     constant side is 0, as in ``pearson``.
     """
-    if task in ("sst", "para"):
+    if _spec(task).score == "accuracy":
         return (predictions == labels).astype(np.float64)[rows].mean(axis=-1)
-    if task != "sts":
-        raise ValueError(f"unknown task {task!r}: expected sst, para or sts")
     p, y = predictions.astype(np.float64)[rows], labels.astype(np.float64)[rows]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant resamples: NaN, reported as 0 below

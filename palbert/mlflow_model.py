@@ -24,8 +24,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from palbert.config import TASKS
-from palbert.model import PAIR_TASKS
+from palbert.tasks import PAIR_TASKS, TASKS
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature

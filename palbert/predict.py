@@ -13,13 +13,13 @@ from typing import Sequence, overload
 import numpy as np
 import torch
 
-from palbert.config import TASKS
 from palbert.data.batching import SpecialTokens
 from palbert.data.prepare import tokenize
 from palbert.data.prepared import PreparedSplit
 from palbert.evaluate import EvalSettings, predict_split
-from palbert.model import PAIR_TASKS, MultitaskBert, load_model
+from palbert.model import MultitaskBert, load_model
 from palbert.precision import resolve_precision
+from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
 
 @dataclass
@@ -78,4 +78,4 @@ class Predictor:
         # one batch (a few sentences) draws no bar, however long a busy machine takes over it
         values = predict_split(self.model, split, task, self.settings,
                                progress=len(sentences) > self.settings.batch_size).predictions
-        return [int(v) if task != "sts" else float(v) for v in values]
+        return [TASK_SPECS[task].python_value(v) for v in values]

@@ -21,8 +21,10 @@ from palbert.model import (
     save_model,
 )
 from palbert.model.encoder import mean_pool
-from palbert.model.heads import STS_MAX_SCORE
 from palbert.model.io import CONFIG_FILE, HF_CONFIG_FILE, TASK_WEIGHTS_FILE, WEIGHTS_FILE
+from palbert.tasks import TASK_SPECS
+
+STS_MAX_SCORE = TASK_SPECS["sts"].score_range[1]
 
 HIDDEN, LAYERS, PAL_SIZE = 32, 2, 8
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from palbert.data.prepared import PreparedSplit
+from palbert.tasks import TASK_SPECS
 
 
 @dataclass
@@ -130,5 +131,5 @@ def make_batch(
     labels = None
     if split.labels is not None:
         picked = torch.from_numpy(np.asarray(split.labels[rows]))
-        labels = picked.long() if task == "sst" else picked.float()
+        labels = picked.long() if TASK_SPECS[task].long_targets else picked.float()
     return TaskBatch(task, split.dataset, inputs, inputs_b, labels, [str(split.ids[i]) for i in rows])

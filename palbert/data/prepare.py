@@ -17,11 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from palbert.atomic import atomic_dir
-from palbert.config import DATASETS, Params
+from palbert.config import Params
 from palbert.data.prepared import META_FILE, STATS_FILE, PreparedSplit, TokenizedTexts, save_split
 from palbert.data.readers import UNDECODABLE_BYTES, DataError, RawSplit, read_split
 from palbert.data.sources import RAW_FILES, is_required
 from palbert.pretrained_source import load_tokenizer
+from palbert.tasks import DATASETS, dataset_spec
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def label_counts(dataset: str, labels: Sequence[int] | Sequence[float] | None) -
     """Count per class; for STS a histogram of scores rounded to the nearest integer."""
     if labels is None:
         return {}
-    if dataset == "sts":
+    if not dataset_spec(dataset).integer_labels:
         counts = Counter(int(np.floor(score + 0.5)) for score in labels)
     else:
         counts = Counter(int(label) for label in labels)
@@ -87,7 +88,7 @@ def _to_prepared(raw: RawSplit, tokenizer, max_length: int) -> PreparedSplit:
     desc = f"{raw.dataset}-{raw.split}"
     labels = None
     if raw.labels is not None:
-        labels = np.asarray(raw.labels, dtype=np.float32 if raw.dataset == "sts" else np.int64)
+        labels = np.asarray(raw.labels, dtype=dataset_spec(raw.dataset).label_dtype)
     return PreparedSplit(
         dataset=raw.dataset,
         split=raw.split,

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 from palbert.errors import DataError  # noqa: F401 - raised here, caught by palbert.stage
+from palbert.tasks import TASK_SPECS
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +140,11 @@ class TsvLayout:
 
 
 TSV_LAYOUTS: dict[str, TsvLayout] = {
-    "sst": TsvLayout(("sentence",), "sentiment", class_label(5)),
+    "sst": TsvLayout(("sentence",), "sentiment", class_label(TASK_SPECS["sst"].classes)),
     # CFIMDB is binary; x4 puts it on the SST scale (0 = very negative, 4 = very positive), paper 4.1.
     "cfimdb": TsvLayout(("sentence",), "sentiment", class_label(2, scale=4)),
     "quora": TsvLayout(("sentence1", "sentence2"), "is_duplicate", class_label(2)),
-    "sts": TsvLayout(("sentence1", "sentence2"), "similarity", score_label(0.0, 5.0)),
+    "sts": TsvLayout(("sentence1", "sentence2"), "similarity", score_label(*TASK_SPECS["sts"].score_range)),
 }
 
 #: SNLI gold labels as paraphrase labels; the others are dropped (neutral, and ``-`` = no majority).

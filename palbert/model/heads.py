@@ -1,5 +1,6 @@
-"""The three task heads on the sentence embedding (paper 4.2), and the shared relational layer (4.1).
+"""The task heads on the sentence embedding (paper 4.2), and the shared relational layer (4.1).
 
+One linear layer per ``palbert.tasks.TASK_SPECS`` entry, ``outputs`` wide, on single or pair features:
 sst: linear -> 5 logits (cross-entropy). para: linear -> 1 logit (binary cross-entropy).
 sts: linear -> 1 score on the 0..5 scale (MSE; the raw output is trained, ``predict`` clamps it).
 
@@ -21,10 +22,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from palbert.model.encoder import init_bert_weights
-
-PAIR_TASKS: tuple[str, ...] = ("para", "sts")
-NUM_SENTIMENT_CLASSES = 5
-STS_MAX_SCORE = 5.0
+from palbert.tasks import PAIR_TASKS, TASK_SPECS  # noqa: F401 - PAIR_TASKS re-exported by palbert.model
 
 
 class RelationalLayer(nn.Module):
@@ -53,18 +51,15 @@ class TaskHeads(nn.Module):
         super().__init__()
         pair_size = pair_feature_size(hidden_size, pair_encoding)
         self.relational = RelationalLayer(pair_size) if relational_layer else None
-        self.outputs = nn.ModuleDict(
-            {
-                "sst": nn.Linear(hidden_size, NUM_SENTIMENT_CLASSES),
-                "para": nn.Linear(pair_size, 1),
-                "sts": nn.Linear(pair_size, 1),
-            }
-        )
+        self.outputs = nn.ModuleDict({task: nn.Linear(pair_size if spec.pair else hidden_size, spec.outputs)
+                                      for task, spec in TASK_SPECS.items()})
 
     def reset_parameters(self, std: float) -> None:
-        """BERT's initialisation (normal(0, std) weights, zero biases), the sts bias at the scale's middle."""
+        """BERT's initialisation (normal(0, std) weights, zero biases), a score head's bias at its scale's middle."""
         self.apply(lambda module: init_bert_weights(module, std))
-        nn.init.constant_(self.outputs["sts"].bias, STS_MAX_SCORE / 2)
+        for task, spec in TASK_SPECS.items():
+            if spec.score_range is not None:
+                nn.init.constant_(self.outputs[task].bias, sum(spec.score_range) / 2)
 
     def relational_for(self, task: str) -> RelationalLayer | None:
         """The relational layer ``task``'s features pass through (the same object for para and sts)."""
@@ -78,4 +73,4 @@ class TaskHeads(nn.Module):
         if relational is not None:
             features = relational(features)
         out = self.outputs[task](features)
-        return out if task == "sst" else out.squeeze(-1)
+        return out.squeeze(-1) if TASK_SPECS[task].outputs == 1 else out

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig
 
-from palbert.config import TASKS, ModelParams
+from palbert.config import ModelParams
 from palbert.model.encoder import PalBertModel, mean_pool
-from palbert.model.heads import PAIR_TASKS, STS_MAX_SCORE, TaskHeads
+from palbert.model.heads import TaskHeads
+from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 from palbert.model.pretrained import load_pretrained_bert
 
 if TYPE_CHECKING:
@@ -111,12 +112,7 @@ class MultitaskBert(nn.Module):
 
         Runs in the model's current mode: call ``model.eval()`` first for deterministic predictions.
         """
-        prediction = self.forward(batch).prediction
-        if batch.task == "sst":
-            return prediction.argmax(dim=-1)
-        if batch.task == "para":
-            return (prediction > 0).long()
-        return prediction.float().clamp(0.0, STS_MAX_SCORE)
+        return TASK_SPECS[batch.task].predict(self.forward(batch).prediction)
 
     def parameter_report(self) -> dict[str, Any]:
         """Parameter counts (total, trainable, encoder, heads, PALs per task) and PAL overhead % of the encoder."""

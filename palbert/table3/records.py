@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from palbert.atomic import atomic_dir, write_json
-from palbert.config import TASK_DATASET, TASKS
+from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.table3.experiments import ExpRecord
@@ -231,10 +231,6 @@ def _train_summary(root: Path, experiment: ExpRecord) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def _label_text(task: str, value: float) -> str:
-    return f"{value:.4f}" if task == "sts" else str(int(value))
-
-
 def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRecord, scale_name: str) -> RunRecord:
     """Write the record of ``run`` from its finished experiment: metrics from DVC, files from its MLflow run."""
     from mlflow import MlflowClient
@@ -261,7 +257,7 @@ def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRec
                                   f"ids missing, {len(predicted)} predicted vs {len(ids)})")
             tables[f"predictions/{task}-dev.csv.gz"] = (
                 ["id", "prediction", "label"],
-                [[i, predicted[i], _label_text(task, float(y))] for i, y in zip(ids, values)])
+                [[i, predicted[i], TASK_SPECS[task].format(float(y))] for i, y in zip(ids, values)])
             test = predictions / f"{task}-test.csv"
             if test.is_file():
                 rows = _read_prediction_csv(test, f"MLflow run {run_id} predictions/{test.name}")

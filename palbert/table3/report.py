@@ -14,14 +14,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from palbert.config import TASKS, Table3Row
+from palbert.config import Table3Row
+from palbert.tasks import TASK_SPECS, TASKS
 from palbert.metrics import DEV_METRICS, RowBootstrap, bootstrap_rows
 from palbert.table3.records import RecordError, RunRecord
 
 log = logging.getLogger(__name__)
 
 #: The keys of a row's ``paper`` mapping for each metric.
-PAPER_KEYS: dict[str, str] = {"sst_acc": "sst", "para_acc": "para", "sts_pearson": "sts", "overall": "overall"}
+PAPER_KEYS: dict[str, str] = {**{spec.metric: task for task, spec in TASK_SPECS.items()}, "overall": "overall"}
 #: Every row is also compared with this one: the paper's best model (BP1 + SimCSE), palbert's default.
 REFERENCE_ROW = "3"
 

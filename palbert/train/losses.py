@@ -7,20 +7,24 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from palbert.tasks import TASK_SPECS, TASKS
+
+#: ``TaskSpec.loss`` -> the mean loss of a batch of raw head outputs against its labels.
+LOSSES = {
+    "cross_entropy": lambda prediction, labels: F.cross_entropy(prediction, labels.long()),
+    "binary_cross_entropy": lambda prediction, labels: F.binary_cross_entropy_with_logits(prediction, labels.float()),
+    "mse": lambda prediction, labels: F.mse_loss(prediction, labels.float()),
+}
+
 
 def task_loss(task: str, prediction: Tensor, labels: Tensor) -> Tensor:
     """Mean loss of a batch: sst cross-entropy on [B, 5] logits, para BCE on [B] logits, sts MSE on [B].
 
     The prediction is cast to float32 so the loss is the same under bf16 autocast.
     """
-    prediction = prediction.float()
-    if task == "sst":
-        return F.cross_entropy(prediction, labels.long())
-    if task == "para":
-        return F.binary_cross_entropy_with_logits(prediction, labels.float())
-    if task == "sts":
-        return F.mse_loss(prediction, labels.float())
-    raise ValueError(f"unknown task {task!r}: expected sst, para or sts")
+    if task not in TASK_SPECS:
+        raise ValueError(f"unknown task {task!r}: expected {', '.join(TASKS)}")
+    return LOSSES[TASK_SPECS[task].loss](prediction.float(), labels)
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -35,14 +35,15 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from palbert.config import DATASETS, TrainParams
+from palbert.config import TrainParams
+from palbert.tasks import DATASET_TASK, DATASETS, TASKS
 
 log = logging.getLogger(__name__)
 
 #: ``train.sampling``'s choices, as config.py declares them.
 SAMPLING_KINDS: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainParams)["sampling"])
 #: Order of datasets in sequential and round-robin epochs: grouped by task sst → para → sts.
-PLAN_ORDER: tuple[str, ...] = ("sst", "cfimdb", "quora", "snli", "sts")
+PLAN_ORDER: tuple[str, ...] = tuple(d for task in TASKS for d in DATASETS if DATASET_TASK[d] == task)
 #: Keeps plan draws apart from other generators seeded with the same run seed.
 _PLAN_STREAM = 0x5A4D
 _FINAL_ALPHA_DROP = 0.8
