@@ -1,7 +1,9 @@
 """The MLflow side of a run: which store, whether it answers, and one MLflow run per training run.
 
-Only rank 0 talks to MLflow. ``RunTracker.start`` hands other ranks a ``NullTracker`` with the same
-methods, so the training loop calls the tracker everywhere and never checks its rank.
+Stages log through a ``Tracker`` from ``open_run``, used with ``with``: leaving the block ends the run
+FINISHED, by Ctrl-C KILLED, by an exception FAILED. Only rank 0 talks to MLflow (``MlflowTracker``); other
+ranks, and runs with ``tracking.enabled: false``, get a ``NullTracker`` with the same methods, so the
+training loop calls the tracker everywhere and never checks its rank.
 
 Where runs go (``resolve_tracking_uri``): ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a
 SQLite store at an absolute path in the project root. MLflow's own default (``sqlite:///mlflow.db``
@@ -17,6 +19,7 @@ when this module creates the experiment, for the same reason.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import hashlib
@@ -356,19 +359,132 @@ def _system_metrics_available() -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-class RunTracker:
-    """One MLflow run, driven through ``MlflowClient`` (no global active run to leave dangling).
+def exit_status(exc_type: type[BaseException] | None) -> str:
+    """The MLflow status a run ends with when its ``with`` block is left: normally FINISHED, by Ctrl-C
+    (``KeyboardInterrupt``) KILLED, by any other exception FAILED."""
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
 
-    Use as a context manager: an exception ends the run FAILED, Ctrl-C ends it KILLED.
+
+class Tracker(abc.ABC):
+    """What a stage logs through: one MLflow run (``MlflowTracker``) or nothing (``NullTracker``).
+
+    Get one from ``open_run`` and use it with ``with``: leaving the block ends the run with ``exit_status``.
+    The methods never raise because the store stopped answering (see ``MlflowTracker.lost``).
     """
+
+    #: The MLflow run's id; ``None`` when nothing is recorded.
+    run_id: str | None
+    #: The store the run lives in; ``""`` when nothing is recorded.
+    tracking_uri: str
+    #: Why the store stopped answering mid-run (``None`` while it answers, and when nothing is recorded).
+    lost: str | None
+
+    @abc.abstractmethod
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    @abc.abstractmethod
+    def log_params(self, values: Mapping[str, str]) -> None:
+        """More params (e.g. ``parameter_counts``); logging a param again with the same value is allowed."""
+
+    @abc.abstractmethod
+    def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
+        """The prepared splits a run reads, per context (``{"training": [...], "validation": [...]}``):
+        the UI's Datasets column then says what the run was trained and scored on."""
+
+    @abc.abstractmethod
+    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
+        """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model``."""
+
+    @abc.abstractmethod
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run ended with ``status``; a second call does nothing."""
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: types.TracebackType | None) -> None:
+        self.end(exit_status(exc_type))
+
+
+class NullTracker(Tracker):
+    """What ranks other than 0 get, and every rank with ``tracking.enabled: false``: nothing is recorded."""
+
+    run_id = None
+    tracking_uri = ""
+    lost = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_params(self, values: Mapping[str, str]) -> None:
+        pass
+
+    def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
+        pass
+
+    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def open_run(
+    params: Params,
+    project_root: Path | None = None,
+    *,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    rank: int | None = None,
+    system_metrics: bool = True,
+) -> Tracker:
+    """The tracker of this process: a new MLflow run, or ``run_id`` reopened (a resumed training, the
+    evaluate stage adding to the training's run; ``tracking_uri`` is where that run was logged).
+
+    ``rank`` (default ``$RANK``, else 0) other than 0, and ``tracking.enabled: false``, get a
+    ``NullTracker``. Raises ``TrackingUnavailable`` before anything is logged when the server is down and
+    ``tracking.on_unreachable`` is ``stop``.
+    """
+    if _rank(rank) != 0 or not _enabled(params):
+        return NullTracker()
+    if run_id:
+        return MlflowTracker.resume(run_id, params, project_root, tracking_uri=tracking_uri,
+                                    system_metrics=system_metrics)
+    return MlflowTracker.start(params, project_root, run_name, tags=tags, system_metrics=system_metrics)
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run, driven through ``MlflowClient`` (no global active run to leave dangling)."""
 
     def __init__(self, client: Any, run_id: str, tracking_uri: str, system_metrics: bool = True,
                  resumed: bool = False) -> None:
         self.client = client
-        self.run_id: str | None = run_id
+        self.run_id: str = run_id
         self.tracking_uri = tracking_uri
-        #: Why the store stopped answering mid-run (``None`` while it answers).
-        self.lost: str | None = None
+        self.lost = None
         self._monitor = None
         self._ended = False
         if system_metrics and _system_metrics_available():
@@ -390,19 +506,13 @@ class RunTracker:
         project_root: Path | None = None,
         run_name: str | None = None,
         *,
-        rank: int | None = None,
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = True,
-    ) -> "RunTracker":
+    ) -> "MlflowTracker":
         """Check the store, create the experiment if needed, start one run, log params and tags.
 
-        ``rank`` (default ``$RANK``, else 0) other than 0 gets a ``NullTracker``. ``run_name``
-        defaults to ``default_run_name`` (the DVC experiment, else ``workspace@<commit>``).
-        Raises ``TrackingUnavailable`` before anything is logged when the server is down and
-        ``tracking.on_unreachable`` is ``stop``.
+        ``run_name`` defaults to ``default_run_name`` (the DVC experiment, else ``workspace@<commit>``).
         """
-        if _rank(rank) != 0 or not _enabled(params):
-            return NullTracker()
         from mlflow import MlflowClient
 
         root = _project_root(project_root)
@@ -438,17 +548,14 @@ class RunTracker:
         project_root: Path | None = None,
         *,
         tracking_uri: str | None = None,
-        rank: int | None = None,
         system_metrics: bool = True,
-    ) -> "RunTracker":
-        """Reopen a finished run to add to it (the evaluate stage adds dev metrics and predictions).
+    ) -> "MlflowTracker":
+        """Reopen a run to add to it.
 
-        Pass ``tracking_uri=tracker.tracking_uri`` from the training run when known: after a fallback
-        the run lives in the local store. If the run is not in the chosen store (e.g. it was logged
-        elsewhere), a new run is started, tagged ``palbert.resumed_from=<run_id>``: nothing is lost.
+        Pass ``tracking_uri`` from the training run when known: after a fallback the run lives in the local
+        store. If the run is not in the chosen store (e.g. it was logged elsewhere), a new run is started,
+        tagged ``palbert.resumed_from=<run_id>``: nothing is lost.
         """
-        if _rank(rank) != 0 or not _enabled(params):
-            return NullTracker()
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
@@ -464,7 +571,7 @@ class RunTracker:
             if fallback_from:
                 tags[TAG_FALLBACK_FROM] = fallback_from
             here = dataclasses.replace(params, tracking=dataclasses.replace(params.tracking, uri=uri))
-            return cls.start(here, root, tags=tags, rank=0, system_metrics=system_metrics)
+            return cls.start(here, root, tags=tags, system_metrics=system_metrics)
         if fallback_from:
             client.set_tag(run_id, TAG_FALLBACK_FROM, fallback_from)
         client.update_run(run_id, status="RUNNING")
@@ -498,19 +605,16 @@ class RunTracker:
             self._send("log_batch", lambda batch=entries[i : i + 1000]: self.client.log_batch(self.run_id, metrics=batch))
 
     def log_params(self, values: Mapping[str, str]) -> None:
-        """More params (e.g. ``parameter_counts``); logging a param again with the same value is allowed."""
         self._send("log_params", lambda: _log_params(self.client, self.run_id, values))
 
     def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
-        """The prepared splits a run reads, per context (``{"training": [...], "validation": [...]}``):
-        the UI's Datasets column then says what the run was trained and scored on."""
         inputs = [dataset_input(split, prepared_root, context)
                   for context, group in splits.items() for split in group]
         self._send("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
-        """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model``, a pyfunc that
-        ``mlflow models serve`` can serve, registered when the store has a registry (``palbert.mlflow_model``)."""
+        """A pyfunc that ``mlflow models serve`` can serve, registered when the store has a registry
+        (``palbert.mlflow_model``)."""
         from palbert.mlflow_model import log_model
 
         self._send("log_model", lambda: log_model(self.run_id, self.tracking_uri, model_dir, registered_model_name))
@@ -527,8 +631,6 @@ class RunTracker:
 
         self._send("set_tags", lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
-    # -- closing -----------------------------------------------------------------------------
-
     def end(self, status: str = "FINISHED") -> None:
         """Stop system metrics and mark the run; a second call does nothing."""
         if self._ended:
@@ -540,54 +642,6 @@ class RunTracker:
         self._send("set_terminated", lambda: self.client.set_terminated(self.run_id, status=status))
         if self.lost is None:
             log.info("MLflow run %s ended %s", self.run_id, status)
-
-    def __enter__(self) -> "RunTracker":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: types.TracebackType | None) -> None:
-        if exc_type is None:
-            self.end("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.end("KILLED")
-        else:
-            self.end("FAILED")
-
-
-class NullTracker(RunTracker):
-    """What ranks other than 0 get: every method does nothing."""
-
-    def __init__(self) -> None:  # noqa: D107 - nothing to open
-        self.client = None
-        self.run_id = None
-        self.tracking_uri = ""
-        self.lost = None
-        self._monitor = None
-        self._ended = True
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        pass
-
-    def log_params(self, values: Mapping[str, str]) -> None:
-        pass
-
-    def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
-        pass
-
-    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
-        pass
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        pass
-
-    def end(self, status: str = "FINISHED") -> None:
-        pass
 
 
 def _enabled(params: Params) -> bool:

@@ -29,7 +29,7 @@ from palbert.paths import find_project_root
 from palbert.plots import confusion_matrix_plot
 from palbert.precision import resolve_precision
 from palbert.stage import run_stage
-from palbert.tracking import RunTracker
+from palbert.tracking import open_run
 
 log = logging.getLogger("palbert.evaluate")
 
@@ -74,22 +74,19 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     log.info("dev: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
     summary = json.loads(paths.train_summary.read_text(encoding="utf-8")) if paths.train_summary.is_file() else {}
-    if summary.get("mlflow_run_id"):
-        tracker = RunTracker.resume(summary["mlflow_run_id"], params, paths.project_root,
-                                    tracking_uri=summary.get("tracking_uri"))
-    else:
-        tracker = RunTracker.start(params, paths.project_root)
-    tracker.log_metrics({f"final_dev_{k}": v for k, v in metrics.items()}, step=0)
-    for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
-        tracker.log_artifact(artifact, "metrics")
-    tracker.log_artifacts(paths.predictions, "predictions")
-    if sst_dev is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
-                                                       Path(folder) / "sst_dev_confusion.png"), "plots")
-    tracker.log_artifact("params.yaml", "params")
-    tracker.log_model(paths.model, registered_model_name=params.tracking.experiment)
-    tracker.end("FINISHED")
+    # the training's run (a new one when it was not recorded); leaving the block ends it, FAILED on an exception
+    with open_run(params, paths.project_root, run_id=summary.get("mlflow_run_id"),
+                  tracking_uri=summary.get("tracking_uri")) as tracker:
+        tracker.log_metrics({f"final_dev_{k}": v for k, v in metrics.items()}, step=0)
+        for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
+            tracker.log_artifact(artifact, "metrics")
+        tracker.log_artifacts(paths.predictions, "predictions")
+        if sst_dev is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
+                                                           Path(folder) / "sst_dev_confusion.png"), "plots")
+        tracker.log_artifact("params.yaml", "params")
+        tracker.log_model(paths.model, registered_model_name=params.tracking.experiment)
     return metrics
 
 

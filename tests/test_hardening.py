@@ -331,7 +331,7 @@ def _make_read_only(path: Path) -> bool:
 def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path):
     from mlflow import MlflowClient
 
-    from palbert.tracking import RunTracker, TrackingUnavailable
+    from palbert.tracking import TrackingUnavailable, open_run
 
     db = tmp_path / "mlflow.db"
     MlflowClient(f"sqlite:///{db}").search_experiments()  # a real, empty store
@@ -340,7 +340,7 @@ def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path
     try:
         params = params_from_dict({"tracking": {"uri": f"sqlite:///{db}"}})
         with pytest.raises(TrackingUnavailable) as error:
-            RunTracker.start(params, tmp_path, rank=0)
+            open_run(params, tmp_path, rank=0)
         assert one_line(error).startswith(f"MLflow store {db} is read-only")
         assert "tracking.uri" in str(error.value)
     finally:
@@ -349,23 +349,23 @@ def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path
 
 
 def test_an_mlflow_db_that_is_not_sqlite_is_one_line_and_left_alone(tmp_path):
-    from palbert.tracking import RunTracker, TrackingUnavailable
+    from palbert.tracking import TrackingUnavailable, open_run
 
     db = tmp_path / "mlflow.db"
     db.write_text("notes, not a database\n")
     with pytest.raises(TrackingUnavailable) as error:
-        RunTracker.start(params_from_dict({"tracking": {"uri": f"sqlite:///{db}"}}), tmp_path, rank=0)
+        open_run(params_from_dict({"tracking": {"uri": f"sqlite:///{db}"}}), tmp_path, rank=0)
     assert one_line(error).startswith(f"MLflow store {db} is not an SQLite database")
     assert db.read_text() == "notes, not a database\n"
 
 
 def test_a_project_path_with_spaces_holds_the_mlflow_store_and_artifacts(tmp_path):
-    from palbert.tracking import RunTracker
+    from palbert.tracking import open_run
 
     root = tmp_path / "my project"
     root.mkdir()
     (root / "note.txt").write_text("x")
-    tracker = RunTracker.start(params_from_dict({}), root, rank=0, system_metrics=False)
+    tracker = open_run(params_from_dict({}), root, rank=0, system_metrics=False)
     tracker.log_artifact(root / "note.txt", "notes")
     tracker.end()
     assert tracker.lost is None and tracker.tracking_uri == f"sqlite:///{root / 'mlflow.db'}"

@@ -21,7 +21,7 @@ from palbert.config import ModelParams, Params, TrackingParams
 from palbert.mlflow_model import input_example, predict_table
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.predict import Predictor
-from palbert.tracking import RunTracker
+from palbert.tracking import open_run
 
 SERVE_START_TIMEOUT_S = 180  # a cold start imports torch and loads the model, on a busy 2-core machine
 REQUEST_TIMEOUT_S = 60
@@ -45,7 +45,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[s
     root = tmp_path_factory.mktemp("store")
     params = Params()
     params.tracking = TrackingParams(experiment="palbert-model-test", uri=f"sqlite:///{root / 'mlflow.db'}")
-    with RunTracker.start(params, root, system_metrics=False) as tracker:
+    with open_run(params, root, system_metrics=False) as tracker:
         tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
     assert tracker.lost is None
     return tracker.tracking_uri, tracker.run_id
@@ -79,7 +79,7 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
     with running_mlflow_server(tmp_path) as url:
         params = Params()
         params.tracking = TrackingParams(experiment="palbert-served", uri=url)
-        with RunTracker.start(params, tmp_path, system_metrics=False) as tracker:
+        with open_run(params, tmp_path, system_metrics=False) as tracker:
             tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
         assert tracker.lost is None
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -21,9 +22,10 @@ from palbert.tracking import (
     TAG_SEED,
     TAG_TABLE3_ROW,
     NullTracker,
-    RunTracker,
+    Tracker,
     TrackingUnavailable,
     find_project_root,
+    open_run,
     parameter_counts,
     resolve_tracking_uri,
 )
@@ -63,7 +65,7 @@ def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "loss.csv").write_text("step,loss\n0,1.0\n")
 
-    with RunTracker.start(params, tmp_path) as tracker:
+    with open_run(params, tmp_path) as tracker:
         assert tracker.tracking_uri == mlflow_server
         for step in range(5):
             tracker.log_metrics({"train/loss": 1.0 / (step + 1), "lr": 2e-5}, step=step * 10)
@@ -107,7 +109,7 @@ def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch
     assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/loss.csv"]
 
     # The evaluate stage reopens the same run and adds to it.
-    with RunTracker.resume(run_id, params, tmp_path, system_metrics=False) as again:
+    with open_run(params, tmp_path, run_id=run_id, system_metrics=False) as again:
         again.log_metrics({"dev/overall": 0.77}, step=0)
     run = client.get_run(run_id)
     assert run.data.metrics["dev/overall"] == pytest.approx(0.77)
@@ -136,17 +138,29 @@ def test_a_run_outside_a_dvc_experiment_is_named_after_the_workspace(tmp_path: P
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
                             text=True).stdout.strip()
     monkeypatch.chdir(repo)
-    with RunTracker.start(_params(""), repo, system_metrics=False) as tracker:
+    with open_run(_params(""), repo, system_metrics=False) as tracker:
         run_id = tracker.run_id
     assert MlflowClient(tracking_uri=tracker.tracking_uri).get_run(run_id).info.run_name == f"workspace@{commit[:7]}"
 
 
 def test_failure_marks_run_failed(mlflow_server: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        with RunTracker.start(_params(mlflow_server), tmp_path, run_name="boom", system_metrics=False) as tracker:
+        with open_run(_params(mlflow_server), tmp_path, run_name="boom", system_metrics=False) as tracker:
             run_id = tracker.run_id
             raise ValueError("training blew up")
     assert MlflowClient(tracking_uri=mlflow_server).get_run(run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("interrupt, status", [(KeyboardInterrupt, "KILLED"), (OSError, "FAILED"), (None, "FINISHED")])
+def test_leaving_the_with_block_ends_the_run(tmp_path: Path, interrupt: type[BaseException] | None,
+                                            status: str) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with contextlib.suppress(BaseException):
+        with open_run(_params(uri), tmp_path, system_metrics=False) as tracker:
+            if interrupt is not None:
+                raise interrupt
+    assert isinstance(tracker, Tracker) and tracker.lost is None
+    assert MlflowClient(tracking_uri=uri).get_run(tracker.run_id).info.status == status
 
 
 def test_a_server_that_dies_mid_run_does_not_end_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -154,7 +168,7 @@ def test_a_server_that_dies_mid_run_does_not_end_training(tmp_path: Path, monkey
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would take minutes
     (tmp_path / "server").mkdir()
     with running_mlflow_server(tmp_path / "server") as url:
-        tracker = RunTracker.start(_params(url), tmp_path, run_name="orphan", system_metrics=False)
+        tracker = open_run(_params(url), tmp_path, run_name="orphan", system_metrics=False)
         tracker.log_metrics({"loss": 1.0}, step=1)
     # the server is gone now: logging goes on without raising, says so once, and remembers why
     with caplog.at_level("ERROR", logger="palbert.tracking"):
@@ -172,8 +186,8 @@ def test_a_server_that_dies_mid_run_does_not_end_training(tmp_path: Path, monkey
 
 
 def test_other_ranks_get_a_null_tracker(tmp_path: Path) -> None:
-    tracker = RunTracker.start(_params("http://127.0.0.1:9"), tmp_path, rank=1)
-    assert isinstance(tracker, NullTracker) and tracker.run_id is None
+    tracker = open_run(_params("http://127.0.0.1:9"), tmp_path, rank=1)
+    assert isinstance(tracker, NullTracker) and tracker.run_id is None and tracker.lost is None
     with tracker:
         tracker.log_metrics({"loss": 1.0}, step=0)
         tracker.log_artifact(tmp_path / "missing")
@@ -184,7 +198,7 @@ def test_disabled_tracking_records_nothing_and_says_so(tmp_path: Path, caplog: p
     params = _params("")
     params.tracking.enabled = False
     with caplog.at_level("WARNING"):
-        tracker = RunTracker.start(params, tmp_path)
+        tracker = open_run(params, tmp_path)
     assert isinstance(tracker, NullTracker)
     assert "NOT recorded in MLflow" in caplog.text
     assert not (tmp_path / "mlflow.db").exists()
@@ -194,7 +208,7 @@ def test_unreachable_server_stops_quickly(tmp_path: Path) -> None:
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=uri.replace(".", r"\.")) as info:
-        RunTracker.start(_params(uri), tmp_path)
+        open_run(_params(uri), tmp_path)
     assert time.monotonic() - started < 20
     assert "on_unreachable=local" in str(info.value)
     assert not (tmp_path / "mlflow.db").exists()
@@ -208,7 +222,7 @@ def test_silent_server_times_out_quickly(tmp_path: Path) -> None:
         uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
         started = time.monotonic()
         with pytest.raises(TrackingUnavailable, match="timed out"):
-            RunTracker.start(_params(uri), tmp_path)
+            open_run(_params(uri), tmp_path)
         assert time.monotonic() - started < 20
 
 
@@ -222,7 +236,7 @@ def test_unreachable_server_falls_back_to_local_store(tmp_path: Path, monkeypatc
     artifact = tmp_path / "note.txt"
     artifact.write_text("kept\n")
 
-    with RunTracker.start(_params(uri, on_unreachable="local"), project, system_metrics=False) as tracker:
+    with open_run(_params(uri, on_unreachable="local"), project, system_metrics=False) as tracker:
         tracker.log_metrics({"loss": 0.5}, step=1)
         tracker.log_artifact(artifact)
         run_id = tracker.run_id

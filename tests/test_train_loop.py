@@ -134,6 +134,30 @@ def test_interrupted_run_resumes_to_bitwise_identical_weights(workdir, tiny_bert
     assert len(run.inputs.dataset_inputs) == len(_datasets(run)) == 6
 
 
+@pytest.mark.parametrize("interrupt, status", [(RuntimeError("CUDA out of memory"), "FAILED"),
+                                                (KeyboardInterrupt(), "KILLED")])
+def test_an_interrupted_run_ends_its_mlflow_run(workdir, tiny_bert_dir, tiny_prepared, monkeypatch, interrupt, status):
+    params = tiny_training_params(tiny_bert_dir, train={"epochs": 1, "checkpoint_every": 1})
+    paths = _paths(workdir, tiny_prepared)
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def interrupted_at_step_three(*args, **kwargs):
+        if calls["n"] == 2:
+            raise interrupt
+        calls["n"] += 1
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", interrupted_at_step_three)
+    with pytest.raises(type(interrupt)):
+        train(params, paths)
+    run_id = json.loads((paths.checkpoints / "latest" / "state.json").read_text())["mlflow_run_id"]
+    from mlflow import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_run(run_id)
+    assert run.info.status == status
+    assert len(run.data.metrics) and run.info.end_time is not None
+
+
 def test_other_settings_do_not_resume_a_foreign_checkpoint(workdir, tiny_bert_dir, tiny_prepared, caplog):
     params = tiny_training_params(tiny_bert_dir, train={"epochs": 1})
     paths = _paths(workdir, tiny_prepared)

@@ -35,7 +35,7 @@ from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason, resolve_precision
 from palbert.paths import BEST_MODEL, CHECKPOINTS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
-from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, RunTracker, parameter_counts
+from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, open_run, parameter_counts
 from palbert.train import checkpoint
 from palbert.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
@@ -248,147 +248,141 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
     ) if ctx.distributed else model
 
-    # ---- the MLflow run: a resumed training continues its run; a new one checks the server first ----
-    if state.mlflow_run_id:
-        tracker = RunTracker.resume(state.mlflow_run_id, params, paths.project_root, rank=ctx.rank)
-    else:  # an unreachable tracking server stops the run here, before training
-        tracker = RunTracker.start(params, paths.project_root, rank=ctx.rank)
-    state.mlflow_run_id = ctx.broadcast_object(tracker.run_id)
-    tracker.log_params(parameter_counts(report))
-    tracker.log_datasets(paths.prepared, {CONTEXT_TRAINING: train_splits.values(), CONTEXT_VALIDATION: dev_splits.values()})
-    eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
-                                 max_length=max_length, batch_size=params.evaluate.batch_size,
-                                 device=device, precision=precision)
-    log.info("training %d steps (%d epochs, sampling=%s, precision=%s [%s], %d process(es), batch %d per process)",
-             total_steps, params.train.epochs, params.train.sampling, precision,
-             precision_reason(params.train.precision, device), ctx.world_size, params.train.batch_size)
+    # ---- the MLflow run: a resumed training continues its run; a new one checks the server first (an
+    # unreachable server stops the run here, before training). Leaving the block ends it: FINISHED, or
+    # KILLED by Ctrl-C, or FAILED by an exception.
+    with open_run(params, paths.project_root, run_id=state.mlflow_run_id, rank=ctx.rank) as tracker:
+        state.mlflow_run_id = ctx.broadcast_object(tracker.run_id)
+        tracker.log_params(parameter_counts(report))
+        tracker.log_datasets(paths.prepared, {CONTEXT_TRAINING: train_splits.values(),
+                                              CONTEXT_VALIDATION: dev_splits.values()})
+        eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
+                                     max_length=max_length, batch_size=params.evaluate.batch_size,
+                                     device=device, precision=precision)
+        log.info("training %d steps (%d epochs, sampling=%s, precision=%s [%s], %d process(es), batch %d per process)",
+                 total_steps, params.train.epochs, params.train.sampling, precision,
+                 precision_reason(params.train.precision, device), ctx.world_size, params.train.batch_size)
 
-    # ---- the loop --------------------------------------------------------------------------------
-    started = time.perf_counter()
-    # in a terminal the bar redraws ~10 times a second; into a log file, an update every 30 s is enough
-    progress = ProgressBar(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
-                           mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    window_losses: dict[str, list[float]] = defaultdict(list)
-    window_examples, window_started = 0, time.perf_counter()
-    model.train()
-    try:
-        while state.epoch <= params.train.epochs:
-            plan = sampler.epoch_plan(state.epoch)  # logs the epoch's alpha, probabilities and step counts
-            probabilities = sampler.probabilities(state.epoch) or _plan_fractions(plan)
-            state.epoch_probabilities[str(state.epoch)] = probabilities
-            while state.position < len(plan):
-                dataset = plan[state.position]
-                task = DATASET_TASK[dataset]
-                indices = streams[dataset].next_batch()
-                batch = make_batch(train_splits[dataset], indices, task=task,
-                                   pair_encoding=params.model.pair_encoding, special=special,
-                                   max_length=max_length).to(device, non_blocking=True)
-                loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
+        # ---- the loop --------------------------------------------------------------------------------
+        started = time.perf_counter()
+        # in a terminal the bar redraws ~10 times a second; into a log file, an update every 30 s is enough
+        progress = ProgressBar(total=total_steps, initial=state.step, desc="train", disable=not ctx.is_main,
+                               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        window_losses: dict[str, list[float]] = defaultdict(list)
+        window_examples, window_started = 0, time.perf_counter()
+        model.train()
+        try:
+            while state.epoch <= params.train.epochs:
+                plan = sampler.epoch_plan(state.epoch)  # logs the epoch's alpha, probabilities and step counts
+                probabilities = sampler.probabilities(state.epoch) or _plan_fractions(plan)
+                state.epoch_probabilities[str(state.epoch)] = probabilities
+                while state.position < len(plan):
+                    dataset = plan[state.position]
+                    task = DATASET_TASK[dataset]
+                    indices = streams[dataset].next_batch()
+                    batch = make_batch(train_splits[dataset], indices, task=task,
+                                       pair_encoding=params.model.pair_encoding, special=special,
+                                       max_length=max_length).to(device, non_blocking=True)
+                    loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
 
-                state.position += 1
-                state.step += 1
-                window_losses[task].append(loss.task.item())
-                if loss.simcse is not None:
-                    window_losses["simcse"].append(loss.simcse.item())
-                window_examples += len(batch) * ctx.world_size
-                state.examples += len(batch) * ctx.world_size
-                progress.update(1)
+                    state.position += 1
+                    state.step += 1
+                    window_losses[task].append(loss.task.item())
+                    if loss.simcse is not None:
+                        window_losses["simcse"].append(loss.simcse.item())
+                    window_examples += len(batch) * ctx.world_size
+                    state.examples += len(batch) * ctx.world_size
+                    progress.update(1)
 
-                if state.step % params.train.log_every == 0 or state.position == len(plan):
-                    elapsed = time.perf_counter() - window_started
-                    rate = window_examples / max(elapsed, 1e-9)
-                    lr = scheduler.get_last_lr()[0]
-                    metrics = {"lr": lr, "examples_per_s": rate}
-                    for t, values in window_losses.items():
-                        mean = sum(values) / len(values)
-                        metrics[f"train_loss_{t}"] = mean
-                        state.history.setdefault(f"loss_{t}", []).append([state.step, mean])
-                    for ds, p in probabilities.items():
-                        metrics[f"sampling_p_{ds}"] = p
-                    state.history.setdefault("lr", []).append([state.step, lr])
-                    state.history.setdefault("sampling", []).append([state.step, probabilities])
-                    tracker.log_metrics(metrics, step=state.step)
-                    progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.4g}" for t, v in window_losses.items()}
-                                         | {"ex/s": f"{rate:.0f}"}, refresh=False)  # redraw at the bar's own pace
-                    window_losses.clear()
-                    window_examples, window_started = 0, time.perf_counter()
+                    if state.step % params.train.log_every == 0 or state.position == len(plan):
+                        elapsed = time.perf_counter() - window_started
+                        rate = window_examples / max(elapsed, 1e-9)
+                        lr = scheduler.get_last_lr()[0]
+                        metrics = {"lr": lr, "examples_per_s": rate}
+                        for t, values in window_losses.items():
+                            mean = sum(values) / len(values)
+                            metrics[f"train_loss_{t}"] = mean
+                            state.history.setdefault(f"loss_{t}", []).append([state.step, mean])
+                        for ds, p in probabilities.items():
+                            metrics[f"sampling_p_{ds}"] = p
+                        state.history.setdefault("lr", []).append([state.step, lr])
+                        state.history.setdefault("sampling", []).append([state.step, probabilities])
+                        tracker.log_metrics(metrics, step=state.step)
+                        progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.4g}" for t, v in window_losses.items()}
+                                             | {"ex/s": f"{rate:.0f}"}, refresh=False)  # redraw at the bar's own pace
+                        window_losses.clear()
+                        window_examples, window_started = 0, time.perf_counter()
 
-                if state.step % params.train.checkpoint_every == 0 and state.position < len(plan):
-                    _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+                    if state.step % params.train.checkpoint_every == 0 and state.position < len(plan):
+                        _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
 
-            # ---- end of epoch: score dev, keep the best model ---------------------------------------
-            scoring_started = time.perf_counter()
-            if ctx.is_main:
-                log.info("epoch %d: scoring dev (%s)", state.epoch,
-                         ", ".join(f"{task} {len(split)} rows" for task, split in dev_splits.items()))
-            results = [predict_split(model, split, task, eval_settings, ctx, progress=False)
-                       for task, split in dev_splits.items()]
-            dev = dev_metrics(results) if ctx.is_main else {}
-            if ctx.is_main:
-                state.history.setdefault("dev", []).append({"epoch": state.epoch, **dev})
-                tracker.log_metrics({f"dev_{k}": v for k, v in dev.items()}, step=state.step)
-                log.info("epoch %d dev: %s", state.epoch, _format_metrics(dev))
-                score = dev.get("overall", -math.inf)
-                if score > state.best_overall:
-                    state.best_overall, state.best_epoch = score, state.epoch
-                    save_model(model, tokenizer, paths.checkpoints / "best")
-            state.best_overall, state.best_epoch = ctx.broadcast_object((state.best_overall, state.best_epoch))
-            state.scoring_s += time.perf_counter() - scoring_started
-            state.epoch += 1
-            state.position = 0
-            state.complete = state.epoch > params.train.epochs
-            _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
-            window_started = time.perf_counter()  # the next window's examples/s: training only
-            progress.unpause()  # and the bar's rate and ETA
-    except KeyboardInterrupt:
-        progress.close()
-        tracker.end("KILLED")
-        log.warning("interrupted at step %d; the next run resumes from the last checkpoint", state.step)
-        raise
-    except Exception:
-        progress.close()
-        tracker.end("FAILED")
-        raise
-    progress.close()
+                # ---- end of epoch: score dev, keep the best model ---------------------------------------
+                scoring_started = time.perf_counter()
+                if ctx.is_main:
+                    log.info("epoch %d: scoring dev (%s)", state.epoch,
+                             ", ".join(f"{task} {len(split)} rows" for task, split in dev_splits.items()))
+                results = [predict_split(model, split, task, eval_settings, ctx, progress=False)
+                           for task, split in dev_splits.items()]
+                dev = dev_metrics(results) if ctx.is_main else {}
+                if ctx.is_main:
+                    state.history.setdefault("dev", []).append({"epoch": state.epoch, **dev})
+                    tracker.log_metrics({f"dev_{k}": v for k, v in dev.items()}, step=state.step)
+                    log.info("epoch %d dev: %s", state.epoch, _format_metrics(dev))
+                    score = dev.get("overall", -math.inf)
+                    if score > state.best_overall:
+                        state.best_overall, state.best_epoch = score, state.epoch
+                        save_model(model, tokenizer, paths.checkpoints / "best")
+                state.best_overall, state.best_epoch = ctx.broadcast_object((state.best_overall, state.best_epoch))
+                state.scoring_s += time.perf_counter() - scoring_started
+                state.epoch += 1
+                state.position = 0
+                state.complete = state.epoch > params.train.epochs
+                _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+                window_started = time.perf_counter()  # the next window's examples/s: training only
+                progress.unpause()  # and the bar's rate and ETA
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d; the next run resumes from the last checkpoint", state.step)
+            raise
+        finally:
+            progress.close()
 
-    # ---- outputs (rank 0) -------------------------------------------------------------------------
-    wall_s = state.elapsed_s + time.perf_counter() - started
-    summary: dict[str, Any] = {}
-    if ctx.is_main:
-        paths.best_model.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(paths.best_model, ignore_errors=True)
-        shutil.copytree(paths.checkpoints / "best", paths.best_model)
-        best_dev = next(row for row in state.history["dev"] if row["epoch"] == state.best_epoch)
-        summary = {
-            "steps": state.step,
-            "epochs": params.train.epochs,
-            "best_epoch": state.best_epoch,
-            "best_dev": {k: v for k, v in best_dev.items() if k != "epoch"},
-            "dev_per_epoch": state.history["dev"],
-            "sampling_probabilities": state.epoch_probabilities,
-            "train_wall_s": round(wall_s, 1),
-            "dev_scoring_s": round(state.scoring_s, 1),
-            "examples_per_s": round(state.examples / max(wall_s - state.scoring_s, 1e-9), 2),  # training time only
-            "world_size": ctx.world_size,
-            "precision": precision,
-            "machine": describe_machine(),
-            "parameters": report,
-            "mlflow_run_id": tracker.run_id,
-            "tracking_uri": tracker.tracking_uri,
-            "tracking_lost": tracker.lost,  # why the MLflow run is incomplete, if its store stopped answering
-        }
-        write_plots(state.history, paths.plots)
-        write_json(paths.summary, summary)
-        tracker.log_metrics({"train_wall_s": wall_s, "best_epoch": state.best_epoch}, step=state.step)
-        tracker.log_artifacts(paths.plots, "plots")
-        with tempfile.TemporaryDirectory() as pngs:
-            for png in render_training_plots(paths.plots, Path(pngs)):
-                tracker.log_artifact(png, "plots")
-        tracker.log_artifact(paths.summary, "metrics")
-        tracker.end("FINISHED")
-        log.info("trained %d steps in %.0f s (%.0f s of it scoring dev; %.1f examples/s while training); "
-                 "best epoch %d: %s", state.step, wall_s, state.scoring_s, summary["examples_per_s"],
-                 state.best_epoch, _format_metrics(summary["best_dev"]))
+        # ---- outputs (rank 0) -------------------------------------------------------------------------
+        wall_s = state.elapsed_s + time.perf_counter() - started
+        summary: dict[str, Any] = {}
+        if ctx.is_main:
+            paths.best_model.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(paths.best_model, ignore_errors=True)
+            shutil.copytree(paths.checkpoints / "best", paths.best_model)
+            best_dev = next(row for row in state.history["dev"] if row["epoch"] == state.best_epoch)
+            summary = {
+                "steps": state.step,
+                "epochs": params.train.epochs,
+                "best_epoch": state.best_epoch,
+                "best_dev": {k: v for k, v in best_dev.items() if k != "epoch"},
+                "dev_per_epoch": state.history["dev"],
+                "sampling_probabilities": state.epoch_probabilities,
+                "train_wall_s": round(wall_s, 1),
+                "dev_scoring_s": round(state.scoring_s, 1),
+                "examples_per_s": round(state.examples / max(wall_s - state.scoring_s, 1e-9), 2),  # training time only
+                "world_size": ctx.world_size,
+                "precision": precision,
+                "machine": describe_machine(),
+                "parameters": report,
+                "mlflow_run_id": tracker.run_id,
+                "tracking_uri": tracker.tracking_uri,
+                "tracking_lost": tracker.lost,  # why the MLflow run is incomplete, if its store stopped answering
+            }
+            write_plots(state.history, paths.plots)
+            write_json(paths.summary, summary)
+            tracker.log_metrics({"train_wall_s": wall_s, "best_epoch": state.best_epoch}, step=state.step)
+            tracker.log_artifacts(paths.plots, "plots")
+            with tempfile.TemporaryDirectory() as pngs:
+                for png in render_training_plots(paths.plots, Path(pngs)):
+                    tracker.log_artifact(png, "plots")
+            tracker.log_artifact(paths.summary, "metrics")
+            log.info("trained %d steps in %.0f s (%.0f s of it scoring dev; %.1f examples/s while training); "
+                     "best epoch %d: %s", state.step, wall_s, state.scoring_s, summary["examples_per_s"],
+                     state.best_epoch, _format_metrics(summary["best_dev"]))
     ctx.barrier()
     return summary
 
