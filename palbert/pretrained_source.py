@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from palbert.config import ParamsError
+from palbert.errors import ParamsError
 
 logger = logging.getLogger(__name__)
 
