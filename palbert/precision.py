@@ -11,6 +11,11 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU: scoring and prediction outside a distributed run."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()

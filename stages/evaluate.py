@@ -9,7 +9,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from palbert import paths
 from palbert.atomic import write_json
@@ -27,7 +26,7 @@ from palbert.evaluate import (
 from palbert.model import load_model
 from palbert.paths import find_project_root
 from palbert.plots import confusion_matrix_plot
-from palbert.precision import resolve_precision
+from palbert.precision import default_device, resolve_precision
 from palbert.stage import run_stage
 from palbert.tracking import open_run
 
@@ -47,7 +46,7 @@ class EvaluationPaths:
 
 def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, float]:
     """Score dev, write every prediction file, add both (and the model) to the training's MLflow run."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model, _ = load_model(paths.model)
     model.to(device)
     meta = read_meta(paths.prepared, "sst")

@@ -24,7 +24,7 @@ from palbert.data.sources import RAW_FILES, is_required
 from palbert.pretrained_source import load_tokenizer
 from palbert.tasks import DATASETS, dataset_spec
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: A split that ``bad_rows: skip`` leaves with less than this fraction of its rows gets a loud warning:
 #: most of the file being bad usually means a wrong file or encoding, not a few bad rows.
@@ -76,11 +76,11 @@ def check_rows(raw: RawSplit, required: bool) -> None:
         raise DataError(f"{raw.path}: the required {raw.split} split has no usable rows: {why}; "
                         "check that it is the right file")
     if len(raw) == 0:
-        logger.warning("%s: the %s split has no rows", raw.path, raw.split)
+        log.warning("%s: the %s split has no rows", raw.path, raw.split)
     elif skipped and len(raw) < LOUD_SKIP_FRACTION * read:
         hint = (" (most rows are not UTF-8: re-save the file as UTF-8)"
                 if raw.skipped.get(UNDECODABLE_BYTES, 0) * 2 > skipped else "")
-        logger.warning("!!! %s: bad_rows=skip kept only %d of %d rows (%.0f %%): %d skipped %s%s. Is it the right "
+        log.warning("!!! %s: bad_rows=skip kept only %d of %d rows (%.0f %%): %d skipped %s%s. Is it the right "
                        "file? !!!", raw.path, len(raw), read, 100 * len(raw) / read, skipped, dict(raw.skipped), hint)
 
 
@@ -131,14 +131,14 @@ def prepare_dataset(dataset: str, raw_root: Path, out_root: Path, params: Params
             continue
         if present and is_required(raw, params):
             raise DataError(f"{raw_dir / raw.name}: required raw file is missing (run the fetch stage)")
-        logger.info("%s: no %s split (%s absent)", dataset, raw.split, raw_dir / raw.name)
+        log.info("%s: no %s split (%s absent)", dataset, raw.split, raw_dir / raw.name)
 
     stats: dict[str, dict] = {}
     with atomic_dir(Path(out_root) / dataset) as tmp:
         if not present:
             if any(is_required(raw, params) for raw in RAW_FILES[dataset]):
                 raise DataError(f"{raw_dir}: no raw files of the required dataset {dataset} (run the fetch stage)")
-            logger.warning("%s: no raw files in %s; writing an empty prepared folder marked absent", dataset, raw_dir)
+            log.warning("%s: no raw files in %s; writing an empty prepared folder marked absent", dataset, raw_dir)
             _write_json(tmp / META_FILE, {"tokenizer": params.model.pretrained, "absent": True})
             _write_json(tmp / STATS_FILE, {})
             return stats
@@ -152,7 +152,7 @@ def prepare_dataset(dataset: str, raw_root: Path, out_root: Path, params: Params
                 raw = raw.sample(params.data.dev_subset)
             save_split(_to_prepared(raw, tokenizer, params.data.max_length), tmp / f"{source.split}.npz")
             stats[source.split] = split_stats(raw)
-            logger.info("%s %s: %d rows, labels %s, skipped %s, dropped %s", dataset, source.split,
+            log.info("%s %s: %d rows, labels %s, skipped %s, dropped %s", dataset, source.split,
                         *(stats[source.split][key] for key in ("rows", "labels", "skipped", "dropped")))
         _write_json(tmp / META_FILE, {**_meta(params, tokenizer), "splits": list(stats)})
         _write_json(tmp / STATS_FILE, stats)

@@ -24,7 +24,7 @@ import numpy as np
 from palbert.errors import DataError  # noqa: F401 - raised here, caught by palbert.stage
 from palbert.tasks import TASK_SPECS
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 BadRowPolicy = Literal["error", "skip"]
 
@@ -178,7 +178,7 @@ class _BadRows:
                 f"{self.path}: {len(self.rows)} bad rows ({dict(counts)}); data.bad_rows=error stops here "
                 f"(set data.bad_rows: skip to drop and count them):\n{self._listing()}"
             )
-        logger.warning("%s: skipped %d bad rows %s:\n%s", self.path, len(self.rows), dict(counts), self._listing())
+        log.warning("%s: skipped %d bad rows %s:\n%s", self.path, len(self.rows), dict(counts), self._listing())
         return counts
 
 
@@ -341,7 +341,7 @@ def read_snli(path: Path, policy: BadRowPolicy, split: str = "train") -> RawSpli
                 _read_snli_record(data, line, out, bad, seen_ids)
     out.skipped = bad.finish()
     if out.dropped:
-        logger.info("%s: dropped %s (not paraphrase labels)", path, dict(out.dropped))
+        log.info("%s: dropped %s (not paraphrase labels)", path, dict(out.dropped))
     return out
 
 

@@ -19,7 +19,7 @@ from palbert.atomic import write_json, write_text
 from palbert.config import DATASETS
 from palbert.data.prepared import META_FILE, STATS_FILE
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: (dataset, split) pairs of the label-distribution plot (paper Figure 4).
 FIGURE4_SPLITS: tuple[tuple[str, str], ...] = (("sst", "train"), ("sst", "dev"), ("cfimdb", "train"))
@@ -32,10 +32,10 @@ def collect_stats(prepared_root: Path) -> dict[str, dict]:
         folder = Path(prepared_root) / dataset
         meta_path = folder / META_FILE
         if not meta_path.is_file():
-            logger.warning("%s: not prepared (no %s); left out of the report", dataset, meta_path)
+            log.warning("%s: not prepared (no %s); left out of the report", dataset, meta_path)
             continue
         if json.loads(meta_path.read_text(encoding="utf-8")).get("absent"):
-            logger.info("%s: raw files were absent; left out of the report", dataset)
+            log.info("%s: raw files were absent; left out of the report", dataset)
             continue
         report[dataset] = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
     return report

@@ -27,7 +27,7 @@ from palbert.atomic import atomic_path
 from palbert.config import DATASETS, EXTRA_DATASETS, Params
 from palbert.data.readers import DataError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MIRROR_ENV = "PALBERT_DATA_MIRROR"
 #: Replaces the scheme and host part of every download URL (``<base>/<file name of the URL>``): for
@@ -220,7 +220,7 @@ def fetch(
     raw_root = Path(raw_root)
     mirror_dir = Path(mirror) if mirror else resolve_mirror(params)
     if mirror_dir is not None and not mirror_dir.is_dir():
-        logger.warning("data mirror %s is not a folder; trying the download URLs", mirror_dir)
+        log.warning("data mirror %s is not a folder; trying the download URLs", mirror_dir)
         mirror_dir = None
     base = download_base if download_base is not None else os.environ.get(DOWNLOAD_BASE_ENV) or None
     unreachable: dict[str, str] = {}  # host -> first failure, so an offline run tries each host once
@@ -241,7 +241,7 @@ def fetch(
             why = unreachable.get(host)
             if why is None:
                 try:
-                    logger.info("downloading %s", url)
+                    log.info("downloading %s", url)
                     _download(raw, target, base, timeout)
                     report.sources[key] = "download"
                     continue
@@ -253,11 +253,11 @@ def fetch(
             if is_required(raw, params):
                 missing_required.append((raw, why))
             else:
-                logger.info("optional file %s not available (%s); carrying on without it", key, why)
+                log.info("optional file %s not available (%s); carrying on without it", key, why)
 
     if missing_required:
         raise DataError(_missing_message(missing_required, raw_root, mirror_dir))
-    logger.info("fetch: %s", report.summary())
+    log.info("fetch: %s", report.summary())
     return report
 
 

@@ -33,7 +33,7 @@ from palbert.config import ParamsError, params_from_dict
 from palbert.model.multitask import MultitaskBert
 from palbert.pretrained_source import bert_config_problem
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 TASK_WEIGHTS_FILE = "palbert_task_layers.safetensors"
@@ -70,7 +70,7 @@ def save_model(model: MultitaskBert, tokenizer: Any, path: str | Path) -> Path:
         config = {"format_version": FORMAT_VERSION, "model_params": dataclasses.asdict(model.params)}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(str(tmp))
-    logger.info("saved model to %s", path)
+    log.info("saved model to %s", path)
     return path
 
 
@@ -186,5 +186,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
         tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
     except Exception as exc:  # tokenizers raise a variety of types for damaged files
         raise ModelLoadError(f"{path}: cannot load the tokenizer ({exc})") from None
-    logger.info("loaded model from %s", path)
+    log.info("loaded model from %s", path)
     return model, tokenizer

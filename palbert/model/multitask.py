@@ -25,7 +25,7 @@ from palbert.model.pretrained import load_pretrained_bert
 if TYPE_CHECKING:
     from palbert.data.batching import EncoderInputs, TaskBatch
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,7 +129,7 @@ class MultitaskBert(nn.Module):
             "pal_overhead_pct": 100.0 * pal_total / encoder,
             "pal_overhead_pct_per_task": 100.0 * pal_total / encoder / max(len(pal_per_task), 1),
         }
-        logger.info(
+        log.info(
             "parameters: total %s, trainable %s, encoder %s, heads %s, PALs %s per task (%s in all, +%.2f%% of the encoder)",
             f"{report['total']:,}",
             f"{report['trainable']:,}",

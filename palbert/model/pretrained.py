@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import BertConfig
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = ["EMBEDDED", "PretrainedError", "load_pretrained_bert", "load_tokenizer", "resolve_pretrained"]
 
@@ -50,5 +50,5 @@ def load_pretrained_bert(name: str) -> tuple["BertConfig", dict[str, "torch.Tens
         bert = BertModel.from_pretrained(path, config=config, dtype=torch.float32, add_pooling_layer=True)
     except OSError as exc:
         raise PretrainedError(load_failure_message(name, path, "weights", exc)) from None
-    logger.info("loaded pretrained BERT %s (%d layers, hidden %d)", path, config.num_hidden_layers, config.hidden_size)
+    log.info("loaded pretrained BERT %s (%d layers, hidden %d)", path, config.num_hidden_layers, config.hidden_size)
     return config, {k: v.detach().clone() for k, v in bert.state_dict().items()}
