@@ -1,4 +1,5 @@
-"""Atomic file and folder writes: an interrupted stage leaves either the old output or the new one, never half a file."""
+"""Atomic file and folder writes (an interrupted stage leaves either the old output or the new one, never half a
+file), and the one checked reader of the small JSON files they write."""
 
 from __future__ import annotations
 
@@ -69,3 +70,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json_object(path: Path, error: type[Exception], missing: str) -> dict[str, Any]:
+    """The read side: a JSON object file, or one ``error`` naming the path (missing, not JSON, not an object)."""
+    if not path.is_file():
+        raise error(f"{path}: missing ({missing})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data

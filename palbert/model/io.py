@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig
 
 from palbert.errors import ModelLoadError  # noqa: F401 - raised here, caught by palbert.stage
-from palbert.atomic import atomic_dir
+from palbert.atomic import atomic_dir, read_json_object
 from palbert.config import ParamsError, params_from_dict
 from palbert.model.multitask import MultitaskBert
 from palbert.pretrained_source import bert_config_problem
@@ -76,14 +76,7 @@ def save_model(model: MultitaskBert, tokenizer: Any, path: str | Path) -> Path:
 
 def _read_config(path: Path) -> dict[str, Any]:
     config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise ModelLoadError(f"{config_path}: missing (not a saved palbert model directory?)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{config_path}: expected a JSON object")
+    config = read_json_object(config_path, ModelLoadError, "not a saved palbert model directory?")
     version = config.get("format_version")
     if version not in READABLE_VERSIONS:
         raise ModelLoadError(f"{config_path}: format_version {version!r}, this code reads "
@@ -100,15 +93,7 @@ def _read_bert_config(path: Path, config: dict[str, Any]) -> tuple[dict[str, Any
     if config["format_version"] == 1:
         return config["bert_config"], path / CONFIG_FILE
     hf_path = path / HF_CONFIG_FILE
-    if not hf_path.is_file():
-        raise ModelLoadError(f"{hf_path}: missing (the encoder's Hugging Face config was not saved)")
-    try:
-        bert_config = json.loads(hf_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{hf_path}: not valid JSON ({exc})") from None
-    if not isinstance(bert_config, dict):
-        raise ModelLoadError(f"{hf_path}: expected a JSON object")
-    return bert_config, hf_path
+    return read_json_object(hf_path, ModelLoadError, "the encoder's Hugging Face config was not saved"), hf_path
 
 
 def _build_model(config: dict[str, Any], config_path: Path, bert_config: dict[str, Any],

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from palbert.atomic import atomic_dir, write_json
+from palbert.atomic import atomic_dir, read_json_object, write_json
 from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
@@ -128,13 +128,8 @@ class RunRecord:
 def read_record(folder: Path, run: PlannedRun | None = None, scale: Mapping[str, Any] | None = None) -> RunRecord:
     """A record, checked: complete files, this format, and (when given) the run's settings and scale."""
     path = folder / RECORD_FILE
-    if not path.is_file():
-        raise RecordError(f"{path}: missing (an interrupted copy?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{path}: not valid JSON ({exc}; truncated?)") from None
-    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+    data = read_json_object(path, RecordError, "an interrupted copy?")
+    if data.get("format") != RECORD_FORMAT:
         raise RecordError(f"{path}: not a format-{RECORD_FORMAT} record")
     for key in ("row", "seed", "settings", "scale", "dev", "files"):
         if key not in data:
