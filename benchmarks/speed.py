@@ -312,7 +312,7 @@ def memory_probe(kind: str, mirror: str, params_path: str, steps: int, queue) ->
     max_length = params.data.max_length
     train = {ds: load_dataset(Path(mirror), ds, "train", tokenizer, max_length) for ds in DATASETS}
     longest = {ds: np.argsort(-d.lengths(), kind="stable")[: params.train.batch_size].tolist() for ds, d in train.items()}
-    special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    special = SpecialTokens.from_tokenizer(tokenizer)
     started = time.perf_counter()
     if kind == "reference":
         model = ReferenceModel(resolve_pretrained(params.model.pretrained))
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- data: the same rows for every path -----------------------------------------------------
     tokenizer = load_tokenizer(params.model.pretrained)
-    special = SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    special = SpecialTokens.from_tokenizer(tokenizer)
     train = {ds: load_dataset(mirror, ds, "train", tokenizer, max_length) for ds in DATASETS}
     dev = {ds: load_dataset(mirror, ds, "dev", tokenizer, max_length, rows=args.eval_rows) for ds in DATASETS}
     # The reference's cost per row does not depend on the row (every row is 128 tokens), so it scores a

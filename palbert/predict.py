@@ -36,7 +36,7 @@ class Predictor:
         model.to(target).eval()
         settings = EvalSettings(
             pair_encoding=model.params.pair_encoding,
-            special=SpecialTokens(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id),
+            special=SpecialTokens.from_tokenizer(tokenizer),
             max_length=max_length, batch_size=batch_size, device=target,
             precision=resolve_precision(precision, target),
         )

@@ -52,7 +52,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     meta = read_meta(paths.prepared, "sst")
     settings = EvalSettings(
         pair_encoding=model.params.pair_encoding,
-        special=SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"]),
+        special=SpecialTokens.from_meta(meta),
         max_length=meta["max_length"],
         batch_size=params.evaluate.batch_size,
         device=device,

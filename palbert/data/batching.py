@@ -7,7 +7,7 @@ tokens and padding to ``max_length`` would waste most of the compute on short SS
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,13 @@ class SpecialTokens:
 
     @classmethod
     def from_meta(cls, meta: dict) -> "SpecialTokens":
+        """From a prepared dataset's meta.json (what the training loop and the evaluate stage batch with)."""
         return cls(int(meta["cls_id"]), int(meta["sep_id"]), int(meta["pad_id"]))
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> "SpecialTokens":
+        """From a Hugging Face tokenizer (new text: prediction, the benchmark)."""
+        return cls(int(tokenizer.cls_token_id), int(tokenizer.sep_token_id), int(tokenizer.pad_token_id))
 
 
 @dataclass

@@ -199,7 +199,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     # ---- data ----------------------------------------------------------------------------------
     train_splits, meta = load_training_data(params, paths.prepared)
     dev_splits = load_eval_splits(paths.prepared, "dev")
-    special = SpecialTokens(cls_id=meta["cls_id"], sep_id=meta["sep_id"], pad_id=meta["pad_id"])
+    special = SpecialTokens.from_meta(meta)
     max_length = min(params.data.max_length, meta["max_length"])
     batch_sizes = dataset_batch_sizes(train_splits, params.train.batch_size, params.train.cfimdb_batch_size)
 
