@@ -147,7 +147,7 @@ def rebuild_table(root: Path, params: Params, table_id: str,
                    if path.is_dir() and path.name != FIGURES and not path.name.startswith(".")) if folder.is_dir() else []
     if not found:
         raise Table3Error(f"{folder}: no records (run `palbert table3 --scale ...` first)")
-    scale_name, scale = _scale_of(found, params)
+    scale_name, scale = _scale_of(found)
     seeds = sorted({int(path.name.rsplit("-s", 1)[1]) for path in found if path.name.rsplit("-s", 1)[-1].isdigit()})
     runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)
     records, bad = valid_records(folder, runs)
@@ -170,7 +170,7 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     return table
 
 
-def _scale_of(found: Sequence[Path], params: Params) -> tuple[str, dict[str, Any]]:
+def _scale_of(found: Sequence[Path]) -> tuple[str, dict[str, Any]]:
     """The table's scale, from its first readable record: every other record must share it."""
     for path in found:
         try:
