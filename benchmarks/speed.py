@@ -56,10 +56,11 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 
 from palbert.config import Params, load_params  # noqa: E402
-from palbert.data.batching import SpecialTokens, TaskBatch, make_batch  # noqa: E402
+from palbert.data.batching import SpecialTokens, TaskBatch, encoded_lengths, make_batch  # noqa: E402
 from palbert.data.prepare import tokenize  # noqa: E402
 from palbert.data.prepared import PreparedSplit  # noqa: E402
 from palbert.data.readers import RawSplit, read_split  # noqa: E402
+from palbert.data.sources import raw_file  # noqa: E402
 from palbert.evaluate import EvalSettings, predict_split  # noqa: E402
 from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402
 from palbert.precision import resolve_precision  # noqa: E402
@@ -70,7 +71,6 @@ from palbert.train.schedule import lr_multiplier  # noqa: E402
 from palbert.train.streams import IndexStream  # noqa: E402
 
 DATASETS = tuple(TASK_DATASET.values())  # each task's main dataset
-RAW_NAMES = {"sst": "ids-sst-{split}.csv", "quora": "quora-{split}.csv", "sts": "sts-{split}.csv"}
 REFERENCE_LENGTH = 128
 REFERENCE_EVAL_BATCH = 16
 DEFAULT_RUN_STEPS = 5400  # 3 epochs x 1800 steps: the default run, for torch.compile's payback
@@ -88,20 +88,14 @@ class Dataset:
     raw: RawSplit
     prepared: PreparedSplit
 
-    def lengths(self) -> np.ndarray:
-        """Tokens per row without special tokens (what bucketing sorts by)."""
-        first = self.prepared.first.lengths()
-        return first if self.prepared.second is None else first + self.prepared.second.lengths()
-
     def real_tokens(self, rows: list[int], max_length: int) -> int:
-        """Non-padding tokens of ``rows`` as the model sees them: specials added, truncated to max_length."""
-        specials = 2 if self.prepared.second is None else 3
-        return int(np.minimum(self.lengths()[rows] + specials, max_length).sum())
+        """Non-padding tokens of ``rows`` as the model sees them."""
+        return int(encoded_lengths(self.prepared, max_length)[rows].sum())
 
 
 def load_dataset(mirror: Path, dataset: str, split: str, tokenizer, max_length: int, rows: int = 0) -> Dataset:
     """Read the raw file with the project's reader and tokenize it with the project's tokenizer."""
-    raw = read_split(dataset, split, mirror / RAW_NAMES[dataset].format(split=split), "skip")
+    raw = read_split(dataset, split, mirror / raw_file(dataset, split).name, "skip")
     if rows:
         raw = raw.sample(rows, seed=0)  # a seeded random sample in file order (the files are not shuffled)
     prepared = PreparedSplit(
@@ -118,7 +112,7 @@ def load_dataset(mirror: Path, dataset: str, split: str, tokenizer, max_length: 
 def training_plan(train: dict[str, Dataset], steps: int, batch_size: int, seed: int) -> list[tuple[str, list[int]]]:
     """``steps`` (dataset, rows) batches, datasets in turn, rows from the loop's length-bucketed streams."""
     streams = {
-        ds: IndexStream(len(train[ds].prepared), batch_size, seed=seed + i, lengths=train[ds].lengths())
+        ds: IndexStream(len(train[ds].prepared), batch_size, seed=seed + i, lengths=train[ds].prepared.token_lengths())
         for i, ds in enumerate(DATASETS)
     }
     return [(DATASETS[s % len(DATASETS)], streams[DATASETS[s % len(DATASETS)]].next_batch()) for s in range(steps)]
@@ -272,15 +266,12 @@ def palbert_train_step(setup: PalbertSetup, data: Dataset, rows: list[int], spec
 
 
 def palbert_eval_settings(setup: PalbertSetup, special: SpecialTokens, device: torch.device) -> EvalSettings:
-    return EvalSettings(pair_encoding=setup.params.model.pair_encoding, special=special,
-                        max_length=setup.params.data.max_length, batch_size=setup.params.evaluate.batch_size,
-                        device=device, precision=setup.precision)
+    return EvalSettings.for_params(setup.params, special, setup.params.data.max_length, device)
 
 
 def eval_shapes(data: Dataset, batch_size: int, max_length: int) -> list[tuple[int, int]]:
     """Padded [B, T] of each batch predict_split runs (length-sorted rows), for the FLOP estimate."""
-    specials = 2 if data.prepared.second is None else 3
-    lengths = np.sort(np.minimum(data.lengths() + specials, max_length))[::-1]
+    lengths = np.sort(encoded_lengths(data.prepared, max_length))[::-1]
     return [(len(lengths[i:i + batch_size]), int(lengths[i])) for i in range(0, len(lengths), batch_size)]
 
 
@@ -311,7 +302,7 @@ def memory_probe(kind: str, mirror: str, params_path: str, steps: int, queue) ->
     tokenizer = load_tokenizer(params.model.pretrained)
     max_length = params.data.max_length
     train = {ds: load_dataset(Path(mirror), ds, "train", tokenizer, max_length) for ds in DATASETS}
-    longest = {ds: np.argsort(-d.lengths(), kind="stable")[: params.train.batch_size].tolist() for ds, d in train.items()}
+    longest = {ds: np.argsort(-d.prepared.token_lengths(), kind="stable")[: params.train.batch_size].tolist() for ds, d in train.items()}
     special = SpecialTokens.from_tokenizer(tokenizer)
     started = time.perf_counter()
     if kind == "reference":

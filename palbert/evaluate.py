@@ -18,11 +18,12 @@ import torch
 from tqdm import tqdm
 
 from palbert.atomic import write_csv
+from palbert.config import Params
 from palbert.data.batching import SpecialTokens, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared
 from palbert.metrics import TASK_METRIC, overall, score
 from palbert.distributed import DistContext
-from palbert.precision import autocast
+from palbert.precision import autocast, resolve_precision
 from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,14 @@ class EvalSettings:
     batch_size: int
     device: torch.device
     precision: str
+
+    @classmethod
+    def for_params(cls, params: Params, special: SpecialTokens, max_length: int, device: torch.device) -> EvalSettings:
+        """How a run with ``params`` is scored; training's dev scoring, the evaluate stage and the speed
+        benchmark must agree on it. (``Predictor`` has a saved model and no params: it builds its own.)"""
+        return cls(pair_encoding=params.model.pair_encoding, special=special, max_length=max_length,
+                   batch_size=params.evaluate.batch_size, device=device,
+                   precision=resolve_precision(params.train.precision, device))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from palbert.evaluate import (
 from palbert.model import load_model
 from palbert.paths import find_project_root
 from palbert.plots import confusion_matrix_plot
-from palbert.precision import default_device, resolve_precision
+from palbert.precision import default_device
 from palbert.stage import run_stage
 from palbert.tracking import open_run
 
@@ -50,14 +50,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     model, _ = load_model(paths.model)
     model.to(device)
     meta = read_meta(paths.prepared, "sst")
-    settings = EvalSettings(
-        pair_encoding=model.params.pair_encoding,
-        special=SpecialTokens.from_meta(meta),
-        max_length=meta["max_length"],
-        batch_size=params.evaluate.batch_size,
-        device=device,
-        precision=resolve_precision(params.train.precision, device),
-    )
+    settings = EvalSettings.for_params(params, SpecialTokens.from_meta(meta), meta["max_length"], device)
     paths.predictions.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     sst_dev: SplitPredictions | None = None

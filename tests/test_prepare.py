@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from palbert.config import params_from_dict
-from palbert.data.batching import SpecialTokens, make_batch, truncate_longest_first
+from palbert.data.batching import SpecialTokens, encoded_lengths, make_batch, truncate_longest_first
 from palbert.data.prepare import prepare_dataset
 from palbert.data.prepared import PreparedSplit, load_prepared, load_split, read_meta, save_split
 from palbert.data.readers import DataError
 from palbert.data.report import write_data_report
-from palbert.data.sources import RAW_FILES, fetch
+from palbert.data.sources import RAW_FILES, fetch, raw_file
 from palbert.pretrained_source import load_tokenizer
 
 MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -237,7 +237,7 @@ def _texts(prepared: PreparedSplit, n: int) -> tuple[list[str], list[str]]:
     """The raw texts of the first ``n`` prepared rows, found by id in the mirror file."""
     from palbert.data.readers import read_split
 
-    raw = next(r for r in RAW_FILES[prepared.dataset] if r.split == prepared.split)
+    raw = raw_file(prepared.dataset, prepared.split)
     rows = read_split(prepared.dataset, prepared.split, MIRROR / raw.mirror_path, "skip")
     where = {row_id: i for i, row_id in enumerate(rows.ids)}
     picked = [where[str(row_id)] for row_id in prepared.ids[:n]]
@@ -260,6 +260,7 @@ def test_joint_batch_equals_hf_pair_encoding(prepared_pairs, tokenizer, dataset,
         assert torch.equal(batch.inputs.token_type_ids, expected["token_type_ids"])
         assert torch.equal(batch.inputs.attention_mask, expected["attention_mask"])
         assert batch.inputs_b is None
+        assert batch.inputs.attention_mask.sum(1).tolist() == encoded_lengths(split, max_length)[rows].tolist()
 
 
 @needs_mirror
@@ -280,6 +281,7 @@ def test_separate_and_single_batches_equal_hf_encoding(prepared_pairs, tokenizer
     sst_texts, _ = _texts(sst, 4)
     expected = tokenizer([sst_texts[i] for i in (3, 1, 2)], padding=True, return_tensors="pt")
     assert torch.equal(sst_batch.inputs.input_ids, expected["input_ids"])
+    assert sst_batch.inputs.attention_mask.sum(1).tolist() == encoded_lengths(sst, 128)[[3, 1, 2]].tolist()
     assert sst_batch.labels.dtype == torch.long and sst_batch.ids == [str(sst.ids[i]) for i in (3, 1, 2)]
     assert sst_batch.to("cpu").inputs.input_ids.device.type == "cpu"
 

@@ -87,6 +87,13 @@ def truncate_longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, in
     return (half, budget - half) if len_a <= len_b else (budget - half, half)
 
 
+def encoded_lengths(split: PreparedSplit, max_length: int) -> np.ndarray:
+    """Tokens per row as the joint encoding feeds them to the model ([CLS] a [SEP] (b [SEP]), truncated to
+    ``max_length``): the real, non-padding tokens a batch of these rows costs."""
+    specials = 2 if split.second is None else 3
+    return np.minimum(split.token_lengths() + specials, max_length)
+
+
 def _pad(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> EncoderInputs:
     """(token ids, segment ids) per row -> padded tensors with an attention mask."""
     width = max(len(ids) for ids, _ in rows)

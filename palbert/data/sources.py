@@ -98,6 +98,14 @@ RAW_FILES: dict[str, tuple[RawFile, ...]] = {
 }
 
 
+def raw_file(dataset: str, split: str) -> RawFile:
+    """The raw file of one split of ``dataset``."""
+    found = [raw for raw in RAW_FILES[dataset] if raw.split == split]
+    if not found:
+        raise KeyError(f"{dataset} has no {split} file (it has {', '.join(raw.split for raw in RAW_FILES[dataset])})")
+    return found[0]
+
+
 def is_required(raw: RawFile, params: Params) -> bool:
     """Train and dev files of the main datasets, and of the extras the params train on; tests never."""
     if raw.split == "test":

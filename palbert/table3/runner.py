@@ -11,13 +11,12 @@ no longer has is named and run again.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from palbert.atomic import write_json, write_text
+from palbert.atomic import read_json_object, write_json, write_text
 from palbert.config import Params
 from palbert.table3.experiments import (
     finished_experiment,
@@ -28,7 +27,7 @@ from palbert.table3.experiments import (
 )
 from palbert.table3.figures import write_figures
 from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows
-from palbert.table3.records import RecordError, RunRecord, collect_record, read_record
+from palbert.table3.records import RECORD_FILE, RecordError, RunRecord, collect_record, read_record
 from palbert.table3.report import BootstrapSettings, build_table, render_markdown
 
 log = logging.getLogger(__name__)
@@ -62,8 +61,8 @@ def _check_scale(folder: Path, scale_name: str, scale: dict[str, Any]) -> None:
     if not path.is_file():
         return
     try:
-        have = json.loads(path.read_text(encoding="utf-8")).get("scale", {})
-    except json.JSONDecodeError:
+        have = read_json_object(path, Table3Error, "").get("scale", {})
+    except Table3Error:
         return  # rebuilt below from the records, which carry their own scale
     if have.get("overrides") != scale:
         raise Table3Error(f"{folder} holds a table of scale {have.get('name')!r} {have.get('overrides')}, not "
@@ -174,8 +173,8 @@ def _scale_of(found: Sequence[Path]) -> tuple[str, dict[str, Any]]:
     """The table's scale, from its first readable record: every other record must share it."""
     for path in found:
         try:
-            data = json.loads((path / "record.json").read_text(encoding="utf-8"))
+            data = read_json_object(path / RECORD_FILE, Table3Error, "")
             return str(data["scale"]["name"]), dict(data["scale"]["overrides"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        except (Table3Error, KeyError, TypeError):
             continue
-    raise Table3Error(f"{found[0].parent}: no readable record.json")
+    raise Table3Error(f"{found[0].parent}: no readable {RECORD_FILE}")

@@ -1,0 +1,1 @@
+"""Training: the loop, its checkpoints, task sampling, index streams, losses and the LR schedule."""

@@ -256,9 +256,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         tracker.log_params(parameter_counts(report))
         tracker.log_datasets(paths.prepared, {CONTEXT_TRAINING: train_splits.values(),
                                               CONTEXT_VALIDATION: dev_splits.values()})
-        eval_settings = EvalSettings(pair_encoding=params.model.pair_encoding, special=special,
-                                     max_length=max_length, batch_size=params.evaluate.batch_size,
-                                     device=device, precision=precision)
+        eval_settings = EvalSettings.for_params(params, special, max_length, device)
         log.info("training %d steps (%d epochs, sampling=%s, precision=%s [%s], %d process(es), batch %d per process)",
                  total_steps, params.train.epochs, params.train.sampling, precision,
                  precision_reason(params.train.precision, device), ctx.world_size, params.train.batch_size)
