@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,12 @@ def test_dvc_yaml_names_the_files_of_palbert_paths():
     assert str(paths.PREDICTIONS) in outs["evaluate"]
     metrics = {m for stage in stages.values() for m in _paths(stage.get("metrics", []))}
     assert str(paths.DEV_METRICS) in metrics
+
+
+def test_bytecode_stays_out_of_the_dependency_hashes():
+    """Folder deps (palbert/data, ...) hold __pycache__ wherever Python ran; its .pyc files differ per machine,
+    so were they hashed, no clone would ever find the committed dvc.lock up to date."""
+    dvc = Path(sys.executable).with_name("dvc")
+    ignored = subprocess.run([str(dvc), "check-ignore", "palbert/data/__pycache__/prepare.cpython-311.pyc",
+                              "palbert/stray.pyc", "palbert/data/prepare.py"], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == ["palbert/data/__pycache__/prepare.cpython-311.pyc", "palbert/stray.pyc"]
