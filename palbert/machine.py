@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from palbert.precision import bf16_supported
+from palbert.precision import cpu_amx, cpu_bf16_instructions
 
 
 def _cpu_model() -> str:
@@ -23,14 +23,15 @@ def _cpu_model() -> str:
 
 
 def describe_machine() -> dict[str, Any]:
-    """The facts that explain a run's speed and precision; two 2-core machines differ mostly in bf16 support."""
+    """The facts that explain a run's speed and precision; two 2-core machines differ mostly in AVX512-BF16 and AMX."""
     import transformers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "cpu_bf16": bf16_supported(torch.device("cpu")),
+        "cpu_bf16": cpu_bf16_instructions(),
+        "cpu_amx": cpu_amx(),
         "gpu": gpu,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

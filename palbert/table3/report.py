@@ -139,7 +139,11 @@ def _machine_kind(record: RunRecord) -> str:
     machine = record.data.get("machine") or {}
     if machine.get("gpu"):
         return str(machine["gpu"])
-    return f"{machine.get('cores', '?')}-core CPU {'with' if machine.get('cpu_bf16') else 'without'} AVX512-BF16"
+    cores = f"{machine.get('cores', '?')}-core CPU"
+    if not machine.get("cpu_bf16"):
+        return f"{cores} without AVX512-BF16"
+    amx = {True: ", AMX", False: ", no AMX"}.get(machine.get("cpu_amx"), "")  # records before the AMX field: unknown
+    return f"{cores} with AVX512-BF16{amx}"
 
 
 def _cell(stats: Mapping[str, Any]) -> str:
