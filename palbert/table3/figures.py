@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -109,8 +110,9 @@ def loss_figure(records: Mapping[str, Sequence[RunRecord]], names: Mapping[str, 
             axis.set_xlabel("step")
             axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    figure.suptitle(f"{title} (mean over seeds, band: min-max, smoothed over {SMOOTHING_WINDOWS} log windows)",
-                    fontsize=10)
+    # wrapped to the figure's width (about 12 characters an inch at 10 pt): a one-panel figure is narrow
+    caption = f"{title} (mean over seeds, band: min-max, smoothed over {SMOOTHING_WINDOWS} log windows)"
+    figure.suptitle(textwrap.fill(caption, width=int(figure.get_figwidth() * 12)), fontsize=10)
     figure.tight_layout()
     _save(figure, out)
     return out

@@ -1,0 +1,83 @@
+"""The committed reference run (DVC's convention: `dvc.lock` and the `cache: false` metrics live in git), which
+a fresh clone's `dvc metrics show`, `dvc exp show` and `dvc plots show` read, and the README's figures for it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from palbert import paths
+from palbert.metrics import DEV_METRICS, overall
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _json(path: Path) -> dict:
+    return json.loads((ROOT / path).read_text(encoding="utf-8"))
+
+
+def _lock_stage(name: str) -> dict:
+    return yaml.safe_load((ROOT / "dvc.lock").read_text(encoding="utf-8"))["stages"][name]
+
+
+def test_dev_metrics_have_the_contract_keys():
+    dev = _json(paths.DEV_METRICS)
+    assert set(DEV_METRICS) <= set(dev), f"{paths.DEV_METRICS} lacks {set(DEV_METRICS) - set(dev)}"
+    assert 0 <= dev["sst_acc"] <= 1 and 0 <= dev["para_acc"] <= 1 and -1 <= dev["sts_pearson"] <= 1
+    assert dev["overall"] == pytest.approx(overall(dev["sst_acc"], dev["para_acc"], dev["sts_pearson"]), abs=1e-9)
+
+
+@pytest.mark.parametrize("stage, path", [("evaluate", paths.DEV_METRICS), ("train", paths.TRAIN_SUMMARY),
+                                         ("data_report", paths.DATA_REPORT)])
+def test_the_lock_describes_the_committed_metrics(stage, path):
+    """The metrics files and dvc.lock come from the same run: the lock's md5 of each is the file's."""
+    recorded = {out["path"]: out for out in _lock_stage(stage)["outs"]}
+    assert str(path) in recorded, f"dvc.lock: stage {stage} has no output {path}"
+    assert recorded[str(path)]["md5"] == hashlib.md5((ROOT / path).read_bytes()).hexdigest()
+
+
+def test_the_lock_ran_the_committed_params():
+    """The reference run is the default pipeline: every param the lock recorded is params.yaml's value."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        flat[prefix] = value
+
+    walk("", yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8")))
+    for stage in ("train", "evaluate"):
+        for key, value in _lock_stage(stage)["params"]["params.yaml"].items():
+            assert _number_aware(flat[key]) == _number_aware(value), \
+                f"dvc.lock {stage}: {key}={value!r}, params.yaml has {flat[key]!r}"
+
+
+def _number_aware(value: object) -> object:
+    """DVC writes 2e-5 as the string '2e-05' (YAML 1.1 has no float without a dot): compare numbers as numbers."""
+    if isinstance(value, dict):
+        return {key: _number_aware(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_number_aware(inner) for inner in value]
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def test_the_readme_quotes_the_committed_run():
+    """The README's default row shows the committed dev scores and train time, not an older run's."""
+    dev, train = _json(paths.DEV_METRICS), _json(paths.TRAIN_SUMMARY)
+    row = next((line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+                if line.startswith("| **default**")), None)
+    assert row is not None, "README.md: no results row starting with '| **default**'"
+    numbers = re.findall(r"\b\d\.\d{3}\b", row)
+    assert numbers[:4] == [f"{dev[k]:.3f}" for k in ("sst_acc", "para_acc", "sts_pearson", "overall")], row
+    assert f"{train['train_wall_s']:.0f} s" in row, row
