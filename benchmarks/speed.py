@@ -239,14 +239,15 @@ class PalbertSetup:
     compiled: Callable | None = None  # torch.compile'd model, when measured
 
 
-def palbert_setup(name: str, params: Params, precision: str, device: torch.device, seed: int) -> PalbertSetup:
+def palbert_setup(name: str, params: Params, device: torch.device, seed: int) -> PalbertSetup:
+    """The setup's precision is its params' (``train.precision``), so training and scoring it agree."""
     torch.manual_seed(seed)
     model = MultitaskBert.from_pretrained(params.model).to(device)
     model.train()
     optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(params.train.schedule, DEFAULT_RUN_STEPS, params.train.warmup_fraction))
-    return PalbertSetup(name, params, resolve_precision(precision, device), model, optimizer, scheduler)
+    return PalbertSetup(name, params, resolve_precision(params.train.precision, device), model, optimizer, scheduler)
 
 
 def palbert_batch(setup: PalbertSetup, data: Dataset, rows: list[int], special: SpecialTokens,
@@ -313,7 +314,7 @@ def memory_probe(kind: str, mirror: str, params_path: str, steps: int, queue) ->
             ds = DATASETS[step % len(DATASETS)]
             reference_train_step(model, optimizer, tokenizer, train[ds], longest[ds])
     else:
-        setup = palbert_setup(kind, params, params.train.precision, device, seed=0)
+        setup = palbert_setup(kind, params, device, seed=0)
         for step in range(steps):
             ds = DATASETS[step % len(DATASETS)]
             palbert_train_step(setup, train[ds], longest[ds], special, device)
@@ -431,12 +432,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference.train()
     reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=2e-5)
     no_simcse = dataclasses.replace(params, train=dataclasses.replace(params.train, simcse=False))
-    setups = [palbert_setup("palbert", params, params.train.precision, device, seed)]
+    setups = [palbert_setup("palbert", params, device, seed)]
     if setups[0].precision != "fp32":  # where auto means fp32 (no native bf16), this would time palbert twice
-        setups.append(palbert_setup("palbert_fp32", params, "fp32", device, seed))
-    setups.append(palbert_setup("palbert_no_simcse", no_simcse, params.train.precision, device, seed))
+        fp32 = dataclasses.replace(params, train=dataclasses.replace(params.train, precision="fp32"))
+        setups.append(palbert_setup("palbert_fp32", fp32, device, seed))
+    setups.append(palbert_setup("palbert_no_simcse", no_simcse, device, seed))
     if args.compile:
-        compiled = palbert_setup("palbert_compiled", params, params.train.precision, device, seed)
+        compiled = palbert_setup("palbert_compiled", params, device, seed)
         compiled.compiled = torch.compile(compiled.model, dynamic=True)
         setups.append(compiled)
     config = reference.bert.config
