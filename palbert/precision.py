@@ -55,7 +55,7 @@ def resolve_precision(choice: str, device: torch.device) -> str:
 
 def _why_slow(device: torch.device) -> str:
     if device.type != "cpu":
-        return "this GPU has no native bf16" if device.type == "cuda" else f"{device.type} has no native bf16"
+        return f"this {device.type.upper()} has no native bf16"
     if cpu_bf16_instructions():
         return "this CPU has AVX512-BF16 but no AMX, where bf16 matmuls run at about half the fp32 rate"
     return "this CPU has no AVX512-BF16, where bf16 is emulated"
