@@ -1,18 +1,23 @@
-"""The committed reference run (DVC's convention: `dvc.lock` and the `cache: false` metrics live in git), which
-a fresh clone's `dvc metrics show`, `dvc exp show` and `dvc plots show` read, and the README's figures for it."""
+"""The committed results and the README's figures for them: the reference run (DVC's convention: `dvc.lock` and
+the `cache: false` metrics live in git, which a fresh clone's `dvc metrics show`, `exp show` and `plots show`
+read) and the measured Table 3 (its records, and the table rebuilt from them)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from palbert import paths
+from palbert.config import load_params
 from palbert.metrics import DEV_METRICS, overall
+from palbert.table3 import rebuild_table
+from palbert.table3.report import claims_table, rows_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,3 +86,24 @@ def test_the_readme_quotes_the_committed_run():
     numbers = re.findall(r"\b\d\.\d{3}\b", row)
     assert numbers[:4] == [f"{dev[k]:.3f}" for k in ("sst_acc", "para_acc", "sts_pearson", "overall")], row
     assert f"{train['train_wall_s']:.0f} s" in row, row
+
+
+# The measured Table 3 (issue 11): committed records, the table rebuilt from them, and the README's copy.
+TABLE3 = Path("results/table3/reduced")
+
+
+def test_the_committed_table3_is_its_records_rebuilt(tmp_path):
+    """table.json is what `palbert table3 --rebuild` makes of the committed records, not a hand-edited file."""
+    copy = tmp_path / TABLE3
+    shutil.copytree(ROOT / TABLE3, copy)
+    rebuilt = rebuild_table(tmp_path, load_params(ROOT / "params.yaml"), TABLE3.name)
+    assert json.loads(json.dumps(rebuilt)) == _json(TABLE3 / "table.json")
+    assert (copy / "table.md").read_text(encoding="utf-8") == (ROOT / TABLE3 / "table.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_shows_the_committed_table3():
+    """The README's Table 3 and its verdicts on the paper's claims are the committed table's own lines."""
+    table, readme = _json(TABLE3 / "table.json"), (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, lines in (("rows", rows_table(table)), ("claims", claims_table(table))):
+        assert "\n".join(lines) in readme, f"README.md: its Table 3 {name} are not {TABLE3 / 'table.md'}'s; copy them"
+    assert f"{table['records']} of the" in readme, "README.md: the count of recorded runs is not table.json's"

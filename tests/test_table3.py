@@ -21,7 +21,7 @@ from palbert.table3 import Table3Error, rebuild_table
 from palbert.table3.experiments import ExpRecord, finished_experiment, parse_exp_show, plan_experiments
 from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
-from palbert.table3.report import mean_std, render_markdown
+from palbert.table3.report import claim_verdict, mean_std, render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("sst", "para", "sts")
@@ -46,6 +46,19 @@ def test_mean_std_over_seeds():
     mean, std = mean_std([0.70, 0.72, 0.74])
     assert mean == pytest.approx(0.72) and std == pytest.approx(0.02)  # sample std (n - 1)
     assert mean_std([0.5]) == (0.5, None)  # one seed: spread unknown, not 0
+
+
+def test_a_claim_holds_is_reversed_or_cannot_be_told():
+    def delta(low, high):
+        return {"difference": (low + high) / 2, "low": low, "high": high, "excludes_zero": low > 0 or high < 0}
+    assert claim_verdict("better", delta(0.01, 0.03)) == "holds"
+    assert claim_verdict("better", delta(-0.03, -0.01)) == "reversed"
+    assert claim_verdict("worse", delta(-0.03, -0.01)) == "holds"
+    assert claim_verdict("worse", delta(0.01, 0.03)) == "reversed"
+    assert claim_verdict("worse", delta(-0.02, 0.01)) == "within noise"
+    assert claim_verdict("no change", delta(-0.02, 0.01)) == "holds"
+    assert claim_verdict("no change", delta(-0.02, -0.01)) == "does not hold (worse)"
+    assert claim_verdict("no change", delta(0.01, 0.02)) == "does not hold (better)"
 
 
 def test_hydra_values():
@@ -288,6 +301,11 @@ def test_the_table_is_rebuilt_from_records(tmp_path, params, labels):
     markdown = (folder / "table.md").read_text(encoding="utf-8")
     assert "| 4 | + extra datasets | 0 | not measured yet |" in markdown
     assert "- row 3 vs row BP1: Δ overall" in markdown and ": better (paper: +0.009)." in markdown
+    verdicts = {item["claim"]: item["verdict"] for item in table["claims"]}
+    assert verdicts == {"PALs help": "within noise",  # 0.5 -> 0.6 on 190 dev examples, 2 seeds
+                        "annealed sampling helps": "within noise", "unsupervised SimCSE helps": "holds"}
+    assert rows["1"]["vs_previous"]["excludes_zero"] is False  # rows 4-6 unmeasured: their claims wait
+    assert "| PALs help | 1 vs 0 | +0.157 |" in markdown and "| STLR changes nothing | 5 vs 4 | | | not measured yet |" in markdown
     assert json.loads((folder / "table.json").read_text(encoding="utf-8")) == json.loads(json.dumps(table))
     figures = sorted(path.name for path in (folder / "figures").iterdir())
     assert figures == ["figure1_loss_1_vs_BP1.png", "rows.png"]  # rows 4 and 5 not measured: no Figures 2-3

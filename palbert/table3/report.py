@@ -28,6 +28,26 @@ REFERENCE_ROW = "3"
 
 
 @dataclass(frozen=True)
+class PaperClaim:
+    """One of the paper's six conclusions: adding ``row``'s technique to ``other`` made dev overall ``expects``."""
+    claim: str
+    row: str
+    other: str
+    expects: str  # "better", "worse", or "no change"
+
+
+#: The paper's reading of Table 3 (its section 5), each as the pair of rows that tests it.
+PAPER_CLAIMS: tuple[PaperClaim, ...] = (
+    PaperClaim("PALs help", "1", "0", "better"),
+    PaperClaim("annealed sampling helps", "BP1", "1", "better"),
+    PaperClaim("unsupervised SimCSE helps", "3", "BP1", "better"),
+    PaperClaim("extra datasets hurt", "4", "3", "worse"),
+    PaperClaim("STLR changes nothing", "5", "4", "no change"),
+    PaperClaim("the relational layer hurts", "6", "5", "worse"),
+)
+
+
+@dataclass(frozen=True)
 class BootstrapSettings:
     resamples: int = 1000
     seed: int = 0
@@ -118,6 +138,8 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
         entry["train_wall_s"] = [record.data.get("train_wall_s") for record in runs]
         out_rows.append(entry)
         previous = row
+    claims = [_claim(boot, claim, by_id) for claim in PAPER_CLAIMS
+              if boot is not None and claim.row in measured and claim.other in measured]
     all_records = [record for runs in measured.values() for record in runs]
     return {
         "table3_id": table_id,
@@ -132,7 +154,14 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
         "train_wall_s_total": round(sum(float(record.data.get("train_wall_s") or 0) for record in all_records), 1),
         "excluded": [{"path": path, "reason": reason} for path, reason in excluded],
         "rows": out_rows,
+        "claims": claims,
     }
+
+
+def _claim(boot: RowBootstrap, claim: PaperClaim, by_id: Mapping[str, Table3Row]) -> dict[str, Any]:
+    comparison = _comparison(boot, by_id[claim.row], by_id[claim.other])
+    return {"claim": claim.claim, "expects": claim.expects, **comparison, "row": claim.row, "other": claim.other,
+            "verdict": claim_verdict(claim.expects, comparison)}
 
 
 def _machine_kind(record: RunRecord) -> str:
@@ -167,8 +196,50 @@ def verdict(delta: Mapping[str, Any]) -> str:
     return "better" if delta["difference"] > 0 else "worse"
 
 
+def claim_verdict(expects: str, delta: Mapping[str, Any]) -> str:
+    """Whether this table bears a paper claim out: holds, reversed (the interval says the opposite), or within
+    noise (the interval includes 0, so this table cannot tell); "no change" holds exactly when within noise."""
+    measured = verdict(delta)
+    if expects == "no change":
+        return "holds" if measured == "within noise" else f"does not hold ({measured})"
+    if measured == "within noise":
+        return measured
+    return "holds" if measured == expects else "reversed"
+
+
+def rows_table(table: Mapping[str, Any]) -> list[str]:
+    """The table itself, one line per row of params.yaml; the README shows these same lines."""
+    lines = ["| row | model | seeds | SST acc | Para acc | STS r | overall | Δ overall vs previous row | Δ overall vs row 3 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in table["rows"]:
+        if not row["measured"]:
+            lines.append(f"| {row['id']} | {row['name']} | 0 | not measured yet | | | | | |")
+            continue
+        lines.append(f"| {row['id']} | {row['name']} | {len(row['seeds'])} | "
+                     + " | ".join(_cell(row[metric]) for metric in DEV_METRICS)
+                     + f" | {_delta(row['vs_previous'])} | {_delta(row['vs_reference'])} |")
+    return lines
+
+
+def claims_table(table: Mapping[str, Any]) -> list[str]:
+    """The paper's six claims, each with the rows that test it and this table's verdict; the README shows it."""
+    confidence = table["bootstrap"]["confidence"]
+    lines = [f"| the paper's claim | rows | paper Δ overall | measured Δ overall, {confidence:.0%} interval | verdict |",
+             "|---|---|---|---|---|"]
+    tested = {item["claim"]: item for item in table.get("claims", [])}
+    for claim in PAPER_CLAIMS:
+        item = tested.get(claim.claim)
+        if item is None:
+            lines.append(f"| {claim.claim} | {claim.row} vs {claim.other} | | | not measured yet |")
+            continue
+        paper = "–" if item["paper_difference"] is None else f"{item['paper_difference']:+.3f}"
+        lines.append(f"| {claim.claim} | {claim.row} vs {claim.other} | {paper} | {item['difference']:+.3f} "
+                     f"[{item['low']:+.3f}, {item['high']:+.3f}] | **{item['verdict']}** |")
+    return lines
+
+
 def render_markdown(table: Mapping[str, Any]) -> str:
-    """``table.md``: the table, then one line per difference saying whether it is more than noise."""
+    """``table.md``: the table, the paper's claims with verdicts, then each difference in words."""
     confidence = table["bootstrap"]["confidence"]
     scale = table["scale"]
     measured = [row for row in table["rows"] if row["measured"]]
@@ -186,17 +257,8 @@ def render_markdown(table: Mapping[str, Any]) -> str:
         f"(BERT-base) in parentheses. Δ: overall minus the other row's, with a {confidence:.0%} bootstrap interval "
         f"({table['bootstrap']['resamples']} resamples over dev examples and seeds); * the interval excludes 0.",
         "",
-        "| row | model | seeds | SST acc | Para acc | STS r | overall | Δ overall vs previous row | Δ overall vs row 3 |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in table["rows"]:
-        if not row["measured"]:
-            lines.append(f"| {row['id']} | {row['name']} | 0 | not measured yet | | | | | |")
-            continue
-        lines.append(f"| {row['id']} | {row['name']} | {len(row['seeds'])} | "
-                     + " | ".join(_cell(row[metric]) for metric in DEV_METRICS)
-                     + f" | {_delta(row['vs_previous'])} | {_delta(row['vs_reference'])} |")
-    lines.append("")
+    lines += rows_table(table) + [""] + claims_table(table) + [""]
     for row in measured:
         for key in ("vs_previous", "vs_reference"):
             delta = row[key]
