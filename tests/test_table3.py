@@ -300,7 +300,8 @@ def test_the_table_is_rebuilt_from_records(tmp_path, params, labels):
     assert [item["path"] for item in table["excluded"]] == ["results/table3/tiny/junk-s9"]
     markdown = (folder / "table.md").read_text(encoding="utf-8")
     assert "| 4 | + extra datasets | 0 | not measured yet |" in markdown
-    assert "- row 3 vs row BP1: Δ overall" in markdown and ": better (paper: +0.009)." in markdown
+    assert "- row BP1 vs row 3: Δ overall" in markdown and ": worse (paper: -0.009)." in markdown
+    assert "- row 3 vs row BP1" not in markdown  # each pair of rows is said once
     verdicts = {item["claim"]: item["verdict"] for item in table["claims"]}
     assert verdicts == {"PALs help": "within noise",  # 0.5 -> 0.6 on 190 dev examples, 2 seeds
                         "annealed sampling helps": "within noise", "unsupervised SimCSE helps": "holds"}

@@ -259,11 +259,13 @@ def render_markdown(table: Mapping[str, Any]) -> str:
         "",
     ]
     lines += rows_table(table) + [""] + claims_table(table) + [""]
+    said: set[frozenset[str]] = set()  # each pair of rows once: "BP1 vs 3" is also "3 vs its previous row"
     for row in measured:
         for key in ("vs_previous", "vs_reference"):
             delta = row[key]
-            if delta is None or (key == "vs_reference" and row["vs_previous"] and delta["row"] == row["vs_previous"]["row"]):
+            if delta is None or frozenset((row["id"], delta["row"])) in said:
                 continue
+            said.add(frozenset((row["id"], delta["row"])))
             lines.append(f"- row {row['id']} vs row {delta['row']}: Δ overall {delta['difference']:+.4f}, "
                          f"{confidence:.0%} interval [{delta['low']:+.4f}, {delta['high']:+.4f}]: {verdict(delta)}"
                          + ("" if delta["paper_difference"] is None else f" (paper: {delta['paper_difference']:+.3f})")
