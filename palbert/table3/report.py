@@ -181,12 +181,16 @@ def _cell(stats: Mapping[str, Any]) -> str:
     return f"{stats['mean']:.3f} ± {std}{paper}"
 
 
+def _interval(delta: Mapping[str, Any], places: int = 3) -> str:
+    """A difference with its interval, e.g. ``+0.114 [+0.099, +0.129]``."""
+    return f"{delta['difference']:+.{places}f} [{delta['low']:+.{places}f}, {delta['high']:+.{places}f}]"
+
+
 def _delta(delta: Mapping[str, Any] | None) -> str:
     if delta is None:
         return "–"
     paper = "" if delta["paper_difference"] is None else f" (paper {delta['paper_difference']:+.3f})"
-    return (f"{delta['difference']:+.3f} [{delta['low']:+.3f}, {delta['high']:+.3f}]"
-            f"{' *' if delta['excludes_zero'] else ''}{paper}")
+    return f"{_interval(delta)}{' *' if delta['excludes_zero'] else ''}{paper}"
 
 
 def verdict(delta: Mapping[str, Any]) -> str:
@@ -233,8 +237,8 @@ def claims_table(table: Mapping[str, Any]) -> list[str]:
             lines.append(f"| {claim.claim} | {claim.row} vs {claim.other} | | | not measured yet |")
             continue
         paper = "–" if item["paper_difference"] is None else f"{item['paper_difference']:+.3f}"
-        lines.append(f"| {claim.claim} | {claim.row} vs {claim.other} | {paper} | {item['difference']:+.3f} "
-                     f"[{item['low']:+.3f}, {item['high']:+.3f}] | **{item['verdict']}** |")
+        lines.append(f"| {claim.claim} | {claim.row} vs {claim.other} | {paper} | {_interval(item)} "
+                     f"| **{item['verdict']}** |")
     return lines
 
 
