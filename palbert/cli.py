@@ -71,6 +71,9 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
                         help="also set data.subset for every run: a seeded random sample of N rows of every split")
     parser.add_argument("--resume", action="store_true",
                         help="keep valid records (and record finished experiments); run only what is missing")
+    parser.add_argument("--rerun-changed", action="store_true",
+                        help="with --resume: also run again the records whose row params.yaml now defines "
+                             "differently (without it such records stop the command, nothing is written)")
     parser.add_argument("--collect", action="store_true",
                         help="no training: record the experiments that finished (e.g. a queue run by hand), then "
                              "rebuild the table")
@@ -115,7 +118,7 @@ def run_table3(args: argparse.Namespace) -> int:
         table_id = args.table_id or scale_name
         table = make_table3(root, params, Table3Request(
             rows=args.rows, seeds=args.seeds, scale=scale_name, resume=args.resume, train=not args.collect,
-            jobs=args.jobs,
+            jobs=args.jobs, rerun_stale=args.rerun_changed,
             table_id=table_id, bootstrap=bootstrap))
     print(render_markdown(table))
     folder = table_folder(root, table_id).relative_to(root)

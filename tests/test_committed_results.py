@@ -17,7 +17,7 @@ from palbert import paths
 from palbert.config import load_params
 from palbert.metrics import DEV_METRICS, overall
 from palbert.table3 import rebuild_table
-from palbert.table3.report import claims_table, rows_table
+from palbert.table3.report import TABLE_DECIMALS, claims_table, rows_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,22 +88,57 @@ def test_the_readme_quotes_the_committed_run():
     assert f"{train['train_wall_s']:.0f} s" in row, row
 
 
-# The measured Table 3 (issue 11): committed records, the table rebuilt from them, and the README's copy.
-TABLE3 = Path("results/table3/reduced")
+# The measured Table 3s (issues 11, 19): committed records, each table rebuilt from them, and the README's copy.
+TABLES3 = sorted(path.parent.relative_to(ROOT) for path in (ROOT / "results" / "table3").glob("*/table.json"))
+#: One unit in table.json's last kept decimal: two machines' sums that differ in the 16th digit can round apart
+#: when they straddle a rounding boundary; any real difference is far larger.
+LAST_DECIMAL = 1.5 * 10.0 ** -TABLE_DECIMALS
 
 
-def test_the_committed_table3_is_its_records_rebuilt(tmp_path):
-    """table.json is what `palbert table3 --rebuild` makes of the committed records, not a hand-edited file."""
-    copy = tmp_path / TABLE3
-    shutil.copytree(ROOT / TABLE3, copy)
-    rebuilt = rebuild_table(tmp_path, load_params(ROOT / "params.yaml"), TABLE3.name)
-    assert json.loads(json.dumps(rebuilt)) == _json(TABLE3 / "table.json")
-    assert (copy / "table.md").read_text(encoding="utf-8") == (ROOT / TABLE3 / "table.md").read_text(encoding="utf-8")
+def differences(have: object, want: object, where: str = "") -> list[str]:
+    """Where two JSON values differ: floats beyond LAST_DECIMAL, anything else at all."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        return [item for key in sorted(set(have) | set(want), key=str)
+                for item in (differences(have.get(key, "<absent>"), want.get(key, "<absent>"), f"{where}.{key}")
+                             if key in have and key in want else [f"{where}.{key}: present on one side only"])]
+    if isinstance(have, list) and isinstance(want, list):
+        if len(have) != len(want):
+            return [f"{where}: {len(have)} items, committed {len(want)}"]
+        return [item for i, (a, b) in enumerate(zip(have, want)) for item in differences(a, b, f"{where}[{i}]")]
+    if isinstance(have, float) or isinstance(want, float):
+        if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(have, bool) \
+                and abs(have - want) <= LAST_DECIMAL:
+            return []
+    elif have == want and type(have) is type(want):
+        return []
+    return [f"{where}: rebuilt {have!r}, committed {want!r}"]
 
 
-def test_the_readme_shows_the_committed_table3():
+def test_differences_is_strict_beyond_the_last_decimal():
+    assert differences({"a": [0.1234561, 1]}, {"a": [0.1234569, 1]}) == []
+    assert differences({"a": [0.123456]}, {"a": [0.123459]}) == [".a[0]: rebuilt 0.123456, committed 0.123459"]
+    assert differences({"a": 1}, {"a": True}) and differences({"a": "x"}, {"b": "x"})
+    assert differences([1, 2], [1, 2, 3]) == [": 2 items, committed 3"]
+
+
+def test_there_are_committed_tables3():
+    assert Path("results/table3/reduced") in TABLES3
+
+
+@pytest.mark.parametrize("table3", TABLES3, ids=str)
+def test_the_committed_table3_is_its_records_rebuilt(tmp_path, table3):
+    """table.json and table.md are what `palbert table3 --rebuild` makes of the committed records, on any CPU."""
+    copy = tmp_path / table3
+    shutil.copytree(ROOT / table3, copy)
+    rebuilt = rebuild_table(tmp_path, load_params(ROOT / "params.yaml"), table3.name)
+    assert differences(json.loads(json.dumps(rebuilt)), _json(table3 / "table.json")) == []
+    assert (copy / "table.md").read_text(encoding="utf-8") == (ROOT / table3 / "table.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("table3", TABLES3, ids=str)
+def test_the_readme_shows_the_committed_table3(table3):
     """The README's Table 3 and its verdicts on the paper's claims are the committed table's own lines."""
-    table, readme = _json(TABLE3 / "table.json"), (ROOT / "README.md").read_text(encoding="utf-8")
+    table, readme = _json(table3 / "table.json"), (ROOT / "README.md").read_text(encoding="utf-8")
     for name, lines in (("rows", rows_table(table)), ("claims", claims_table(table))):
-        assert "\n".join(lines) in readme, f"README.md: its Table 3 {name} are not {TABLE3 / 'table.md'}'s; copy them"
+        assert "\n".join(lines) in readme, f"README.md: its Table 3 {name} are not {table3 / 'table.md'}'s; copy them"
     assert f"{table['records']} of the" in readme, "README.md: the count of recorded runs is not table.json's"

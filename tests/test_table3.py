@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -17,7 +18,7 @@ from conftest import copy_project
 from palbert.cli import build_parser
 from palbert.config import load_params
 from palbert.metrics import overall, score
-from palbert.table3 import Table3Error, rebuild_table
+from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
 from palbert.table3.experiments import ExpRecord, finished_experiment, parse_exp_show, plan_experiments
 from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
@@ -283,7 +284,6 @@ def write_tiny_table(project: Path, params, labels, table_id="tiny") -> Path:
 
 def test_the_table_is_rebuilt_from_records(tmp_path, params, labels):
     folder = write_tiny_table(tmp_path, params, labels)
-    (folder / "junk-s9").mkdir()  # not a row of params.yaml: reported, left out
     table = rebuild_table(tmp_path, params, "tiny")
     assert table["records"] == 8 and table["dev_examples"] == {"sst": 60, "para": 80, "sts": 50}
     rows = {row["id"]: row for row in table["rows"]}
@@ -297,7 +297,7 @@ def test_the_table_is_rebuilt_from_records(tmp_path, params, labels):
     assert three["vs_previous"]["difference"] > 0 and three["vs_reference"] is None
     assert rows["BP1"]["vs_previous"]["row"] == "1" and not rows["BP1"]["vs_previous"]["excludes_zero"]
     assert rows["0"]["vs_previous"] is None and rows["0"]["vs_reference"]["row"] == "3"
-    assert [item["path"] for item in table["excluded"]] == ["results/table3/tiny/junk-s9"]
+    assert table["excluded"] == []
     markdown = (folder / "table.md").read_text(encoding="utf-8")
     assert "| 4 | + extra datasets | 0 | not measured yet |" in markdown
     assert "- row BP1 vs row 3: Δ overall" in markdown and ": worse (paper: -0.009)." in markdown
@@ -325,6 +325,54 @@ def test_a_damaged_record_is_left_out_by_path(tmp_path, params, labels):
     (excluded,) = table["excluded"]
     assert excluded["path"] == "results/table3/tiny/3-s2" and "checksum" in excluded["reason"]
     assert "`results/table3/tiny/3-s2`" in (folder / "table.md").read_text(encoding="utf-8")
+
+
+def test_a_record_whose_dev_block_was_edited_is_left_out_by_path(tmp_path, params, labels):
+    """record.json has no checksum of its own: its dev numbers count only where its checksummed predictions
+    score them, so an edited overall never enters the means (nor breaks the figures)."""
+    folder = write_tiny_table(tmp_path, params, labels)
+    record = folder / "1-s2" / "record.json"
+    data = json.loads(record.read_text(encoding="utf-8"))
+    data["dev"]["overall"] = 0.990
+    record.write_text(json.dumps(data), encoding="utf-8")
+    table = rebuild_table(tmp_path, params, "tiny")
+    assert {row["id"]: row["seeds"] for row in table["rows"] if row["measured"]}["1"] == [1]
+    (excluded,) = table["excluded"]
+    assert excluded["path"] == "results/table3/tiny/1-s2"
+    assert "dev block disagrees with its own dev predictions (overall 0.990000 but its predictions score" in \
+        excluded["reason"]
+    (run,) = runs_of(params, ["1"], [2], table_id="tiny")
+    with pytest.raises(RecordError, match=r"1-s2/record.json: its dev block disagrees"):
+        read_record(folder / "1-s2", run)
+
+
+@pytest.mark.parametrize("change", ["workspace params", "row redefined", "row removed"])
+def test_a_rebuild_never_drops_records_for_the_workspace_params(tmp_path, params, labels, change):
+    """After `dvc exp run -S data.subset=200` the workspace's params.yaml gives every row other settings: the
+    rebuild stops, says why, and leaves the committed table as it was."""
+    folder = write_tiny_table(tmp_path, params, labels)
+    rebuild_table(tmp_path, params, "tiny")
+    before = {name: (folder / name).read_bytes() for name in ("table.md", "table.json")}
+    if change == "workspace params":
+        changed = dataclasses.replace(params, data=dataclasses.replace(params.data, subset=200))
+        expected = r"8 record\(s\) no longer match the workspace's params.yaml.*data.subset: 0 in the record, 200 now"
+    elif change == "row redefined":
+        rows = [dataclasses.replace(row, overrides={**row.overrides, "train.lr": 1e-4}) if row.id == "BP1" else row
+                for row in params.table3.rows]
+        changed = dataclasses.replace(params, table3=dataclasses.replace(params.table3, rows=rows))
+        expected = r"2 record\(s\) no longer match.*BP1-s1 .*ran with other settings than row BP1 has now"
+    else:
+        rows = [row for row in params.table3.rows if row.id != "0"]
+        changed = dataclasses.replace(params, table3=dataclasses.replace(params.table3, rows=rows))
+        expected = r"2 record\(s\) no longer match.*0-s1 \(not a row x seed of params.yaml's table3 section\)"
+    with pytest.raises(Table3Error, match=expected + r".*git checkout params.yaml.*Nothing was written"):
+        rebuild_table(tmp_path, changed, "tiny")
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    if change != "row removed":  # --resume would run them again: it refuses too, unless told to
+        request = Table3Request(scale="tiny", resume=True, table_id="tiny")
+        changed = dataclasses.replace(changed, table3=dataclasses.replace(changed.table3, scales={"tiny": SCALE}))
+        with pytest.raises(Table3Error, match=r"they would run again.*rerun with --rerun-changed"):
+            make_table3(tmp_path, changed, request)
 
 
 def test_records_of_another_scale_never_mix(tmp_path, params, labels):

@@ -35,7 +35,7 @@ import numpy as np
 from palbert.atomic import atomic_dir, read_json_object, write_json
 from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 from palbert.machine import describe_machine
-from palbert.metrics import DEV_METRICS
+from palbert.metrics import DEV_METRICS, TASK_METRIC, overall, score
 from palbert.table3.experiments import ExpRecord
 from palbert.table3.plan import PlannedRun, Table3Error
 
@@ -48,8 +48,17 @@ CURVES_FILE = "curves.csv.gz"
 CURVE_SERIES: tuple[str, ...] = ("loss_sst", "loss_para", "loss_sts", "loss_simcse", "lr")
 
 
+#: How far a record's ``dev`` block may be from its metrics recomputed from its own dev predictions: the
+#: predictions are written with 4 decimals (STS), which moves Pearson r by up to 2e-6 on the committed records.
+DEV_TOLERANCE = 1e-5
+
+
 class RecordError(Table3Error):
     """A record that cannot be used as it is; the message starts with its path."""
+
+
+class StaleRecordError(RecordError):
+    """A sound record whose settings are not what the workspace's params give its row (now)."""
 
 
 def _digest(path: Path) -> str:
@@ -148,9 +157,24 @@ def read_record(folder: Path, run: PlannedRun | None = None, scale: Mapping[str,
         if (data["row"], data["seed"]) != (run.row, run.seed):
             raise RecordError(f"{path}: holds row {data['row']} seed {data['seed']}, not {run.row} seed {run.seed}")
         if data["settings"] != run.settings():
-            raise RecordError(f"{path}: ran with other settings than row {run.row} has now "
-                              f"({_first_differences(data['settings'], run.settings())})")
-    return RunRecord(folder=folder, data=data)
+            raise StaleRecordError(f"{path}: ran with other settings than row {run.row} has now "
+                                   f"({_first_differences(data['settings'], run.settings())})")
+    record = RunRecord(folder=folder, data=data)
+    _check_dev_block(record)
+    return record
+
+
+def _check_dev_block(record: RunRecord) -> None:
+    """The ``dev`` block is what the checksummed dev predictions score: record.json itself has no checksum,
+    so a table may only trust the numbers that its predictions and labels back."""
+    dev = record.dev_predictions()
+    recomputed = {TASK_METRIC[task]: score(task, dev.predictions[task], dev.labels[task]) for task in TASKS}
+    recomputed["overall"] = overall(**recomputed)
+    wrong = [f"{name} {record.dev[name]:.6f} but its predictions score {value:.6f}"
+             for name, value in recomputed.items() if not abs(record.dev[name] - value) <= DEV_TOLERANCE]
+    if wrong:
+        raise RecordError(f"{record.folder / RECORD_FILE}: its dev block disagrees with its own dev predictions "
+                          f"({'; '.join(wrong)}): edited by hand?")
 
 
 def _first_differences(have: Mapping[str, Any], want: Mapping[str, Any], limit: int = 3) -> str:

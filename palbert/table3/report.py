@@ -47,6 +47,23 @@ PAPER_CLAIMS: tuple[PaperClaim, ...] = (
 )
 
 
+#: Decimals kept of every computed number in ``table.json``. Float sums differ in the last digits between CPU
+#: kinds (numpy's SIMD width), e.g. a bootstrap bound -0.10201405093227846 on one and ...824 on another; six
+#: decimals are far more than any cell shows (3-4) and make the file the same on every machine.
+TABLE_DECIMALS = 6
+
+
+def rounded(value: Any, decimals: int = TABLE_DECIMALS) -> Any:
+    """``value`` with every float in it rounded, through dicts and lists."""
+    if isinstance(value, float):
+        return round(value, decimals)
+    if isinstance(value, dict):
+        return {key: rounded(item, decimals) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item, decimals) for item in value]
+    return value
+
+
 @dataclass(frozen=True)
 class BootstrapSettings:
     resamples: int = 1000
@@ -141,7 +158,7 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
     claims = [_claim(boot, claim, by_id) for claim in PAPER_CLAIMS
               if boot is not None and claim.row in measured and claim.other in measured]
     all_records = [record for runs in measured.values() for record in runs]
-    return {
+    return rounded({
         "table3_id": table_id,
         "mlflow_filter": f"tags.table3_id = '{table_id}'",
         "scale": dict(scale),
@@ -155,7 +172,7 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
         "excluded": [{"path": path, "reason": reason} for path, reason in excluded],
         "rows": out_rows,
         "claims": claims,
-    }
+    })
 
 
 def _claim(boot: RowBootstrap, claim: PaperClaim, by_id: Mapping[str, Table3Row]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from palbert.table3.experiments import (
 )
 from palbert.table3.figures import write_figures
 from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows
-from palbert.table3.records import RECORD_FILE, RecordError, RunRecord, collect_record, read_record
+from palbert.table3.records import (RECORD_FILE, RecordError, RunRecord, StaleRecordError, collect_record,
+                                    read_record)
 from palbert.table3.report import BootstrapSettings, build_table, render_markdown
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class Table3Request:
     #: False: only record experiments that already finished (a queue run by hand or still running elsewhere).
     train: bool = True
     jobs: int = 1
+    #: Run again the records whose settings the workspace's params no longer give; False: refuse (see _refuse_stale).
+    rerun_stale: bool = False
     table_id: str | None = None
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
 
@@ -69,18 +72,41 @@ def _check_scale(folder: Path, scale_name: str, scale: dict[str, Any]) -> None:
                           f"{scale_name!r} {scale}: choose another --table-id")
 
 
-def valid_records(folder: Path, runs: Sequence[PlannedRun]) -> tuple[dict[str, RunRecord], list[tuple[str, str]]]:
-    """Records of ``runs`` that can be used, and (path, reason) for each one that cannot."""
-    good, bad = {}, []
+@dataclass
+class RecordCheck:
+    """A table folder's records for a set of runs: usable, unusable (path, reason), and stale, i.e. sound
+    records that the workspace's params (a row's definition, or every key after a ``dvc exp run -S``) no
+    longer give (path, reason)."""
+
+    good: dict[str, RunRecord] = field(default_factory=dict)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    stale: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_records(folder: Path, runs: Sequence[PlannedRun]) -> RecordCheck:
+    check = RecordCheck()
     for run in runs:
         path = folder / run.folder
         if not path.exists():
             continue
         try:
-            good[run.name] = read_record(path, run, run.scale)
+            check.good[run.name] = read_record(path, run, run.scale)
         except RecordError as exc:
-            bad.append((str(path), str(exc).removeprefix(f"{path}/").removeprefix(str(path))))
-    return good, bad
+            found = (str(path), str(exc).removeprefix(f"{path}/").removeprefix(str(path)))
+            (check.stale if isinstance(exc, StaleRecordError) else check.bad).append(found)
+    return check
+
+
+def _refuse_stale(stale: Sequence[tuple[str, str]], what: str, override: str) -> None:
+    """Committed records are hours of compute: params that disown them are far more often a workspace left
+    changed (``dvc exp run -S``, ``dvc exp apply``) than a row redefined on purpose."""
+    if stale:
+        listed = "; ".join(f"{path} ({reason})" for path, reason in stale[:3]) + (
+            f"; and {len(stale) - 3} more" if len(stale) > 3 else "")
+        raise Table3Error(
+            f"{len(stale)} record(s) no longer match the workspace's params.yaml, so {what}: {listed}. If "
+            f"params.yaml was changed by an experiment, restore it (`git diff params.yaml`, `git checkout "
+            f"params.yaml`); if the rows were redefined on purpose, {override}. Nothing was written.")
 
 
 def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str, Any]:
@@ -93,8 +119,11 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
     _check_scale(folder, request.scale, scale)
     runs = plan_runs(params, rows, seeds, table_id, scale)
 
-    recorded, bad = valid_records(folder, runs) if request.resume or not request.train else ({}, [])
-    for path, reason in bad:
+    check = check_records(folder, runs) if request.resume or not request.train else RecordCheck()
+    if not request.rerun_stale:
+        _refuse_stale(check.stale, "they would run again", "rerun with --rerun-changed")
+    recorded = check.good
+    for path, reason in check.bad + check.stale:
         log.warning("%s: %s; it runs again", path, reason)
     for name in recorded:
         log.info("%s: kept (record of overall %.4f)", name, recorded[name].dev["overall"])
@@ -149,9 +178,13 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     scale_name, scale = _scale_of(found)
     seeds = sorted({int(path.name.rsplit("-s", 1)[1]) for path in found if path.name.rsplit("-s", 1)[-1].isdigit()})
     runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)
-    records, bad = valid_records(folder, runs)
+    check = check_records(folder, runs)
     known = {str(folder / run.folder) for run in runs}
-    bad += [(str(path), "not a row x seed of params.yaml's table3 section") for path in found if str(path) not in known]
+    check.stale += [(str(path), "not a row x seed of params.yaml's table3 section") for path in found
+                    if str(path) not in known]
+    _refuse_stale(check.stale, "the rebuilt table would leave them out",
+                  "delete their folders (or run them again with `palbert table3 --resume --rerun-changed`)")
+    records, bad = check.good, check.bad
     for path, reason in bad:
         log.warning("%s: left out of the table: %s", path, reason)
     by_row: dict[str, list[RunRecord]] = {}
