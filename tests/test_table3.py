@@ -20,7 +20,7 @@ from palbert.config import load_params
 from palbert.metrics import overall, score
 from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
 from palbert.table3.experiments import ExpRecord, finished_experiment, parse_exp_show, plan_experiments
-from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows
+from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows, threads_per_job
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
 from palbert.table3.report import claim_verdict, mean_std, render_markdown
 
@@ -81,6 +81,9 @@ def test_a_run_is_its_row_its_scale_and_its_seed(params):
                          "model.relational_layer=false"]
     assert pairs[7:] == ["train.epochs=1", "train.steps_per_epoch=3", "train.seed=2",
                          "tracking.table3_id='t3-test'", "tracking.table3_row='BP1'"]
+    threaded = run.queue_command(threads=1)  # --jobs 2 on 2 cores: one thread each, not a setting of the result
+    assert threaded[:len(args)] == args and threaded[len(args):] == ["-S", "train.threads=1"]
+    assert [threads_per_job(jobs, 2) for jobs in (1, 2, 3)] == [0, 1, 1] and threads_per_job(2, 16) == 8
     settings = run.settings()
     assert settings["train"]["epochs"] == 1 and settings["train"]["seed"] == 2 and not settings["train"]["simcse"]
     assert "mirror" not in settings["data"] and "checkpoint_every" not in settings["train"]

@@ -165,8 +165,8 @@ def plan_experiments(runs: Sequence[PlannedRun], existing: Mapping[str, Sequence
     return plan
 
 
-def queue_run(root: Path, run: PlannedRun, force: bool) -> None:
-    result = _dvc(root, run.queue_command(force=force)[1:], capture=True)
+def queue_run(root: Path, run: PlannedRun, force: bool, threads: int = 0) -> None:
+    result = _dvc(root, run.queue_command(force=force, threads=threads)[1:], capture=True)
     log.info("queued %s%s", run.name, " (replacing the existing one)" if force else "")
     log.debug("%s", result.stdout.strip())
 

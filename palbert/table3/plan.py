@@ -83,19 +83,29 @@ class PlannedRun:
     def settings(self) -> dict[str, Any]:
         return self.params.result_settings()
 
-    def set_param_args(self) -> list[str]:
-        """``["-S", "model.pals=false", ...]`` for ``dvc exp run``, with the tags that group the table in MLflow."""
+    def set_param_args(self, threads: int = 0) -> list[str]:
+        """``["-S", "model.pals=false", ...]`` for ``dvc exp run``, with the tags that group the table in MLflow,
+        and ``train.threads`` when several runs share the CPU (not a result setting: records still match)."""
         tags = {"tracking.table3_id": self.table_id, "tracking.table3_row": self.row}
         args: list[str] = []
-        for key, value in {**self.overrides, **tags}.items():
+        for key, value in {**self.overrides, **tags, **({"train.threads": threads} if threads else {})}.items():
             args += ["-S", f"{key}={hydra_value(value)}"]
         return args
 
-    def queue_command(self, force: bool = False) -> list[str]:
+    def queue_command(self, force: bool = False, threads: int = 0) -> list[str]:
         command = ["dvc", "exp", "run", "--queue", "--name", self.name]
         if force:
             command.append("--force")
-        return command + self.set_param_args()
+        return command + self.set_param_args(threads)
+
+
+def threads_per_job(jobs: int, cpus: int | None) -> int:
+    """Intra-op threads for each of ``jobs`` runs at once on ``cpus`` cores (0: PyTorch's default, for one job).
+
+    PyTorch's default is every core for each process, so two runs at once would oversubscribe the CPU; two
+    runs of one thread each train 1.41x as many examples per second as one of two threads on a 2-core
+    AVX512-BF16 machine (docs/table3.md)."""
+    return 0 if jobs <= 1 else max(1, (cpus or 1) // jobs)
 
 
 def plan_runs(base: Params, rows: Sequence[Table3Row], seeds: Sequence[int], table_id: str,

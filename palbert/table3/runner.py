@@ -12,6 +12,7 @@ no longer has is named and run again.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +27,7 @@ from palbert.table3.experiments import (
     run_queue,
 )
 from palbert.table3.figures import write_figures
-from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows
+from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows, threads_per_job
 from palbert.table3.records import (RECORD_FILE, RecordError, RunRecord, StaleRecordError, collect_record,
                                     read_record)
 from palbert.table3.report import BootstrapSettings, build_table, render_markdown
@@ -146,7 +147,7 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
         for start in range(0, len(to_run), request.jobs):
             batch = to_run[start : start + request.jobs]
             for run, force in batch:
-                queue_run(root, run, force)
+                queue_run(root, run, force, threads_per_job(request.jobs, os.cpu_count()))
             log.info("running %s (%d of %d left)", ", ".join(run.name for run, _ in batch),
                      len(to_run) - start, len(to_run))
             run_queue(root, request.jobs)
