@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from palbert import paths
 from palbert.config import load_params
 from palbert.metrics import DEV_METRICS, overall
 from palbert.table3 import rebuild_table
-from palbert.table3.report import TABLE_DECIMALS, claims_table, rows_table
+from palbert.table3.report import TABLE_DECIMALS, claims_table, replace_marked_block, rows_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,3 +143,16 @@ def test_the_readme_shows_the_committed_table3(table3):
     for name, lines in (("rows", rows_table(table)), ("claims", claims_table(table))):
         assert "\n".join(lines) in readme, f"README.md: its Table 3 {name} are not {table3 / 'table.md'}'s; copy them"
     assert f"{table['records']} of the" in readme, "README.md: the count of recorded runs is not table.json's"
+
+
+def test_the_readme_leads_with_the_paper_scale_table3():
+    """The README's headline table is generated from the committed table.json files, never copied by hand."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import readme_table3
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert replace_marked_block(readme, readme_table3.BLOCK, readme_table3.block()) == readme, \
+        "README.md: its paper-scale Table 3 is not what `python scripts/readme_table3.py` writes; run it"
+    assert "of the 24 runs" in readme_table3.block()

@@ -22,7 +22,8 @@ from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_tabl
 from palbert.table3.experiments import ExpRecord, finished_experiment, parse_exp_show, plan_experiments
 from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows, threads_per_job
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
-from palbert.table3.report import claim_verdict, mean_std, render_markdown
+from palbert.table3.report import (claim_verdict, claims_across_scales, mean_std, progress_line, readme_block,
+                                   render_markdown, replace_marked_block, rows_table)
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("sst", "para", "sts")
@@ -493,3 +494,28 @@ def test_table3_end_to_end_in_a_clone(tmp_path: Path):
     finally:
         subprocess.run(["dvc", "queue", "stop"], cwd=clone, env=env, capture_output=True, timeout=120)
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_readme_block_says_how_much_is_measured_and_which_verdicts_changed(tmp_path, params, labels):
+    folder = write_tiny_table(tmp_path, params, labels)
+    table = rebuild_table(tmp_path, params, "tiny")
+    shutil.rmtree(folder / "1-s2")
+    shutil.rmtree(folder / "0-s2")
+    fewer = rebuild_table(tmp_path, params, "tiny")
+    assert progress_line(fewer, [1, 2]) == ("**6 of the 16 runs** (8 rows × 2 seeds) are recorded; rows with fewer "
+                                            "than 2 seeds (seeds so far): 0 (1), 1 (1), 4 (0), 5 (0), 6 (0), best (0).")
+    other = json.loads(json.dumps(table))
+    other["scale"]["name"] = "other"
+    other["claims"][0]["verdict"] = "reversed"
+    lines = claims_across_scales(fewer, other)
+    assert lines[0].startswith("| the paper's claim | rows | paper Δ overall | tiny: Δ overall, 95% interval | tiny: verdict")
+    assert lines[2].startswith("| PALs help | 1 vs 0 | +0.157 | ") and lines[2].endswith("| reversed | **yes** |")
+    assert lines[4].endswith("| **holds** | holds | no |")  # SimCSE 3 vs BP1: the same verdict at both scales
+    assert lines[5] == "| extra datasets hurt | 4 vs 3 | -0.024 | not measured yet | | not measured | |"
+    block = readme_block(fewer, other, [1, 2], "results/table3/tiny", "docs/other.md")
+    assert block.startswith("**6 of the 16 runs**") and "\n".join(rows_table(fewer)) in block
+    assert "[docs/other.md](docs/other.md)" in block
+    text = "intro\n<!-- t:start -->\nold\n<!-- t:end -->\nrest\n"
+    assert replace_marked_block(text, "t", "new\n") == "intro\n<!-- t:start -->\nnew\n<!-- t:end -->\nrest\n"
+    with pytest.raises(ValueError, match="expected one"):
+        replace_marked_block("no markers", "t", "x")

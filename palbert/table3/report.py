@@ -107,15 +107,16 @@ def reference_folder(records: Mapping[str, Sequence[RunRecord]]) -> str:
     return str(next(record.folder for runs in records.values() for record in runs))
 
 
-def _paper_difference(row: Table3Row, other: Table3Row) -> float | None:
-    a, b = row.paper.get("overall"), other.paper.get("overall")
+def _paper_difference(paper: Mapping[str, float], other: Mapping[str, float]) -> float | None:
+    """The paper's overall difference between two rows, where it has both."""
+    a, b = paper.get("overall"), other.get("overall")
     return None if a is None or b is None else round(a - b, 6)
 
 
 def _comparison(boot: RowBootstrap, row: Table3Row, other: Table3Row) -> dict[str, Any]:
     interval = boot.difference(row.id, other.id)
     return {"row": other.id, "difference": interval.difference, "low": interval.low, "high": interval.high,
-            "excludes_zero": interval.excludes_zero, "paper_difference": _paper_difference(row, other)}
+            "excludes_zero": interval.excludes_zero, "paper_difference": _paper_difference(row.paper, other.paper)}
 
 
 def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRecord]], table_id: str,
@@ -133,7 +134,7 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
     out_rows, previous = [], None
     for row in rows:
         runs = sorted(measured.get(row.id, []), key=lambda record: record.seed)
-        entry: dict[str, Any] = {"id": row.id, "name": row.name, "overrides": row.overrides,
+        entry: dict[str, Any] = {"id": row.id, "name": row.name, "overrides": row.overrides, "paper": dict(row.paper),
                                  "seeds": [record.seed for record in runs],
                                  "records": [record.folder.name for record in runs]}
         if not runs:
@@ -295,3 +296,69 @@ def render_markdown(table: Mapping[str, Any]) -> str:
         lines += ["", "Left out of this table (`palbert table3 --resume` runs the rows' own again):"]
         lines += [f"- `{item['path']}`: {item['reason']}" for item in table["excluded"]]
     return "\n".join(lines) + "\n"
+
+
+def progress_line(table: Mapping[str, Any], seeds: Sequence[int]) -> str:
+    """How much of the table is measured: the README says so while a table is still being run."""
+    planned = len(table["rows"]) * len(seeds)
+    short = [f"{row['id']} ({len(row['seeds'])})" for row in table["rows"] if len(row["seeds"]) < len(seeds)]
+    line = f"**{table['records']} of the {planned} runs** ({len(table['rows'])} rows × {len(seeds)} seeds) are recorded"
+    return line + (f"; rows with fewer than {len(seeds)} seeds (seeds so far): {', '.join(short)}." if short else ".")
+
+
+def claims_across_scales(table: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The paper's claims in ``table`` beside their verdicts in ``other`` (another scale of the same rows)."""
+    name, other_name = table["scale"].get("name", "?"), other["scale"].get("name", "?")
+    lines = [f"| the paper's claim | rows | paper Δ overall | {name}: Δ overall, "
+             f"{table['bootstrap']['confidence']:.0%} interval | {name}: verdict | {other_name}: verdict | changed |",
+             "|---|---|---|---|---|---|---|"]
+    here = {item["claim"]: item for item in table.get("claims", [])}
+    there = {item["claim"]: item for item in other.get("claims", [])}
+    rows = {row["id"]: row for row in table["rows"]}
+    for claim in PAPER_CLAIMS:
+        item, before = here.get(claim.claim), there.get(claim.claim)
+        before_verdict = before["verdict"] if before else "not measured"
+        paper = _paper_difference(rows[claim.row]["paper"], rows[claim.other]["paper"])
+        paper = "–" if paper is None else f"{paper:+.3f}"
+        if item is None:
+            lines.append(f"| {claim.claim} | {claim.row} vs {claim.other} | {paper} | not measured yet | | "
+                         f"{before_verdict} | |")
+            continue
+        changed = "–" if before is None else ("no" if item["verdict"] == before_verdict else "**yes**")
+        lines.append(f"| {claim.claim} | {claim.row} vs {claim.other} | {paper} | {_interval(item)} | "
+                     f"**{item['verdict']}** | {before_verdict} | {changed} |")
+    return lines
+
+
+def readme_block(table: Mapping[str, Any], other: Mapping[str, Any], seeds: Sequence[int], folder: str,
+                 other_doc: str) -> str:
+    """The README's headline Table 3, generated from ``table.json`` files so that it cannot drift from them."""
+    scale = table["scale"]
+    overrides = ", ".join(f"`{k}={v}`" for k, v in scale.get("overrides", {}).items()) or "params.yaml as it is"
+    lines = [
+        f"{progress_line(table, seeds)} Scale `{scale.get('name')}`: {overrides}. Records, `table.md` and figures: "
+        f"[`{folder}/`]({folder}/table.md); the same rows at the reduced scale (1/6 of the training, an equal-cost "
+        f"comparison): [{other_doc}]({other_doc}).",
+        "",
+        "Mean ± standard deviation over the seeds, the paper's BERT-base number in parentheses; Δ: overall minus the "
+        f"other row's, with its {table['bootstrap']['confidence']:.0%} bootstrap interval "
+        f"({table['bootstrap']['resamples']} resamples over dev examples and seeds), * where it excludes 0:",
+        "",
+        *rows_table(table),
+        "",
+        "The paper's six claims, each a pair of rows: **holds** when the interval lies on the paper's side of 0, "
+        "**reversed** on the other side, **within noise** when it contains 0 (\"STLR changes nothing\" holds "
+        f"then); beside it the verdict at the {other['scale'].get('name')} scale:",
+        "",
+        *claims_across_scales(table, other),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_marked_block(text: str, name: str, content: str) -> str:
+    """``text`` with what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced by ``content``."""
+    start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"expected one '{start.strip()}' ... '{end}' block")
+    before, rest = text.split(start)
+    return before + start + content + end + rest.split(end, 1)[1]
