@@ -261,7 +261,7 @@ def palbert_train_step(setup: PalbertSetup, data: Dataset, rows: list[int], spec
                        device: torch.device) -> tuple[float, tuple[int, int]]:
     """Batch building + the loop's ``train_step``; returns the loss and the padded batch shape."""
     batch = palbert_batch(setup, data, rows, special, device)
-    model = setup.compiled or setup.model
+    model = setup.model if setup.compiled is None else setup.compiled  # a Module has no truth value: len() raises
     loss = train_step(model, batch, setup.optimizer, setup.scheduler, setup.params.train, setup.precision, device)
     return loss.total.item(), tuple(batch.inputs.input_ids.shape)
 
