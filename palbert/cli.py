@@ -58,12 +58,12 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
                     "previous row and to row 3 with a 95%% bootstrap interval over dev examples and seeds.",
     )
     parser.add_argument("--scale", default="full",
-                        help="a scale of params.yaml's table3.scales (overrides for every row), e.g. reduced "
+                        help="a scale of table3.yaml's scales (overrides for every row), e.g. reduced "
                              "(default: full, params.yaml as it is)")
     parser.add_argument("--rows", type=_comma_list, default=None,
-                        help="row ids from params.yaml's table3 section, e.g. 0,BP1 (default: all)")
+                        help="row ids of table3.yaml, e.g. 0,BP1 (default: all)")
     parser.add_argument("--seeds", type=_comma_ints, default=None,
-                        help="seeds, e.g. 1,2 (default: table3.seeds)")
+                        help="seeds, e.g. 1,2 (default: table3.yaml's seeds)")
     parser.add_argument("--epochs", type=_positive, default=None, help="also set train.epochs for every run")
     parser.add_argument("--steps-per-epoch", type=_positive, default=None,
                         help="also set train.steps_per_epoch for every run")
@@ -85,21 +85,23 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
                         help="folder under results/table3/ and MLflow tag table3_id (default: the scale's name)")
     parser.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples")
     parser.add_argument("--params", type=Path, default=None,
-                        help="params file with the table3 section (default: params.yaml in the project root)")
+                        help="the params every row starts from (default: params.yaml in the project root)")
+    parser.add_argument("--catalogue", type=Path, default=None,
+                        help="the Table 3 rows, seeds and scales (default: table3.yaml in the project root)")
     parser.set_defaults(handler=run_table3)
 
 
 def run_table3(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from palbert.config import load_params
+    from palbert.config import TABLE3_FILE, load_params, load_table3
     from palbert.table3 import BootstrapSettings, Table3Error, Table3Request, make_table3, rebuild_table
     from palbert.table3.report import render_markdown
     from palbert.table3.runner import table_folder
     from palbert.paths import find_project_root
 
     root = find_project_root()
-    params = load_params(args.params or root / "params.yaml")
+    params = load_table3(args.catalogue or root / TABLE3_FILE, load_params(args.params or root / "params.yaml"))
     shrink = {key: value for key, value in (("train.epochs", args.epochs), ("train.steps_per_epoch",
               args.steps_per_epoch), ("data.subset", args.subset)) if value is not None}
     scale_name = args.scale

@@ -383,18 +383,11 @@ def _restore_hint(path: Path) -> str:
             f"`dvc exp run -S <key>=<good value>`, or `git checkout {path.name}` to restore the committed file]")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file, and check that ``model.pretrained`` names something loadable.
-
-    Every error is one line naming the file (and line or key), with how to restore the file, because
-    ``dvc exp run -S`` writes its values into it.
-    """
-    from palbert.pretrained_source import check_pretrained  # it imports this module
-
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; unreadable, non-UTF-8 or malformed files stop with one line naming file and line."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
-        raw = yaml.load(text, Loader=lambda stream: _UniqueKeyLoader(stream, path))  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=lambda stream: _UniqueKeyLoader(stream, path))  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     except OSError as exc:
@@ -404,12 +397,49 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}:{line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}{_yaml_problem(exc)}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file, and check that ``model.pretrained`` names something loadable.
+
+    Every error is one line naming the file (and line or key), with how to restore the file, because
+    ``dvc exp run -S`` writes its values into it.
+    """
+    from palbert.pretrained_source import check_pretrained  # it imports this module
+
+    path = Path(path)
+    raw = _read_yaml(path)
     try:
+        if isinstance(raw, dict) and "table3" in raw:
+            raise ParamsError(f"table3: the Table 3 catalogue lives in {TABLE3_FILE} beside {path.name} (it is not "
+                              f"a run knob); move this section there")
         params = params_from_dict(raw or {})
         check_pretrained(params.model.pretrained)
     except ParamsError as exc:
         raise ParamsError(f"{path}: {exc}{_restore_hint(path)}") from None
     return params
+
+
+#: The Table 3 catalogue (rows, seeds, scales): read by ``palbert table3``, not by the pipeline's stages.
+TABLE3_FILE = "table3.yaml"
+
+
+def load_table3(path: str | Path, params: Params) -> Params:
+    """``params`` with the Table 3 catalogue of ``path``, every row's and scale's overrides checked against it.
+
+    The catalogue has a file of its own so that ``params.yaml`` holds only what a run trains with: that is
+    what ``dvc exp show`` lists and what each experiment's MLflow run records.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    try:
+        if not isinstance(raw, dict) or "table3" not in raw or set(raw) != {"table3"}:
+            raise ParamsError("expected one top-level key, table3 (with seeds, scales and rows)")
+        with_table3 = dataclasses.replace(params, table3=_build(Table3Params, raw["table3"], "table3"))
+        _validate_cross_field(with_table3)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    return with_table3
 
 
 def params_to_dict(params: Params, include_table3: bool = True) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from palbert.atomic import write_text
-from palbert.config import load_params
+from palbert.config import TABLE3_FILE, load_params, load_table3
 from palbert.table3.report import readme_block, replace_marked_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ FULL, REDUCED, REDUCED_DOC, BLOCK = "results/table3/full", "results/table3/reduc
 
 def block() -> str:
     full, reduced = (json.loads((ROOT / folder / "table.json").read_text(encoding="utf-8")) for folder in (FULL, REDUCED))
-    return readme_block(full, reduced, load_params(ROOT / "params.yaml").table3.seeds, FULL, REDUCED_DOC)
+    return readme_block(full, reduced, load_table3(ROOT / TABLE3_FILE, load_params(ROOT / "params.yaml")).table3.seeds, FULL, REDUCED_DOC)
 
 
 if __name__ == "__main__":

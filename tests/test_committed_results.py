@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from palbert import paths
-from palbert.config import load_params
+from palbert.config import TABLE3_FILE, load_params, load_table3
 from palbert.metrics import DEV_METRICS, overall
 from palbert.table3 import rebuild_table
 from palbert.table3.report import TABLE_DECIMALS, claims_table, replace_marked_block, rows_table
@@ -131,7 +131,7 @@ def test_the_committed_table3_is_its_records_rebuilt(tmp_path, table3):
     """table.json and table.md are what `palbert table3 --rebuild` makes of the committed records, on any CPU."""
     copy = tmp_path / table3
     shutil.copytree(ROOT / table3, copy)
-    rebuilt = rebuild_table(tmp_path, load_params(ROOT / "params.yaml"), table3.name)
+    rebuilt = rebuild_table(tmp_path, load_table3(ROOT / TABLE3_FILE, load_params(ROOT / "params.yaml")), table3.name)
     assert differences(json.loads(json.dumps(rebuilt)), _json(table3 / "table.json")) == []
     assert (copy / "table.md").read_text(encoding="utf-8") == (ROOT / table3 / "table.md").read_text(encoding="utf-8")
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from palbert.config import ParamsError, apply_overrides, load_params, params_from_dict, params_to_dict
+from palbert.config import (TABLE3_FILE, ParamsError, apply_overrides, load_params, load_table3, params_from_dict,
+                            params_to_dict)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,8 +17,10 @@ def test_shipped_params_load_and_are_the_papers_best_configuration():
     assert params.train.lr == pytest.approx(2e-5)
     assert (params.train.batch_size, params.train.epochs, params.train.steps_per_epoch) == (16, 3, 1800)
     assert (params.model.pal_size, params.model.pal_heads) == (204, 12)
-    assert [row.id for row in params.table3.rows] == ["0", "1", "BP1", "3", "4", "5", "6", "best"]
-    assert params.table3.scale("full") == {} and params.table3.scale("reduced")["train.cap_passes"] is True
+    assert not params.table3.rows  # the Table 3 catalogue is not a run knob: table3.yaml holds it
+    catalogue = load_table3(ROOT / TABLE3_FILE, params).table3
+    assert [row.id for row in catalogue.rows] == ["0", "1", "BP1", "3", "4", "5", "6", "best"]
+    assert catalogue.scale("full") == {} and catalogue.scale("reduced")["train.cap_passes"] is True
 
 
 def test_yaml_1_2_float_written_by_dvc_exp_run_is_accepted(tmp_path):
@@ -65,11 +68,20 @@ def test_file_errors_name_the_file(tmp_path):
         load_params(tmp_path / "missing.yaml")
 
 
-def test_table3_overrides_are_validated():
-    raw = params_to_dict(load_params(ROOT / "params.yaml"))
+def test_table3_overrides_are_validated(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / TABLE3_FILE).read_text())
     raw["table3"]["rows"][0]["overrides"]["train.sampling"] = "bogus"
-    with pytest.raises(ParamsError, match=r"table3.rows\[0\] \(0\).overrides: train.sampling: must be one of"):
-        params_from_dict(raw)
+    (tmp_path / TABLE3_FILE).write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"table3.yaml: table3.rows\[0\] \(0\).overrides: train.sampling: must be one"):
+        load_table3(tmp_path / TABLE3_FILE, params)
+    (tmp_path / TABLE3_FILE).write_text(yaml.safe_dump(raw["table3"]))
+    with pytest.raises(ParamsError, match=r"table3.yaml: expected one top-level key, table3"):
+        load_table3(tmp_path / TABLE3_FILE, params)
+    old_layout = yaml.safe_load((ROOT / "params.yaml").read_text()) | raw  # params.yaml with the catalogue in it
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old_layout))
+    with pytest.raises(ParamsError, match=r"params.yaml: table3: the Table 3 catalogue lives in table3.yaml"):
+        load_params(tmp_path / "params.yaml")
     out = apply_overrides(params_to_dict(load_params(ROOT / "params.yaml"), include_table3=False),
                           {"model.pals": False})
     assert out["model"]["pals"] is False

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import copy_project
 from palbert.cli import build_parser
-from palbert.config import load_params
+from palbert.config import TABLE3_FILE, load_params, load_table3
 from palbert.metrics import overall, score
 from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
 from palbert.table3.experiments import ExpRecord, finished_experiment, parse_exp_show, plan_experiments
@@ -32,7 +32,7 @@ SCALE = {"train.epochs": 1, "train.steps_per_epoch": 3}
 
 @pytest.fixture(scope="module")
 def params():
-    return load_params(REPO / "params.yaml")
+    return load_table3(REPO / TABLE3_FILE, load_params(REPO / "params.yaml"))
 
 
 def runs_of(params, rows, seeds, table_id="t3-test", scale=SCALE) -> list[PlannedRun]:
@@ -368,7 +368,7 @@ def test_a_rebuild_never_drops_records_for_the_workspace_params(tmp_path, params
     else:
         rows = [row for row in params.table3.rows if row.id != "0"]
         changed = dataclasses.replace(params, table3=dataclasses.replace(params.table3, rows=rows))
-        expected = r"2 record\(s\) no longer match.*0-s1 \(not a row x seed of params.yaml's table3 section\)"
+        expected = r"2 record\(s\) no longer match.*0-s1 \(not a row x seed of table3.yaml\)"
     with pytest.raises(Table3Error, match=expected + r".*git checkout params.yaml.*Nothing was written"):
         rebuild_table(tmp_path, changed, "tiny")
     assert {name: (folder / name).read_bytes() for name in before} == before

@@ -181,7 +181,7 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)
     check = check_records(folder, runs)
     known = {str(folder / run.folder) for run in runs}
-    check.stale += [(str(path), "not a row x seed of params.yaml's table3 section") for path in found
+    check.stale += [(str(path), "not a row x seed of table3.yaml") for path in found
                     if str(path) not in known]
     _refuse_stale(check.stale, "the rebuilt table would leave them out",
                   "delete their folders (or run them again with `palbert table3 --resume --rerun-changed`)")
