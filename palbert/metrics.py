@@ -21,7 +21,7 @@ from palbert.tasks import TASK_SPECS, TASKS, TaskSpec
 
 log = logging.getLogger(__name__)
 
-#: Metric names in metrics/dev.json (a contract other tools read: README "The pipeline"), per task and in table order.
+#: Metric names in metrics/dev.json (a contract other tools read: docs/pipeline.md), per task and in table order.
 TASK_METRIC: dict[str, str] = {task: spec.metric for task, spec in TASK_SPECS.items()}
 DEV_METRICS: tuple[str, ...] = (*TASK_METRIC.values(), "overall")
 

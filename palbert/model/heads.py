@@ -6,7 +6,7 @@ sts: linear -> 1 score on the 0..5 scale (MSE; the raw output is trained, ``pred
 
 The sts output's bias starts at the middle of the scale (2.5), not 0: from 0 the first MSE is ~10, 15x the
 other losses, and the shared encoder is bent to produce scores of 2.5 before anything else is learnt (a
-300-step interleaved run kept Quora at the majority class that way; see the README's Results).
+300-step interleaved run kept Quora at the majority class that way; see docs/training.md).
 
 Pair features: with ``joint`` pair encoding the pair is one input, so its pooled embedding [H] is
 the feature; with ``separate`` it is the plain concatenation [a; b] of the two embeddings [2H]

@@ -104,7 +104,7 @@ def threads_per_job(jobs: int, cpus: int | None) -> int:
 
     PyTorch's default is every core for each process, so two runs at once would oversubscribe the CPU; two
     runs of one thread each train 1.41x as many examples per second as one of two threads on a 2-core
-    AVX512-BF16 machine (docs/table3.md)."""
+    AVX512-BF16 machine (docs/results/cpu-threads-no-amx.txt)."""
     return 0 if jobs <= 1 else max(1, (cpus or 1) // jobs)
 
 

@@ -227,7 +227,7 @@ def _load_dev_labels(root: Path, rev: str) -> dict[str, tuple[np.ndarray, np.nda
 
 
 def _read_prediction_csv(path: Path, where: str) -> dict[str, str]:
-    """``id,prediction`` (the predictions contract, README "The pipeline") -> id -> prediction text, kept as written."""
+    """``id,prediction`` (the predictions contract, docs/pipeline.md) -> id -> prediction text, kept as written."""
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     if not rows or rows[0] != ["id", "prediction"]:

@@ -230,7 +230,7 @@ def claim_verdict(expects: str, delta: Mapping[str, Any]) -> str:
 
 
 def rows_table(table: Mapping[str, Any]) -> list[str]:
-    """The table itself, one line per row of params.yaml; the README shows these same lines."""
+    """The table itself, one line per row of table3.yaml; the README (or docs/table3.md) shows these same lines."""
     lines = ["| row | model | seeds | SST acc | Para acc | STS r | overall | Δ overall vs previous row | Δ overall vs row 3 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in table["rows"]:
@@ -244,7 +244,7 @@ def rows_table(table: Mapping[str, Any]) -> list[str]:
 
 
 def claims_table(table: Mapping[str, Any]) -> list[str]:
-    """The paper's six claims, each with the rows that test it and this table's verdict; the README shows it."""
+    """The paper's six claims, each with the rows that test it and this table's verdict, as table.md shows them."""
     confidence = table["bootstrap"]["confidence"]
     lines = [f"| the paper's claim | rows | paper Δ overall | measured Δ overall, {confidence:.0%} interval | verdict |",
              "|---|---|---|---|---|"]
