@@ -30,6 +30,7 @@ from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
+from palbert.model_card import write_model_card
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
@@ -372,6 +373,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             }
             write_plots(state.history, paths.plots)
             write_json(paths.summary, summary)
+            write_model_card(paths.best_model, params, summary)
             tracker.log_metrics({"train_wall_s": wall_s, "best_epoch": state.best_epoch}, step=state.step)
             tracker.log_artifacts(paths.plots, "plots")
             with tempfile.TemporaryDirectory() as pngs:
