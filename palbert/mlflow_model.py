@@ -14,6 +14,7 @@ palbert package, so serve it from the project's environment (``--env-manager loc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from importlib.metadata import PackageNotFoundError, version
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
     from palbert.predict import Predictor
+    from palbert.registry import Registration
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +128,13 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 
 
 def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
-              registered_model_name: str | None = None) -> "ModelInfo":
+              registration: "Registration | None" = None) -> "ModelInfo":
     """Log ``model_dir`` (a ``save_model`` folder) as the run's MLflow Model ``model``, and register it
-    as a new version of ``registered_model_name`` when given and the store has a model registry."""
+    (``palbert.registry.register``: card, tags, ``@champion``) when asked and the store has a model registry."""
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
+
+    from palbert.registry import register, run_tags_for_version
 
     with _tracking_uri(tracking_uri):
         # Created here, in the run's experiment: left to Model.log, it would go to the active (default) one.
@@ -144,10 +148,11 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
             signature=signature(), input_example=input_example(), pip_requirements=_requirements(),
         )
         log.info("logged MLflow Model %s (%s)", info.model_uri, info.model_id)
-        if registered_model_name:
+        if registration is not None:
+            registration = dataclasses.replace(
+                registration, tags={**run_tags_for_version(run.data.tags), **registration.tags})
             try:
-                registered = mlflow.register_model(info.model_uri, registered_model_name)
-                log.info("registered as model %r version %s", registered_model_name, registered.version)
+                register(client, info.model_uri, registration)
             except MlflowException as exc:  # e.g. a store without a model registry
                 log.warning("model not registered in %s: %s", tracking_uri, exc.message)
     return info

@@ -21,6 +21,7 @@ from palbert.config import ModelParams, Params, TrackingParams
 from palbert.mlflow_model import input_example, predict_table
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.predict import Predictor
+from palbert.registry import CHAMPION, Registration
 from palbert.tracking import open_run
 
 SERVE_START_TIMEOUT_S = 180  # a cold start imports torch and loads the model, on a busy 2-core machine
@@ -46,7 +47,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[s
     params = Params()
     params.tracking = TrackingParams(experiment="palbert-model-test", uri=f"sqlite:///{root / 'mlflow.db'}")
     with open_run(params, root, system_metrics=False) as tracker:
-        tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
+        tracker.log_model(model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
     assert tracker.lost is None
     return tracker.tracking_uri, tracker.run_id
 
@@ -80,34 +81,60 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
         params = Params()
         params.tracking = TrackingParams(experiment="palbert-served", uri=url)
         with open_run(params, tmp_path, system_metrics=False) as tracker:
-            tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
+            tracker.log_model(model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
         assert tracker.lost is None
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         model = mlflow.pyfunc.load_model("models:/palbert-served/1")
         assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
 
 
-def test_the_evaluate_stage_logs_and_registers_the_mlflow_model(tmp_path, monkeypatch, model_dir, tiny_bert_dir,
-                                                                tiny_prepared):
+def test_the_evaluate_stage_registers_full_dev_runs_only_with_card_tags_and_champion(
+        tmp_path, monkeypatch, model_dir, tiny_bert_dir, tiny_prepared):
     from stages.evaluate import EvaluationPaths, evaluate_trained_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the stage logs ./params.yaml
     Path("params.yaml").write_text("train: {}\n")
-    params = tiny_training_params(tiny_bert_dir)
     paths = EvaluationPaths(project_root=tmp_path, model=model_dir, prepared=tiny_prepared,
                             train_summary=tmp_path / "metrics" / "train.json",
                             dev_metrics=tmp_path / "metrics" / "dev.json", predictions=tmp_path / "predictions")
-    evaluate_trained_model(params, paths)
-
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
-    [version] = client.search_model_versions(f"name='{params.tracking.experiment}'")
-    assert version.run_id == run.info.run_id and run.info.status == "FINISHED"
+    sample = tiny_training_params(tiny_bert_dir)  # data.subset=64: a quick look, scored on a dev sample
+    evaluate_trained_model(sample, paths)
+    name = sample.tracking.experiment
+    assert client.search_model_versions(f"name='{name}'") == []  # logged as the run's model, not registered
+
+    full = tiny_training_params(tiny_bert_dir, data={"subset": 0})  # scored on the full dev splits
+    metrics = evaluate_trained_model(full, paths)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], order_by=["start_time DESC"])
+    [version] = client.search_model_versions(f"name='{name}'")
+    assert version.run_id == runs[0].info.run_id and runs[0].info.status == "FINISHED"
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == int(version.version)
+    assert float(version.tags["dev.overall"]) == pytest.approx(metrics["overall"], abs=1e-6)
+    assert version.tags["train.seed"] == str(full.train.seed) and version.tags["data.subset"] == "0"
+    assert version.tags["run_name"] == runs[0].info.run_name
+    assert "## Dev scores" in version.description and f"{metrics['overall']:.4f}" in version.description
+    assert "English only" in version.description
+    assert "@champion" in client.get_registered_model(name).description
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
+
+
+def test_champion_moves_only_when_a_new_version_beats_it(model_dir, tmp_path):
+    """Three runs with dev overall 0.70, 0.60 (a worse, later run), 0.75: @champion is 1, 1, 3."""
+    params = Params()
+    params.tracking = TrackingParams(experiment="palbert-champion", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(params.tracking.uri)
+    champions = []
+    for overall in (0.70, 0.60, 0.75):
+        with open_run(params, tmp_path, system_metrics=False) as tracker:
+            tracker.log_model(model_dir, Registration("palbert-champion", dev={"overall": overall}))
+        champions.append(client.get_model_version_by_alias("palbert-champion", CHAMPION).version)
+    assert [int(v) for v in champions] == [1, 1, 3]
+    latest = client.get_latest_versions("palbert-champion")[0]
+    assert int(latest.version) == 3 and latest.tags["dev.overall"] == "0.750000"
 
 
 def test_bad_requests_are_refused_clearly(model_dir):
