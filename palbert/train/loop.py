@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -307,8 +307,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                         state.history.setdefault("lr", []).append([state.step, lr])
                         state.history.setdefault("sampling", []).append([state.step, probabilities])
                         tracker.log_metrics(metrics, step=state.step)
-                        progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.4g}" for t, v in window_losses.items()}
-                                             | {"ex/s": f"{rate:.0f}"}, refresh=False)  # redraw at the bar's own pace
+                        progress.set_postfix(bar_postfix(window_losses, rate), refresh=False)  # at the bar's pace
                         window_losses.clear()
                         window_examples, window_started = 0, time.perf_counter()
 
@@ -385,6 +384,13 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                      state.best_epoch, _format_metrics(summary["best_dev"]))
     ctx.barrier()
     return summary
+
+
+def bar_postfix(window_losses: Mapping[str, list[float]], rate: float) -> dict[str, str]:
+    """The bar's mean losses in a fixed order (tasks, then SimCSE), whichever task came first in the window."""
+    means = {f"loss_{t}": f"{sum(window_losses[t]) / len(window_losses[t]):.4g}"
+             for t in (*TASKS, "simcse") if window_losses.get(t)}
+    return means | {"ex/s": f"{rate:.0f}"}
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
