@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from conftest import free_port, running_mlflow_server, stop_process_group, tiny_training_params, wait_until_up
 from palbert.config import ModelParams, Params, TrackingParams
-from palbert.mlflow_model import input_example, predict_table
+from palbert.mlflow_model import SST_CLASSES, input_example, predict_table
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.predict import Predictor
 from palbert.registry import CHAMPION, Registration
@@ -62,7 +62,9 @@ def test_the_logged_model_loads_with_pyfunc_and_predicts_all_three_tasks(logged,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     assert model.metadata.signature.inputs.input_names() == ["task", "sentence1", "sentence2"]
-    assert model.metadata.signature.outputs.input_names() == ["prediction"]
+    assert model.metadata.signature.outputs.input_names() == ["prediction", "meaning"]
+    assert model.metadata.metadata["task_values"] == ["sst", "para", "sts"]  # what `task` may be, and what comes out
+    assert "0 negative" in model.metadata.metadata["prediction"]["sst"]
     assert model.metadata.saved_input_example_info["type"] == "dataframe"
     assert model.predict(input_example()).equals(predict_table(Predictor.load(model_dir), input_example()))
     got = model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist()
@@ -191,5 +193,64 @@ def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path,
 
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "para", "sentence1": "a"}]})
         assert status >= 400 and "needs sentence2" in json.dumps(answer), (status, answer)
+    finally:
+        stop_process_group(server)
+
+
+def _bare_python(folder: Path) -> Path:
+    """A venv with this project's dependencies but not palbert itself (the other machine's environment):
+    the site-packages folder is on its path, but its .pth files (palbert's editable install) are not run."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(folder)
+    [site] = list((folder / "lib").glob("python*/site-packages"))
+    (site / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = folder / "bin" / "python"
+    # `mlflow models serve` execs `uvicorn` by name: this environment's, not the project venv's
+    (folder / "bin" / "uvicorn").write_text(f"#!{python}\nfrom uvicorn.main import main\nmain()\n")
+    (folder / "bin" / "uvicorn").chmod(0o755)
+    return python
+
+
+def test_the_logged_model_serves_from_its_artifacts_alone_in_another_folder(logged, model_dir, tmp_path,
+                                                                           monkeypatch):
+    uri, run_id = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "elsewhere")))
+    mlmodel = (local / "MLmodel").read_text()
+    assert "    code: code\n" in mlmodel and (local / "code" / "palbert" / "mlflow_model.py").is_file()
+    requirements = (local / "requirements.txt").read_text().split()
+    assert not [pin for pin in requirements if "+" in pin]  # versions the package index has (no +cpu)
+    assert {"torch", "transformers", "scipy", "scikit-learn", "pyyaml"} <= {pin.split("==")[0] for pin in requirements}
+    example = json.loads((local / "serving_input_example.json").read_text())  # strict JSON: no NaN
+
+    python = _bare_python(tmp_path / "bare")
+    probe = subprocess.run([str(python), "-c", "import palbert"], capture_output=True, text=True, cwd=tmp_path)
+    assert probe.returncode != 0 and "No module named 'palbert'" in probe.stderr
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [str(python), "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/ping", server, log_path, SERVE_START_TIMEOUT_S)
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": REQUESTS})
+        assert status == 200, answer
+        assert [row["prediction"] for row in answer["predictions"]] == pytest.approx(_expected(model_dir), abs=1e-6)
+        assert answer["predictions"][0]["meaning"] in SST_CLASSES
+        assert answer["predictions"][1]["meaning"] in ("paraphrase", "not a paraphrase")
+        status, answer = _post(f"{base}/invocations", example)
+        assert status == 200 and len(answer["predictions"]) == 3, answer
+        # a bad request: 400, and the message (not only the stack trace) says what is wrong
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "para", "sentence1": "a"}]})
+        assert status == 400 and "task para needs sentence2" in answer["message"], answer
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "nli", "sentence1": "a"}]})
+        assert status == 400 and "unknown task(s) ['nli']; expected sst, para, sts" in answer["message"], answer
     finally:
         stop_process_group(server)
