@@ -109,6 +109,22 @@ class ProgressBar(tqdm):
             self._log_redirect = logging_redirect_tqdm(tqdm_class=type(self))
             self._log_redirect.__enter__()
 
+    def pause(self) -> None:
+        """Mark the start of a pause (dev scoring) that ``unpause`` leaves out of the rate and ETA.
+
+        tqdm's own ``unpause`` counts the pause from the last redraw: into a log file, redrawn every 30 s,
+        that also drops the training time since then, and the closing line claims 0 s and a huge rate."""
+        self._paused_at = self._time()
+
+    def unpause(self) -> None:
+        paused_at, self._paused_at = getattr(self, "_paused_at", None), None
+        if paused_at is None or self.disable:
+            super().unpause()
+            return
+        pause = self._time() - paused_at
+        self.start_t += pause
+        self.last_print_t += pause
+
     def clear(self, nolock: bool = False) -> None:
         """On a terminal, erase the bar's line; into a log file, leave it: every update there is a line of
         its own already (``LogLines``), so a record written next starts a line of its own."""

@@ -104,3 +104,20 @@ def test_the_training_bar_shows_losses_in_task_order():
 
     shown = bar_postfix({"simcse": [0.2], "sts": [1.0, 3.0], "sst": [1.5]}, rate=31.7)
     assert shown == {"loss_sst": "1.5", "loss_sts": "2", "loss_simcse": "0.2", "ex/s": "32"}
+
+
+def test_a_pause_leaves_only_itself_out_of_the_rate(tmp_path):
+    """Into a file (redrawn every 30 s) the closing line's elapsed time keeps the work before the pause."""
+    import time
+
+    with (tmp_path / "log").open("w") as log_file:
+        bar = ProgressBar(total=2, desc="train", file=log_file, mininterval=30)
+        time.sleep(1.1)  # training
+        bar.update(1)
+        bar.pause()
+        time.sleep(0.5)  # dev scoring
+        bar.unpause()
+        bar.update(1)
+        bar.close()
+    last = (tmp_path / "log").read_text().splitlines()[-1]
+    assert "2/2 [00:01<00:00" in last, last  # tqdm's own unpause would say 00:00 and a rate of thousands it/s

@@ -316,6 +316,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
 
                 # ---- end of epoch: score dev, keep the best model ---------------------------------------
                 scoring_started = time.perf_counter()
+                progress.pause()  # scoring time stays out of the bar's rate
                 if ctx.is_main:
                     log.info("epoch %d: scoring dev (%s)", state.epoch,
                              ", ".join(f"{task} {len(split)} rows" for task, split in dev_splits.items()))
