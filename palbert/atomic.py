@@ -60,6 +60,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        _readable(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -70,6 +71,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readable(folder: Path) -> None:
+    """Give the files in ``folder`` the modes of ordinary new files: some writers (safetensors' ``save_file``)
+    create them 0600, and a model folder should be readable by whoever may read the project."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode | (path.stat().st_mode & 0o111))
 
 
 def read_json_object(path: Path, error: type[Exception], missing: str) -> dict[str, Any]:

@@ -150,7 +150,8 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", type=Path, default=None, metavar="FILE",
                         help="UTF-8 file with one input per line (default: standard input)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="autocast dtype (default: %(default)s: bf16 where the CPU/GPU supports it)")
+                        help="autocast dtype (default: %(default)s: bf16 on a GPU with bf16 or a CPU with AMX, where "
+                             "it is faster; fp32 elsewhere)")
     parser.set_defaults(handler=run_predict)
 
 
@@ -230,15 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Like ``parse_args``, but inputs may also follow options (``predict sst --model DIR "x"``).
+    """Like ``parse_args``, but inputs may also follow options (``predict sst --model DIR "x"``, also after
+    ``--``: ``predict sst --model DIR -- "-5 stars"``).
 
     argparse fills a ``nargs="*"`` positional before the options that follow it and then calls the words
     after them unrecognized (``parse_intermixed_args`` does not work with subcommands); they are the
     subcommand's remaining inputs.
     """
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "sentences", None), list) and not any(w.startswith("-") for w in extra):
-        args.sentences.extend(extra)
+    # after a `--` every word is an input, even one that starts with "-" ("-5 stars, awful")
+    before, after = (extra[:extra.index("--")], extra[extra.index("--") + 1:]) if "--" in extra else (extra, [])
+    if extra and isinstance(getattr(args, "sentences", None), list) and not any(w.startswith("-") for w in before):
+        args.sentences.extend(before + after)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args

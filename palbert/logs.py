@@ -11,7 +11,27 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 
+#: Switches of the libraries' own progress bars (model weights loading, hub and MLflow artifact transfers).
+_LIBRARY_BARS_OFF = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def quiet_library_bars() -> None:
+    """Turn off the progress bars of transformers, huggingface_hub and MLflow (unless the user set them).
+
+    Into a log file their ``\r`` redraws pile up on one physical line and say nothing a log line does not;
+    palbert's own bars (``ProgressBar``) write one line per update there instead.
+    """
+    for name, value in _LIBRARY_BARS_OFF.items():
+        os.environ.setdefault(name, value)
+    # a library imported before this call read its switch already
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def setup_logging(level: int = logging.INFO) -> None:
+    """Log records as ``HH:MM:SS LEVEL logger: message`` on stderr; into a file, no library progress bars."""
+    if not _is_terminal(sys.stderr):
+        quiet_library_bars()
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
     logging.basicConfig(
@@ -20,6 +40,37 @@ def setup_logging(level: int = logging.INFO) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class LogLines:
+    """A bar's stream when it is a file, not a terminal: tqdm redraws its line in place (``\r`` and padding),
+    which in a file joins every update onto one physical line; here each redraw becomes a line of its own,
+    and a newline that would only end an already ended line is dropped (no blank lines)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self._line_ended = True
+
+    def write(self, text: str) -> int:
+        head, *redraws = text.split("\r")
+        if head and not (head == "\n" and self._line_ended):
+            self._emit(head)
+        for redraw in redraws:
+            content = redraw.rstrip(" ")
+            if content.strip():
+                self._emit(("" if self._line_ended else "\n") + content.rstrip("\n") + "\n")
+        return len(text)
+
+    def _emit(self, text: str) -> None:
+        self.stream.write(text)
+        self._line_ended = text.endswith("\n")
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, ...
+        return getattr(self.stream, name)
 
 
 def terminal_shape(stream: IO[str]) -> tuple[int | None, int | None]:
@@ -42,12 +93,15 @@ class ProgressBar(tqdm):
 
     While the bar is open, records of the root logger's console handlers are written with ``tqdm.write``:
     above the bar, on their own line, instead of glued onto the bar's line (``…it/s]04:44:15 INFO …``).
+    Into a file (not a terminal) each update is a line of its own (``LogLines``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         file = kwargs.get("file") or sys.stderr
-        self._on_terminal = bool(getattr(file, "isatty", lambda: False)())
+        self._on_terminal = _is_terminal(file)
         kwargs["ncols"], kwargs["nrows"] = terminal_shape(file)
+        if not self._on_terminal:
+            kwargs["file"] = LogLines(file)  # one line per update
         super().__init__(*args, dynamic_ncols=False, **kwargs)
         self._log_redirect: ContextManager | None = None
         if not self.disable:
@@ -55,14 +109,27 @@ class ProgressBar(tqdm):
             self._log_redirect = logging_redirect_tqdm(tqdm_class=type(self))
             self._log_redirect.__enter__()
 
+    def pause(self) -> None:
+        """Mark the start of a pause (dev scoring) that ``unpause`` leaves out of the rate and ETA.
+
+        tqdm's own ``unpause`` counts the pause from the last redraw: into a log file, redrawn every 30 s,
+        that also drops the training time since then, and the closing line claims 0 s and a huge rate."""
+        self._paused_at = self._time()
+
+    def unpause(self) -> None:
+        paused_at, self._paused_at = getattr(self, "_paused_at", None), None
+        if paused_at is None or self.disable:
+            super().unpause()
+            return
+        pause = self._time() - paused_at
+        self.start_t += pause
+        self.last_print_t += pause
+
     def clear(self, nolock: bool = False) -> None:
-        """On a terminal, erase the bar's line; into a log file, end it, so that a record written next
-        starts a line of its own (not one that begins with the bar, a carriage return and padding)."""
+        """On a terminal, erase the bar's line; into a log file, leave it: every update there is a line of
+        its own already (``LogLines``), so a record written next starts a line of its own."""
         if self._on_terminal or self.disable:
             super().clear(nolock)
-        else:
-            self.fp.write("\n")
-            self.fp.flush()
 
     def close(self) -> None:
         super().close()

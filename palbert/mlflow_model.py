@@ -7,15 +7,20 @@ has one ``prediction`` per row (sst: class 0..4, para: 0/1, sts: similarity 0..5
 ``Predictor`` as ``palbert predict`` and the ``evaluate`` stage.
 
 It is logged as a "model from code" (MLflow runs ``palbert/mlflow_model_code.py`` to build it), not as a
-pickled Python object: like ``models/best`` itself, loading it runs no pickle. The pyfunc imports the
-palbert package, so serve it from the project's environment (``--env-manager local``).
+pickled Python object: like ``models/best`` itself, loading it runs no pickle. The palbert package travels
+inside the model (``code/palbert``, MLflow's ``code_paths``) and ``requirements.txt`` pins what it imports
+(versions from the package index), so the model serves from its artifacts alone, in another folder or on
+another machine (``--env-manager virtualenv`` builds that environment from the index).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
     from palbert.predict import Predictor
+    from palbert.registry import Registration
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +47,15 @@ MODEL_DIR_ARTIFACT = "palbert_model"
 TASK, FIRST, SECOND, PREDICTION = "task", "sentence1", "sentence2", "prediction"
 #: The file MLflow runs to build the pyfunc (``mlflow.models.set_model``).
 CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")
-#: What the pyfunc imports, pinned to the versions it was logged with.
-REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas")
+#: What the pyfunc and the bundled palbert import at prediction time, pinned to the versions it was logged with.
+REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy",
+                "scikit-learn", "pyyaml", "tqdm")
+MEANING = "meaning"
+#: What a prediction means, per task (the SST classes of the CS224N data).
+SST_CLASSES = ("negative", "somewhat negative", "neutral", "somewhat positive", "positive")
+TASK_OUTPUTS = {"sst": "sentiment class 0..4 (" + ", ".join(f"{i} {name}" for i, name in enumerate(SST_CLASSES)) + ")",
+                "para": "1 if sentence2 is a paraphrase (duplicate question) of sentence1, else 0",
+                "sts": "semantic similarity of the two sentences, 0 (unrelated) .. 5 (same meaning)"}
 
 
 def input_example() -> pd.DataFrame:
@@ -50,17 +63,31 @@ def input_example() -> pd.DataFrame:
     return pd.DataFrame({
         TASK: ["sst", "para", "sts"],
         FIRST: ["A gorgeous, witty, seductive movie.", "How do I learn Python?", "A cat sits on the mat."],
-        SECOND: [None, "What is the best way to learn Python?", "A cat is sitting on a mat."],
+        SECOND: ["", "What is the best way to learn Python?", "A cat is sitting on a mat."],  # sst reads no sentence2
     })
 
 
 def signature() -> "ModelSignature":
-    """``task`` and ``sentence1`` always, ``sentence2`` for the pair tasks only; one number out per row."""
+    """``task`` and ``sentence1`` always, ``sentence2`` for the pair tasks only; per row a number and what it
+    means in words (the task values and their outputs are spelled out in the MLmodel's ``metadata``)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     inputs = Schema([ColSpec("string", TASK), ColSpec("string", FIRST), ColSpec("string", SECOND, required=False)])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", PREDICTION)]))
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", PREDICTION), ColSpec("string", MEANING)]))
+
+
+def metadata() -> dict[str, Any]:
+    """The MLmodel's ``metadata``: the values of ``task`` and what ``prediction`` means for each."""
+    return {"task_values": list(TASKS), "prediction": TASK_OUTPUTS, "pair_tasks_need_sentence2": list(PAIR_TASKS)}
+
+
+def meaning(task: str, value: float) -> str:
+    if task == "sst":
+        return SST_CLASSES[int(value)]
+    if task == "para":
+        return "paraphrase" if value >= 0.5 else "not a paraphrase"
+    return f"similarity {value:.2f} of 5"
 
 
 def _texts(table: pd.DataFrame, column: str, rows: np.ndarray, task: str) -> list[str]:
@@ -86,7 +113,7 @@ def predict_table(predictor: "Predictor", table: pd.DataFrame) -> pd.DataFrame:
         if len(rows) > 0:
             second = _texts(table, SECOND, rows, task) if task in PAIR_TASKS else None
             out[rows] = predictor.predict(task, _texts(table, FIRST, rows, task), second)
-    return pd.DataFrame({PREDICTION: out})
+    return pd.DataFrame({PREDICTION: out, MEANING: [meaning(task, value) for task, value in zip(tasks, out)]})
 
 
 class PalbertPyfunc(mlflow.pyfunc.PythonModel):
@@ -100,17 +127,34 @@ class PalbertPyfunc(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.load(context.artifacts[MODEL_DIR_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return predict_table(self.predictor, model_input)
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            return predict_table(self.predictor, model_input)
+        except ValueError as exc:  # a bad request: MLflow's server answers 400 with this message (not a generic one)
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def _requirements() -> list[str]:
+    """``name==version`` without a local label (``torch==2.13.0``, not ``2.13.0+cpu``: that build is not on the
+    package index)."""
     pins = []
     for name in REQUIREMENTS:
         try:
-            pins.append(f"{name}=={version(name)}")
+            pins.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
             pins.append(name)
     return pins
+
+
+@contextlib.contextmanager
+def _package_copy() -> Iterator[Path]:
+    """This palbert package, without bytecode, for the model's ``code/`` folder."""
+    with tempfile.TemporaryDirectory(prefix="palbert-code.") as folder:
+        target = Path(folder) / "palbert"
+        shutil.copytree(Path(__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        yield target
 
 
 @contextlib.contextmanager
@@ -126,11 +170,13 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 
 
 def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
-              registered_model_name: str | None = None) -> "ModelInfo":
+              registration: "Registration | None" = None) -> "ModelInfo":
     """Log ``model_dir`` (a ``save_model`` folder) as the run's MLflow Model ``model``, and register it
-    as a new version of ``registered_model_name`` when given and the store has a model registry."""
+    (``palbert.registry.register``: card, tags, ``@champion``) when asked and the store has a model registry."""
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
+
+    from palbert.registry import register, run_tags_for_version
 
     with _tracking_uri(tracking_uri):
         # Created here, in the run's experiment: left to Model.log, it would go to the active (default) one.
@@ -138,16 +184,19 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
         run = client.get_run(run_id)
         logged = client.create_logged_model(run.info.experiment_id, name=ARTIFACT_PATH, source_run_id=run_id,
                                             params=run.data.params)
-        info = Model.log(
-            artifact_path=None, name=ARTIFACT_PATH, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
-            python_model=str(CODE_FILE), artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
-            signature=signature(), input_example=input_example(), pip_requirements=_requirements(),
-        )
+        with _package_copy() as package:
+            info = Model.log(
+                artifact_path=None, name=ARTIFACT_PATH, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
+                python_model=str(CODE_FILE), artifacts={MODEL_DIR_ARTIFACT: str(model_dir)}, code_paths=[str(package)],
+                signature=signature(), input_example=input_example(), pip_requirements=_requirements(),
+                metadata=metadata(),
+            )
         log.info("logged MLflow Model %s (%s)", info.model_uri, info.model_id)
-        if registered_model_name:
+        if registration is not None:
+            registration = dataclasses.replace(
+                registration, tags={**run_tags_for_version(run.data.tags), **registration.tags})
             try:
-                registered = mlflow.register_model(info.model_uri, registered_model_name)
-                log.info("registered as model %r version %s", registered_model_name, registered.version)
+                register(client, info.model_uri, registration)
             except MlflowException as exc:  # e.g. a store without a model registry
                 log.warning("model not registered in %s: %s", tracking_uri, exc.message)
     return info

@@ -39,6 +39,7 @@ from palbert.paths import find_project_root, outside_dvc_temp
 
 if TYPE_CHECKING:
     from palbert.data.prepared import PreparedSplit
+    from palbert.registry import Registration
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +395,9 @@ class Tracker(abc.ABC):
         the UI's Datasets column then says what the run was trained and scored on."""
 
     @abc.abstractmethod
-    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
-        """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model``."""
+    def log_model(self, model_dir: Path, registration: "Registration | None" = None) -> None:
+        """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model``; with a
+        ``registration``, also a version of the registered model (``palbert.registry``)."""
 
     @abc.abstractmethod
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
@@ -434,7 +436,7 @@ class NullTracker(Tracker):
     def log_datasets(self, prepared_root: Path, splits: Mapping[str, Iterable["PreparedSplit"]]) -> None:
         pass
 
-    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
+    def log_model(self, model_dir: Path, registration: "Registration | None" = None) -> None:
         pass
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -612,12 +614,12 @@ class MlflowTracker(Tracker):
                   for context, group in splits.items() for split in group]
         self._send("log_inputs", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
-    def log_model(self, model_dir: Path, registered_model_name: str | None = None) -> None:
+    def log_model(self, model_dir: Path, registration: "Registration | None" = None) -> None:
         """A pyfunc that ``mlflow models serve`` can serve, registered when the store has a registry
         (``palbert.mlflow_model``)."""
         from palbert.mlflow_model import log_model
 
-        self._send("log_model", lambda: log_model(self.run_id, self.tracking_uri, model_dir, registered_model_name))
+        self._send("log_model", lambda: log_model(self.run_id, self.tracking_uri, model_dir, registration))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._send(f"log_artifact {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))

@@ -9,7 +9,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from palbert import paths
 from palbert.atomic import write_json
 from palbert.config import Params, load_params
@@ -24,9 +23,11 @@ from palbert.evaluate import (
     write_predictions,
 )
 from palbert.model import load_model
+from palbert.model_card import card_body, comparable_dev, recipe
 from palbert.paths import find_project_root
 from palbert.plots import confusion_matrix_plot
 from palbert.precision import default_device
+from palbert.registry import Registration
 from palbert.stage import run_stage
 from palbert.tracking import open_run
 
@@ -78,8 +79,18 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
                 tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
                                                            Path(folder) / "sst_dev_confusion.png"), "plots")
         tracker.log_artifact("params.yaml", "params")
-        tracker.log_model(paths.model, registered_model_name=params.tracking.experiment)
+        tracker.log_model(paths.model, registration=registration(params, summary, metrics))
     return metrics
+
+
+def registration(params: Params, summary: dict, metrics: dict[str, float]) -> Registration | None:
+    """A registry version for a run scored on the full dev splits; none for a sample run (a quick look)."""
+    if not comparable_dev(params):
+        log.info("model not registered: data.subset=%s / data.dev_subset=%s score a sample of dev, not "
+                 "comparable with the registered versions", params.data.subset, params.data.dev_subset)
+        return None
+    return Registration(params.tracking.experiment, dev=metrics,
+                        description=card_body(params, {**summary, "best_dev": metrics}), tags=recipe(params))
 
 
 def main() -> int:

@@ -72,8 +72,11 @@ def test_series_have_colours_and_small_values_readable_labels(project):
     plots = {name: rendered[0]["content"] for name, rendered in
              json.loads(dvc(project, "plots", "show", "--json"))["data"].items()}
     for name in PLOTS[:-1]:
-        encoding = plots[name]["encoding"]
-        assert encoding["color"]["field"] == "series" and encoding["strokeDash"]["field"] == "rev", name
+        # per-step series: one panel per revision (its own step axis); per-epoch scores: one dash per revision
+        spec = plots[name].get("spec", plots[name])
+        encoding = spec["encoding"]
+        split = plots[name]["facet"]["row"] if "facet" in plots[name] else encoding["strokeDash"]
+        assert encoding["color"]["field"] == "series" and split["field"] == "rev", name
         assert encoding["y"]["axis"]["format"] == "~g", name  # 2e-5 reads 0.00002, not 0
     # the template's `series` is the loss file's task, or the column: one colour per task / dataset / metric
     losses = plots[PLOTS[0]]["data"]["values"]

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert.model", "palbert.model.attention", "palbert.model.pal", "palbert.model.encoder", "palbert.model.heads",
      "palbert.model.pretrained", "palbert.model.multitask", "palbert.model.io", "palbert.evaluate", "palbert.plots"),
     # 4 a trained model on new text, as the CLI and as an MLflow Model
-    ("palbert.predict", "palbert.mlflow_model", "palbert.mlflow_model_code"),
+    ("palbert.predict", "palbert.mlflow_model", "palbert.mlflow_model_code", "palbert.model_card", "palbert.registry"),
     # 5 experiment tracking
     ("palbert.tracking",),
     # 6 training, the Table 3 runner, the stage runner

@@ -60,3 +60,64 @@ def test_a_terminal_of_unknown_width_still_gets_a_bar():
     assert "50%" not in _bar_on_a_terminal_without_size(tqdm, dynamic_ncols=True)  # tqdm trims it to nothing
     drawn = _bar_on_a_terminal_without_size(ProgressBar)
     assert "train:  50%|" in drawn and "2/4" in drawn
+
+
+LOG_FILE_SCRIPT = r"""
+import logging, sys
+from palbert.logs import ProgressBar, setup_logging
+setup_logging()  # stderr is a file here, as under `dvc exp run ... 2> run.log` or a queued experiment
+from transformers import AutoModel
+AutoModel.from_pretrained(sys.argv[1])  # transformers' own "Loading weights" bar
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+logging.getLogger("palbert.check").info("mlflow bars %s", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get())
+bar = ProgressBar(total=30, desc="train", mininterval=0)
+for step in range(30):
+    bar.set_postfix({"loss_sst": "1.5", "loss_para": "0.6"}, refresh=False)
+    bar.update(1)
+    if step == 14:
+        logging.getLogger("palbert.train.loop").info("epoch 1: scoring dev")
+bar.close()
+"""
+
+
+def test_into_a_log_file_each_update_is_a_line_and_library_bars_are_off(tmp_path, tiny_bert_dir):
+    import subprocess
+
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as log_file:
+        subprocess.run([sys.executable, "-c", LOG_FILE_SCRIPT, str(tiny_bert_dir)], stderr=log_file, check=True,
+                       timeout=120, env={k: v for k, v in os.environ.items()
+                                         if k not in ("HF_HUB_DISABLE_PROGRESS_BARS",
+                                                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
+    text = log_path.read_text()
+    lines = text.splitlines()
+    assert "\r" not in text and "" not in lines  # no in-place redraws, no blank lines
+    assert "Loading weights" not in text and "mlflow bars False" in text
+    bars = [line for line in lines if line.startswith("train:")]
+    assert 31 <= len(bars) <= 32 and bars[-1].startswith("train: 100%|") and "30/30" in bars[-1]  # 0/30, ..., 30/30 (and the closing total)
+    assert all(line.endswith("loss_sst=1.5, loss_para=0.6]") for line in bars[1:])
+    assert any(re.fullmatch(r"\d\d:\d\d:\d\d INFO palbert.train.loop: epoch 1: scoring dev", line) for line in lines)
+
+
+def test_the_training_bar_shows_losses_in_task_order():
+    from palbert.train.loop import bar_postfix
+
+    shown = bar_postfix({"simcse": [0.2], "sts": [1.0, 3.0], "sst": [1.5]}, rate=31.7)
+    assert shown == {"loss_sst": "1.5", "loss_sts": "2", "loss_simcse": "0.2", "ex/s": "32"}
+
+
+def test_a_pause_leaves_only_itself_out_of_the_rate(tmp_path):
+    """Into a file (redrawn every 30 s) the closing line's elapsed time keeps the work before the pause."""
+    import time
+
+    with (tmp_path / "log").open("w") as log_file:
+        bar = ProgressBar(total=2, desc="train", file=log_file, mininterval=30)
+        time.sleep(1.1)  # training
+        bar.update(1)
+        bar.pause()
+        time.sleep(0.5)  # dev scoring
+        bar.unpause()
+        bar.update(1)
+        bar.close()
+    last = (tmp_path / "log").read_text().splitlines()[-1]
+    assert "2/2 [00:01<00:00" in last, last  # tqdm's own unpause would say 00:00 and a rate of thousands it/s

@@ -18,9 +18,10 @@ from mlflow import MlflowClient
 
 from conftest import free_port, running_mlflow_server, stop_process_group, tiny_training_params, wait_until_up
 from palbert.config import ModelParams, Params, TrackingParams
-from palbert.mlflow_model import input_example, predict_table
+from palbert.mlflow_model import SST_CLASSES, input_example, predict_table
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.predict import Predictor
+from palbert.registry import CHAMPION, Registration
 from palbert.tracking import open_run
 
 SERVE_START_TIMEOUT_S = 180  # a cold start imports torch and loads the model, on a busy 2-core machine
@@ -46,7 +47,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[s
     params = Params()
     params.tracking = TrackingParams(experiment="palbert-model-test", uri=f"sqlite:///{root / 'mlflow.db'}")
     with open_run(params, root, system_metrics=False) as tracker:
-        tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
+        tracker.log_model(model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
     assert tracker.lost is None
     return tracker.tracking_uri, tracker.run_id
 
@@ -61,7 +62,9 @@ def test_the_logged_model_loads_with_pyfunc_and_predicts_all_three_tasks(logged,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     assert model.metadata.signature.inputs.input_names() == ["task", "sentence1", "sentence2"]
-    assert model.metadata.signature.outputs.input_names() == ["prediction"]
+    assert model.metadata.signature.outputs.input_names() == ["prediction", "meaning"]
+    assert model.metadata.metadata["task_values"] == ["sst", "para", "sts"]  # what `task` may be, and what comes out
+    assert "0 negative" in model.metadata.metadata["prediction"]["sst"]
     assert model.metadata.saved_input_example_info["type"] == "dataframe"
     assert model.predict(input_example()).equals(predict_table(Predictor.load(model_dir), input_example()))
     got = model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist()
@@ -80,34 +83,60 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
         params = Params()
         params.tracking = TrackingParams(experiment="palbert-served", uri=url)
         with open_run(params, tmp_path, system_metrics=False) as tracker:
-            tracker.log_model(model_dir, registered_model_name=params.tracking.experiment)
+            tracker.log_model(model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
         assert tracker.lost is None
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         model = mlflow.pyfunc.load_model("models:/palbert-served/1")
         assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
 
 
-def test_the_evaluate_stage_logs_and_registers_the_mlflow_model(tmp_path, monkeypatch, model_dir, tiny_bert_dir,
-                                                                tiny_prepared):
+def test_the_evaluate_stage_registers_full_dev_runs_only_with_card_tags_and_champion(
+        tmp_path, monkeypatch, model_dir, tiny_bert_dir, tiny_prepared):
     from stages.evaluate import EvaluationPaths, evaluate_trained_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the stage logs ./params.yaml
     Path("params.yaml").write_text("train: {}\n")
-    params = tiny_training_params(tiny_bert_dir)
     paths = EvaluationPaths(project_root=tmp_path, model=model_dir, prepared=tiny_prepared,
                             train_summary=tmp_path / "metrics" / "train.json",
                             dev_metrics=tmp_path / "metrics" / "dev.json", predictions=tmp_path / "predictions")
-    evaluate_trained_model(params, paths)
-
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
-    [version] = client.search_model_versions(f"name='{params.tracking.experiment}'")
-    assert version.run_id == run.info.run_id and run.info.status == "FINISHED"
+    sample = tiny_training_params(tiny_bert_dir)  # data.subset=64: a quick look, scored on a dev sample
+    evaluate_trained_model(sample, paths)
+    name = sample.tracking.experiment
+    assert client.search_model_versions(f"name='{name}'") == []  # logged as the run's model, not registered
+
+    full = tiny_training_params(tiny_bert_dir, data={"subset": 0})  # scored on the full dev splits
+    metrics = evaluate_trained_model(full, paths)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], order_by=["start_time DESC"])
+    [version] = client.search_model_versions(f"name='{name}'")
+    assert version.run_id == runs[0].info.run_id and runs[0].info.status == "FINISHED"
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == int(version.version)
+    assert float(version.tags["dev.overall"]) == pytest.approx(metrics["overall"], abs=1e-6)
+    assert version.tags["train.seed"] == str(full.train.seed) and version.tags["data.subset"] == "0"
+    assert version.tags["run_name"] == runs[0].info.run_name
+    assert "## Dev scores" in version.description and f"{metrics['overall']:.4f}" in version.description
+    assert "English only" in version.description
+    assert "@champion" in client.get_registered_model(name).description
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
+
+
+def test_champion_moves_only_when_a_new_version_beats_it(model_dir, tmp_path):
+    """Three runs with dev overall 0.70, 0.60 (a worse, later run), 0.75: @champion is 1, 1, 3."""
+    params = Params()
+    params.tracking = TrackingParams(experiment="palbert-champion", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(params.tracking.uri)
+    champions = []
+    for overall in (0.70, 0.60, 0.75):
+        with open_run(params, tmp_path, system_metrics=False) as tracker:
+            tracker.log_model(model_dir, Registration("palbert-champion", dev={"overall": overall}))
+        champions.append(client.get_model_version_by_alias("palbert-champion", CHAMPION).version)
+    assert [int(v) for v in champions] == [1, 1, 3]
+    latest = client.get_latest_versions("palbert-champion")[0]
+    assert int(latest.version) == 3 and latest.tags["dev.overall"] == "0.750000"
 
 
 def test_bad_requests_are_refused_clearly(model_dir):
@@ -164,5 +193,64 @@ def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path,
 
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "para", "sentence1": "a"}]})
         assert status >= 400 and "needs sentence2" in json.dumps(answer), (status, answer)
+    finally:
+        stop_process_group(server)
+
+
+def _bare_python(folder: Path) -> Path:
+    """A venv with this project's dependencies but not palbert itself (the other machine's environment):
+    the site-packages folder is on its path, but its .pth files (palbert's editable install) are not run."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(folder)
+    [site] = list((folder / "lib").glob("python*/site-packages"))
+    (site / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = folder / "bin" / "python"
+    # `mlflow models serve` execs `uvicorn` by name: this environment's, not the project venv's
+    (folder / "bin" / "uvicorn").write_text(f"#!{python}\nfrom uvicorn.main import main\nmain()\n")
+    (folder / "bin" / "uvicorn").chmod(0o755)
+    return python
+
+
+def test_the_logged_model_serves_from_its_artifacts_alone_in_another_folder(logged, model_dir, tmp_path,
+                                                                           monkeypatch):
+    uri, run_id = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "elsewhere")))
+    mlmodel = (local / "MLmodel").read_text()
+    assert "    code: code\n" in mlmodel and (local / "code" / "palbert" / "mlflow_model.py").is_file()
+    requirements = (local / "requirements.txt").read_text().split()
+    assert not [pin for pin in requirements if "+" in pin]  # versions the package index has (no +cpu)
+    assert {"torch", "transformers", "scipy", "scikit-learn", "pyyaml"} <= {pin.split("==")[0] for pin in requirements}
+    example = json.loads((local / "serving_input_example.json").read_text())  # strict JSON: no NaN
+
+    python = _bare_python(tmp_path / "bare")
+    probe = subprocess.run([str(python), "-c", "import palbert"], capture_output=True, text=True, cwd=tmp_path)
+    assert probe.returncode != 0 and "No module named 'palbert'" in probe.stderr
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [str(python), "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/ping", server, log_path, SERVE_START_TIMEOUT_S)
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": REQUESTS})
+        assert status == 200, answer
+        assert [row["prediction"] for row in answer["predictions"]] == pytest.approx(_expected(model_dir), abs=1e-6)
+        assert answer["predictions"][0]["meaning"] in SST_CLASSES
+        assert answer["predictions"][1]["meaning"] in ("paraphrase", "not a paraphrase")
+        status, answer = _post(f"{base}/invocations", example)
+        assert status == 200 and len(answer["predictions"]) == 3, answer
+        # a bad request: 400, and the message (not only the stack trace) says what is wrong
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "para", "sentence1": "a"}]})
+        assert status == 400 and "task para needs sentence2" in answer["message"], answer
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "nli", "sentence1": "a"}]})
+        assert status == 400 and "unknown task(s) ['nli']; expected sst, para, sts" in answer["message"], answer
     finally:
         stop_process_group(server)

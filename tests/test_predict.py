@@ -86,6 +86,11 @@ def test_cli_takes_sentences_after_options(model_dir, capsys):
     assert "it/s" not in err and "%|" not in err  # no progress bars for two sentences
     assert main(["predict", "sst", "first", "--model", model_dir, "second"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+    # after `--`, an input may start with "-", wherever the options are
+    assert main(["predict", "sst", "--model", model_dir, "--", "-5 stars, awful"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["predict", "sst", "--model", model_dir, "x", "--", "-y", "--model"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
 
 
 def test_cli_output_lines_up_with_input_lines(model_dir, tmp_path, capsys):
@@ -124,4 +129,6 @@ def test_cli_version_and_help(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"palbert {__version__}"
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
-    assert "(default: models/best" in " ".join(capsys.readouterr().out.split())
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: models/best" in help_text
+    assert "bf16 on a GPU with bf16 or a CPU with AMX" in help_text  # what palbert.precision picks

@@ -67,6 +67,34 @@ def test_fetch_from_mirror_copies_verified_files(tmp_path):
     assert not [p for p in (tmp_path / "raw").rglob(".*")]  # no temporary files left behind
 
 
+@needs_mirror
+def test_fetch_with_a_mirror_does_not_go_to_the_network_for_an_optional_file(tmp_path, caplog):
+    """quora-test-student.csv is optional and not in the mirror: no request, no DNS error, one notice."""
+    requests: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with caplog.at_level("INFO", logger="palbert.data.sources"):
+            report = fetch(make_params(), tmp_path / "raw", MIRROR,
+                           download_base=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == []
+    assert report.sources["quora/quora-test-student.csv"] == "missing"
+    assert "optional file quora/quora-test-student.csv not in the mirror" in caplog.text
+    assert "downloading" not in caplog.text
+
+
 def test_fetch_offline_without_mirror_lists_every_required_file(tmp_path, monkeypatch):
     monkeypatch.delenv("PALBERT_DATA_MIRROR", raising=False)
     started = time.monotonic()

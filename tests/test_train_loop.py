@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,15 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     assert type(AutoModel.from_pretrained(paths.best_model)).__name__ == "BertModel"
     assert AutoTokenizer.from_pretrained(paths.best_model)("a film").input_ids[0] == 101  # [CLS]
     assert load_model(paths.best_model)[0].params == params.model
+    # its README.md is a model card that huggingface_hub reads, written from the run's params and scores
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(paths.best_model / "README.md")
+    assert card.data.language == "en" and card.data.library_name == "transformers"
+    assert f"{summary['best_dev']['overall']:.4f}" in card.text and "English only" in card.text
+    assert f"epoch {summary['best_epoch']}" in card.text and summary["mlflow_run_id"] in card.text
+    # every file is readable like any other output (safetensors alone writes 0600)
+    assert {oct(f.stat().st_mode & 0o777) for f in paths.best_model.iterdir()} == {oct(0o666 & ~_umask())}
     for name in ("loss_sst", "loss_para", "loss_sts", "loss_simcse", "lr", "sampling", "dev_epochs"):
         assert (paths.plots / f"{name}.csv").read_text().count("\n") >= 2, name
 
@@ -90,6 +100,12 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
         dev_metrics=workdir / "metrics" / "dev.json", predictions=workdir / "predictions"))
     artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts["plots/sst_dev_confusion.png"] > 1000
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _datasets(run) -> set[tuple[str, str]]:

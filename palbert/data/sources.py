@@ -244,6 +244,11 @@ def fetch(
                 _copy_from_mirror(raw, source, target)
                 report.sources[key] = "mirror"
                 continue
+            if mirror_dir is not None and not is_required(raw, params):
+                # a mirror is the offline source: an optional file it lacks is not worth a network attempt
+                report.sources[key] = "missing"
+                log.info("optional file %s not in the mirror %s; carrying on without it", key, mirror_dir)
+                continue
             url = download_url(raw, base)
             host = urllib.parse.urlsplit(url).netloc
             why = unreachable.get(host)

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -30,6 +30,7 @@ from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
+from palbert.model_card import write_model_card
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
@@ -306,8 +307,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                         state.history.setdefault("lr", []).append([state.step, lr])
                         state.history.setdefault("sampling", []).append([state.step, probabilities])
                         tracker.log_metrics(metrics, step=state.step)
-                        progress.set_postfix({f"loss_{t}": f"{sum(v) / len(v):.4g}" for t, v in window_losses.items()}
-                                             | {"ex/s": f"{rate:.0f}"}, refresh=False)  # redraw at the bar's own pace
+                        progress.set_postfix(bar_postfix(window_losses, rate), refresh=False)  # at the bar's pace
                         window_losses.clear()
                         window_examples, window_started = 0, time.perf_counter()
 
@@ -316,6 +316,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
 
                 # ---- end of epoch: score dev, keep the best model ---------------------------------------
                 scoring_started = time.perf_counter()
+                progress.pause()  # scoring time stays out of the bar's rate
                 if ctx.is_main:
                     log.info("epoch %d: scoring dev (%s)", state.epoch,
                              ", ".join(f"{task} {len(split)} rows" for task, split in dev_splits.items()))
@@ -372,6 +373,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
             }
             write_plots(state.history, paths.plots)
             write_json(paths.summary, summary)
+            write_model_card(paths.best_model, params, summary)
             tracker.log_metrics({"train_wall_s": wall_s, "best_epoch": state.best_epoch}, step=state.step)
             tracker.log_artifacts(paths.plots, "plots")
             with tempfile.TemporaryDirectory() as pngs:
@@ -383,6 +385,13 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                      state.best_epoch, _format_metrics(summary["best_dev"]))
     ctx.barrier()
     return summary
+
+
+def bar_postfix(window_losses: Mapping[str, list[float]], rate: float) -> dict[str, str]:
+    """The bar's mean losses in a fixed order (tasks, then SimCSE), whichever task came first in the window."""
+    means = {f"loss_{t}": f"{sum(window_losses[t]) / len(window_losses[t]):.4g}"
+             for t in (*TASKS, "simcse") if window_losses.get(t)}
+    return means | {"ex/s": f"{rate:.0f}"}
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
