@@ -67,7 +67,7 @@ from palbert.precision import resolve_precision  # noqa: E402
 from palbert.tasks import DATASET_TASK, TASK_DATASET, TASK_SPECS, dataset_spec  # noqa: E402
 from palbert.train.loop import make_optimizer, train_step  # noqa: E402
 from palbert.train.losses import task_loss  # noqa: E402
-from palbert.train.schedule import lr_multiplier  # noqa: E402
+from palbert.train.schedule import make_scheduler  # noqa: E402
 from palbert.train.streams import IndexStream  # noqa: E402
 
 DATASETS = tuple(TASK_DATASET.values())  # each task's main dataset
@@ -245,8 +245,7 @@ def palbert_setup(name: str, params: Params, device: torch.device, seed: int) ->
     model = MultitaskBert.from_pretrained(params.model).to(device)
     model.train()
     optimizer = make_optimizer(model, params)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(params.train.schedule, DEFAULT_RUN_STEPS, params.train.warmup_fraction))
+    scheduler = make_scheduler(optimizer, params.train.schedule, DEFAULT_RUN_STEPS, params.train.warmup_fraction)
     return PalbertSetup(name, params, resolve_precision(params.train.precision, device), model, optimizer, scheduler)
 
 

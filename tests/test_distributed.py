@@ -81,7 +81,7 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
     from palbert.data.prepared import load_prepared, read_meta
     from palbert.model import MultitaskBert
     from palbert.train.loop import make_optimizer, make_streams, train_step
-    from palbert.train.schedule import lr_multiplier
+    from palbert.train.schedule import make_scheduler
 
     torch.manual_seed(params.train.seed)
     meta = read_meta(prepared, "sst")
@@ -90,8 +90,7 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
     streams = make_streams(splits, {ds: params.train.batch_size for ds in splits}, params.train.seed, rank, world_size)
     model = MultitaskBert.from_pretrained(params.model).to(device)
     optimizer = make_optimizer(model, params)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier("stlr", len(EQUIVALENCE_PLAN), 0.25))  # a changing LR, also under DDP
+    scheduler = make_scheduler(optimizer, "stlr", len(EQUIVALENCE_PLAN), 0.25)  # a changing LR, also under DDP
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True) if ddp else model
     model.train()

@@ -41,7 +41,7 @@ from palbert.train import checkpoint
 from palbert.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
 from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
-from palbert.train.schedule import lr_multiplier
+from palbert.train.schedule import make_scheduler
 from palbert.train.streams import IndexStream
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         cap_passes=params.train.cap_passes,
     )
     total_steps = sampler.total_steps()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(params.train.schedule, total_steps, params.train.warmup_fraction))
+    scheduler = make_scheduler(optimizer, params.train.schedule, total_steps, params.train.warmup_fraction)
     streams = make_streams(train_splits, batch_sizes, params.train.seed, ctx.rank, ctx.world_size)
     if saved is not None:
         saved_state, rng_states = checkpoint.load_checkpoint(paths.checkpoints, model=model,

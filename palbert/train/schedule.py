@@ -1,19 +1,22 @@
-"""Learning-rate multipliers for ``torch.optim.lr_scheduler.LambdaLR`` (paper 4.1, LR Warmup / Decay).
+"""The learning-rate schedule (paper 4.1, LR Warmup / Decay), built from transformers' own schedules.
 
-``stlr`` is the slanted triangular schedule of Howard and Ruder (2018) as the paper uses it: the LR
-rises linearly from 0 at step 0 to the peak at ``warmup_steps``, then falls linearly to 0 at
-``total_steps``. LambdaLR calls the multiplier with the number of scheduler steps taken so far, so
-step 0 is the multiplier of the first optimizer step.
+``stlr`` is the slanted triangular schedule of Howard and Ruder (2018) as the paper uses it: the LR rises
+linearly from 0 at step 0 to the peak at ``warmup_steps``, then falls linearly to 0 at ``total_steps``:
+exactly ``transformers.get_linear_schedule_with_warmup``. ``constant`` is ``get_constant_schedule``.
+LambdaLR calls the multiplier with the number of scheduler steps taken so far, so step 0 is the
+multiplier of the first optimizer step.
 
-The multipliers are plain closures: LambdaLR then keeps nothing of them in its state_dict, so a
-resumed run always follows the schedule of its current params rather than a saved copy.
+Their multipliers keep no state of their own in the scheduler's state_dict, so a resumed run always follows
+the schedule of its current params rather than a saved copy.
 """
 
 from __future__ import annotations
 
 import math
 import typing
-from typing import Callable
+
+import torch
+from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
 from palbert.config import TrainParams
 
@@ -26,8 +29,9 @@ def warmup_steps(total_steps: int, warmup_fraction: float) -> int:
     return min(total_steps, int(math.floor(warmup_fraction * total_steps + 0.5)))
 
 
-def lr_multiplier(kind: str, total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """The factor on the base LR at each step for schedule ``kind``."""
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
+                   warmup_fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """The LR schedule ``kind`` over a run of ``total_steps`` optimizer steps."""
     if kind not in SCHEDULE_KINDS:
         raise ValueError(f"schedule {kind!r}: must be one of {', '.join(SCHEDULE_KINDS)}")
     if total_steps < 1:
@@ -35,14 +39,5 @@ def lr_multiplier(kind: str, total_steps: int, warmup_fraction: float) -> Callab
     if not 0 <= warmup_fraction <= 1:
         raise ValueError(f"warmup_fraction must be in [0, 1], got {warmup_fraction}")
     if kind == "constant":
-        return lambda step: 1.0
-    warmup = warmup_steps(total_steps, warmup_fraction)
-
-    def stlr(step: int) -> float:
-        if step < warmup:
-            return step / warmup
-        if step >= total_steps:
-            return 0.0
-        return (total_steps - step) / (total_steps - warmup)
-
-    return stlr
+        return get_constant_schedule(optimizer)
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps(total_steps, warmup_fraction), total_steps)
