@@ -314,6 +314,51 @@ def test_separate_and_single_batches_equal_hf_encoding(prepared_pairs, tokenizer
     assert sst_batch.to("cpu").inputs.input_ids.device.type == "cpu"
 
 
+def _hand_padded(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """The padding loop batching.py had before pad_sequence (issue 21 item 8), kept as the reference."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, segments) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
+        attention_mask[r, : len(ids)] = 1
+        token_type_ids[r, : len(ids)] = torch.from_numpy(segments.astype(np.int64))
+    return input_ids, attention_mask, token_type_ids
+
+
+@needs_mirror
+@pytest.mark.parametrize("dataset", ["quora", "sts", "sst"])
+@pytest.mark.parametrize("max_length", [128, 24, 17])
+def test_batches_equal_the_hand_written_padding(prepared_pairs, dataset, max_length):
+    """Every train row of the real files, batched by make_batch (pad_sequence) and by the old loop: the same
+    input_ids / attention_mask / token_type_ids, joint and separate, with pairs cut by truncation."""
+    from palbert.data.batching import _joint, _single
+
+    split = load_prepared(prepared_pairs, dataset, "train")
+    special = SpecialTokens.from_meta(read_meta(prepared_pairs, dataset))
+    if split.second is not None:
+        assert (split.token_lengths() + 3 > max_length).any() == (max_length < 128)
+    for pair_encoding in ("joint", "separate"):
+        for start in range(0, len(split), 64):
+            rows = list(range(start, min(start + 64, len(split))))
+            batch = make_batch(split, rows, task="sts", pair_encoding=pair_encoding, special=special,
+                               max_length=max_length)
+            if split.second is None:
+                expected = [[_single(split.first.get(i), special, max_length) for i in rows]]
+            elif pair_encoding == "joint":
+                expected = [[_joint(split.first.get(i), split.second.get(i), special, max_length) for i in rows]]
+            else:
+                expected = [[_single(texts.get(i), special, max_length) for i in rows]
+                            for texts in (split.first, split.second)]
+            for inputs, reference in zip((batch.inputs, batch.inputs_b), expected):
+                input_ids, attention_mask, token_type_ids = _hand_padded(reference, special.pad_id)
+                assert torch.equal(inputs.input_ids, input_ids)
+                assert torch.equal(inputs.attention_mask, attention_mask)
+                assert torch.equal(inputs.token_type_ids, token_type_ids)
+            assert (batch.inputs_b is None) == (len(expected) == 1)
+
+
 @pytest.mark.parametrize("len_a, len_b, budget, expected", [
     (3, 4, 10, (3, 4)), (3, 100, 10, (3, 7)), (100, 3, 10, (7, 3)), (50, 60, 11, (5, 6)), (60, 50, 11, (6, 5)),
     (6, 6, 11, (5, 6)), (60, 50, 10, (5, 5)), (6, 100, 11, (5, 6)), (5, 100, 11, (5, 6)),

@@ -1,7 +1,20 @@
 """Turn rows of a prepared split into padded tensors for the encoder.
 
 Padding is dynamic (to the longest row of the batch), since sentence lengths vary from 5 to 128
-tokens and padding to ``max_length`` would waste most of the compute on short SST batches.
+tokens and padding to ``max_length`` would waste most of the compute on short SST batches; it is
+``torch.nn.utils.rnn.pad_sequence``.
+
+The special tokens and the pair truncation stay written out here, on the ids that ``prepare``
+tokenized once (re-tokenizing text at batch time would be slower), because the tokenizer has no
+id-level API that gives the same tensors (transformers 5, checked against the embedded MiniLM):
+- the fast tokenizer (``TokenizersBackend``, what ``AutoTokenizer`` and ``load_tokenizer`` return)
+  has no ``prepare_for_model``, ``build_inputs_with_special_tokens``,
+  ``create_token_type_ids_from_sequences`` or ``truncate_sequences``: it only encodes text;
+- the Python backend (``BertTokenizerLegacy.prepare_for_model``/``truncate_sequences``) cuts a pair
+  by another ``longest_first`` rule: a 6- and a 100-token text at ``max_length=14`` keep (6, 5)
+  tokens there, (5, 6) with the fast tokenizer that ``prepare`` used and that the tests compare with.
+``tokenizer.pad`` would pad the same way, but needs the tokenizer at batch time, where the training
+loop and the evaluate stage only have meta.json's special ids.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from palbert.data.prepared import PreparedSplit
 from palbert.tasks import TASK_SPECS
@@ -96,15 +110,13 @@ def encoded_lengths(split: PreparedSplit, max_length: int) -> np.ndarray:
 
 def _pad(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> EncoderInputs:
     """(token ids, segment ids) per row -> padded tensors with an attention mask."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (ids, segments) in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
-        attention_mask[r, : len(ids)] = 1
-        token_type_ids[r, : len(ids)] = torch.from_numpy(segments.astype(np.int64))
-    return EncoderInputs(input_ids, attention_mask, token_type_ids)
+    ids = [torch.from_numpy(row.astype(np.int64)) for row, _ in rows]
+    segments = [torch.from_numpy(seg.astype(np.int64)) for _, seg in rows]
+    return EncoderInputs(
+        pad_sequence(ids, batch_first=True, padding_value=pad_id),
+        pad_sequence([torch.ones_like(row) for row in ids], batch_first=True, padding_value=0),
+        pad_sequence(segments, batch_first=True, padding_value=0),
+    )
 
 
 def _single(tokens: np.ndarray, special: SpecialTokens, max_length: int) -> tuple[np.ndarray, np.ndarray]:
