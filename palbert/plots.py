@@ -6,12 +6,12 @@ module draws the same data once for the MLflow UI.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,33 +22,32 @@ from palbert.tasks import TASKS  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def _read(path: Path) -> tuple[list[str], list[list[float]]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    header, body = rows[0], rows[1:]
-    return header, [[float(v) if v not in ("", "nan") else float("nan") for v in row] for row in body]
+def _lines(csv_files: dict[str, Path], column: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(legend label, x, y) per line: ``column`` of each file, or every column of one file (``column="*"``);
+    x is the first column. Missing and empty files draw nothing."""
+    lines = []
+    for label, path in csv_files.items():
+        if not path.is_file():
+            continue
+        frame = pd.read_csv(path, dtype=float)
+        if frame.empty:
+            continue
+        x = frame.iloc[:, 0].to_numpy()
+        for name in frame.columns[1:]:
+            if column in ("*", name):
+                lines.append((label if column != "*" else name, x, frame[name].to_numpy()))
+    return lines
 
 
 def _line_plot(csv_files: dict[str, Path], column: str, title: str, xlabel: str, ylabel: str,
                out: Path) -> Path | None:
     """One line per file (``column``), or per column of one file (``column="*"``); None when no data."""
-    figure, axes = plt.subplots(figsize=(7, 4))
-    drawn = False
-    for label, path in csv_files.items():
-        if not path.is_file():
-            continue
-        header, rows = _read(path)
-        if not rows:
-            continue
-        x = [row[0] for row in rows]
-        columns = [c for c in header[1:] if column in ("*", c)]
-        for name in columns:
-            y = [row[header.index(name)] for row in rows]
-            axes.plot(x, y, label=label if column != "*" else name)
-            drawn = True
-    if not drawn:
-        plt.close(figure)
+    lines = _lines(csv_files, column)
+    if not lines:
         return None
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for label, x, y in lines:
+        axes.plot(x, y, label=label)
     axes.set_title(title)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
