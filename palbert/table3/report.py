@@ -3,6 +3,11 @@
 No training, DVC experiment or MLflow store is needed: ``build_table`` reads the record folders of one
 table (``records.py``), aligns every run's dev predictions to one set of dev ids and labels, and runs
 the two-level bootstrap of ``palbert.metrics.bootstrap_rows`` over dev examples and seeds.
+
+The Markdown tables are joined by hand on purpose: ``DataFrame.to_markdown`` needs ``tabulate``, which
+is not in requirements-lock.txt (only a dependency of dvc), and tabulate pads every cell to its
+column's width and right-aligns numbers (``|   row |``, ``|------:|``), so the committed table.md
+files (``| 1 |``, ``|---|``) would not stay byte-identical (tests/test_committed_results.py).
 """
 
 from __future__ import annotations
