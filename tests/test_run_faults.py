@@ -1,0 +1,58 @@
+"""What can go wrong while a run works (issue 20): each fault stops early, in one line that says what happened
+and what to do, and leaves a state the next command recovers from."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import PROJECT
+from palbert.config import ParamsError, load_params
+
+
+def write_params(folder, **sections):
+    """The shipped params.yaml with some values replaced, in ``folder``."""
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in sections.items():
+        raw[section].update(values)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ item 5: what params.yaml alone can tell
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("train", {"beta1": 1}, "train.beta1: must be < 1, got 1.0"),
+    ("train", {"beta2": 1.0}, "train.beta2: must be < 1, got 1.0"),
+    ("model", {"hidden_dropout": 1.0}, "model.hidden_dropout: must be < 1, got 1.0"),
+    ("model", {"encoder_dropout": 1}, "model.encoder_dropout: must be < 1, got 1.0"),
+    ("tracking", {"uri": "foo://bar"}, "tracking.uri: 'foo://bar': MLflow has no tracking store for the scheme 'foo'"),
+    ("tracking", {"experiment": " "}, "tracking.experiment: empty"),
+])
+def test_values_that_used_to_fail_late_fail_the_params_check(tmp_path, capsys, section, values, message):
+    from palbert.cli import main
+
+    path = write_params(tmp_path, **{section: values})
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"{path}: {message}")
+    assert main(["check-params", str(path)]) == 1
+
+
+@pytest.mark.parametrize("uri", ["", "http://127.0.0.1:5000", "https://x.org", "sqlite:///mlflow.db", "file:/tmp/m",
+                                 "postgresql+psycopg2://u@h/db", "databricks", "mlruns", "/abs/store"])
+def test_every_store_mlflow_has_still_passes(tmp_path, uri):
+    assert load_params(write_params(tmp_path, tracking={"uri": uri})).tracking.uri == uri
+
+
+# ------------------------------------------------------------------ item 6: smaller ones
+
+
+def test_a_params_file_that_is_a_list_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- data\n- model\n")
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert str(error.value).startswith(f"{path}: expected a mapping of sections")
