@@ -56,3 +56,36 @@ def test_a_params_file_that_is_a_list_names_the_file(tmp_path):
     with pytest.raises(ParamsError) as error:
         load_params(path)
     assert str(error.value).startswith(f"{path}: expected a mapping of sections")
+
+
+def test_predict_input_that_is_a_folder_is_one_line(tmp_path, capsys):
+    from palbert.cli import main
+
+    assert main(["predict", "sst", "--input", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: is a folder; --input takes a text file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind, message", [("dev_zero", "a symlink to /dev/zero, not a regular file"),
+                                           ("folder", "a folder, not a file"),
+                                           ("dangling", "which does not exist")])
+def test_a_raw_file_that_is_no_file_is_named_not_called_missing(tmp_path, kind, message):
+    from palbert.config import params_from_dict
+    from palbert.data.prepare import prepare_dataset
+    from palbert.data.readers import DataError
+    from palbert.data.sources import fetch
+
+    raw = tmp_path / "raw/sst/ids-sst-train.csv"
+    raw.parent.mkdir(parents=True)
+    {"dev_zero": lambda: raw.symlink_to("/dev/zero"), "folder": raw.mkdir,
+     "dangling": lambda: raw.symlink_to(tmp_path / "gone.csv")}[kind]()
+    with pytest.raises(DataError) as error:
+        prepare_dataset("sst", tmp_path / "raw", tmp_path / "prepared", params_from_dict({}))
+    assert str(error.value).startswith(f"{raw}: ") and message in str(error.value)
+    # the same file in a data mirror
+    mirror = tmp_path / "mirror/cs224n"
+    mirror.mkdir(parents=True)
+    (mirror / raw.name).symlink_to("/dev/zero")
+    with pytest.raises(DataError) as error:
+        fetch(params_from_dict({}), tmp_path / "raw2", tmp_path / "mirror")
+    assert str(error.value).startswith(f"{mirror / raw.name}: a symlink to /dev/zero, not a regular file")
