@@ -22,6 +22,16 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer and ``tracking.on_unreachable`` is ``stop``."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss (or a weight) stopped being a finite number: the message names the step, the task and the likely
+    cause. Raised at once, before a checkpoint could keep the broken weights."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm, torchrun, ``kill``): handled as Ctrl-C is (checkpoint kept, MLflow run KILLED), so it
+    derives from ``KeyboardInterrupt``; ``palbert.stage`` turns the signal into it."""
+
+
 #: What ``palbert.stage.run_stage`` and the CLI report in one line instead of a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ParamsError, DataError, ModelLoadError, TrackingUnavailable,
-                                            FileNotFoundError)
+                                            TrainingDiverged, FileNotFoundError)

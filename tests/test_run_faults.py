@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import PROJECT
+from conftest import PROJECT, tiny_training_params
 from palbert.config import ParamsError, load_params
 
 
@@ -89,3 +89,55 @@ def test_a_raw_file_that_is_no_file_is_named_not_called_missing(tmp_path, kind, 
     with pytest.raises(DataError) as error:
         fetch(params_from_dict({}), tmp_path / "raw2", tmp_path / "mirror")
     assert str(error.value).startswith(f"{mirror / raw.name}: a symlink to /dev/zero, not a regular file")
+
+
+# ------------------------------------------------------------------ item 2: a diverging run stops at once
+
+
+def _train_paths(root, prepared):
+    from palbert.train.loop import TrainPaths
+
+    return TrainPaths(project_root=root, prepared=prepared, checkpoints=root / "checkpoints",
+                      best_model=root / "models/best", summary=root / "metrics/train.json",
+                      plots=root / "metrics/plots/train")
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _runs(root):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root}/mlflow.db").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{root}/mlflow.db").search_experiments()])
+
+
+def test_a_diverging_run_stops_at_the_first_nan_and_fails_its_mlflow_run(workdir, tiny_bert_dir, tiny_prepared):
+    import json
+
+    from safetensors.torch import load_file
+
+    from palbert.errors import TrainingDiverged
+    from palbert.train.loop import train
+
+    params = tiny_training_params(tiny_bert_dir, train={"lr": 1000.0, "epochs": 3, "steps_per_epoch": 20,
+                                                        "checkpoint_every": 1})
+    paths = _train_paths(workdir, tiny_prepared)
+    with pytest.raises(TrainingDiverged) as error:
+        train(params, paths)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("training diverged: ")
+    assert " at step " in message and "the loss of task " in message and "train.lr = 1000 is far too high" in message
+    state = json.loads((paths.checkpoints / "latest/state.json").read_text())
+    assert f"the last good checkpoint (step {state['step']}) is kept" in message
+    assert state["step"] < 60 and not state["complete"]  # stopped early, not after every step
+    import torch
+
+    assert all(torch.isfinite(t).all() for t in load_file(str(paths.checkpoints / "latest/model.safetensors")).values())
+    assert not paths.best_model.exists() and not paths.summary.exists()
+    (run,) = _runs(workdir)
+    assert run.info.status == "FAILED"

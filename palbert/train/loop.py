@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from palbert.atomic import write_csv, write_json
+from palbert.atomic import atomic_dir, write_csv, write_json
 from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
+from palbert.errors import Terminated
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
@@ -36,7 +37,7 @@ from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason, resolve_precision
 from palbert.paths import BEST_MODEL, CHECKPOINTS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
 from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, open_run, parameter_counts
-from palbert.train import checkpoint
+from palbert.train import checkpoint, divergence
 from palbert.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
 from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
@@ -146,8 +147,10 @@ def _plan_fractions(plan: list[str]) -> dict[str, float]:
     return {ds: n / max(1, len(plan)) for ds, n in counts.items()}
 
 
-def _save_checkpoint(ctx: DistContext, paths: TrainPaths, model: torch.nn.Module, optimizer, scheduler,
-                     state: RunState, streams: dict[str, IndexStream], started: float) -> None:
+def _save_checkpoint(ctx: DistContext, paths: TrainPaths, params: Params, model: torch.nn.Module, optimizer,
+                     scheduler, state: RunState, streams: dict[str, IndexStream], started: float) -> None:
+    divergence.check_weights(model, step=state.step, epoch=state.epoch, params=params, checkpoints=paths.checkpoints,
+                             fingerprint=state.fingerprint)  # never replace the last good checkpoint with NaN
     state.streams = {ds: stream.state_dict() for ds, stream in streams.items()}
     rng_states = ctx.all_gather_objects(torch.get_rng_state())
     if ctx.is_main:
@@ -282,12 +285,18 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                                        pair_encoding=params.model.pair_encoding, special=special,
                                        max_length=max_length).to(device, non_blocking=True)
                     loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
+                    task_loss_value = loss.task.item()
+                    simcse_value = None if loss.simcse is None else loss.simcse.item()
+                    divergence.check_loss(  # stop at the first NaN, before a checkpoint could keep it
+                        loss.total.item(), {"task loss": task_loss_value, "SimCSE": simcse_value},
+                        task=task, step=state.step + 1, epoch=state.epoch, params=params,
+                        checkpoints=paths.checkpoints, fingerprint=state.fingerprint)
 
                     state.position += 1
                     state.step += 1
-                    window_losses[task].append(loss.task.item())
-                    if loss.simcse is not None:
-                        window_losses["simcse"].append(loss.simcse.item())
+                    window_losses[task].append(task_loss_value)
+                    if simcse_value is not None:
+                        window_losses["simcse"].append(simcse_value)
                     window_examples += len(batch) * ctx.world_size
                     state.examples += len(batch) * ctx.world_size
                     progress.update(1)
@@ -312,7 +321,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                         window_examples, window_started = 0, time.perf_counter()
 
                     if state.step % params.train.checkpoint_every == 0 and state.position < len(plan):
-                        _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+                        _save_checkpoint(ctx, paths, params, model, optimizer, scheduler, state, streams, started)
 
                 # ---- end of epoch: score dev, keep the best model ---------------------------------------
                 scoring_started = time.perf_counter()
@@ -335,11 +344,12 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                 state.epoch += 1
                 state.position = 0
                 state.complete = state.epoch > params.train.epochs
-                _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+                _save_checkpoint(ctx, paths, params, model, optimizer, scheduler, state, streams, started)
                 window_started = time.perf_counter()  # the next window's examples/s: training only
                 progress.unpause()  # and the bar's rate and ETA
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d; the next run resumes from the last checkpoint", state.step)
+        except KeyboardInterrupt as exc:
+            log.warning("%s at step %d; the next run resumes from the last checkpoint",
+                        "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted", state.step)
             raise
         finally:
             progress.close()
@@ -348,9 +358,12 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         wall_s = state.elapsed_s + time.perf_counter() - started
         summary: dict[str, Any] = {}
         if ctx.is_main:
-            paths.best_model.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(paths.best_model, ignore_errors=True)
-            shutil.copytree(paths.checkpoints / "best", paths.best_model)
+            if state.best_epoch == 0:  # every epoch scored NaN: there is no best model to keep
+                raise divergence.diverged("no epoch scored a finite dev overall", step=state.step,
+                                          epoch=params.train.epochs, params=params, checkpoints=paths.checkpoints,
+                                          fingerprint=state.fingerprint)
+            with atomic_dir(paths.best_model) as folder:  # a crash mid-copy leaves the old model or none, never half
+                shutil.copytree(paths.checkpoints / "best", folder, dirs_exist_ok=True)
             best_dev = next(row for row in state.history["dev"] if row["epoch"] == state.best_epoch)
             summary = {
                 "steps": state.step,
