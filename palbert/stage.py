@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Callable
 
-from palbert.errors import USER_ERRORS
+from palbert.errors import USER_ERRORS, Terminated
 from palbert.logs import setup_logging
 
 log = logging.getLogger("palbert")
@@ -31,14 +34,32 @@ def recovery_hint() -> str:
             "good ones from the DVC cache (outputs with cache: false, such as metrics/, are not in it)]")
 
 
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end a stage as Ctrl-C does: checkpoint kept, MLflow run KILLED, one line, exit 143.
+
+    Slurm, torchrun (on every rank) and ``kill`` stop jobs with SIGTERM; Python's default is to die at once, which
+    left the MLflow run RUNNING forever and said nothing. Signal handlers can only be set in the main thread.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def run_stage(main: Callable[[], int | None]) -> None:
     """Run a stage's ``main`` and exit with its status."""
     setup_logging()
+    stop_on_sigterm()
     try:
         code = main() or 0
     except user_errors() as exc:
         log.error("%s%s", exc, recovery_hint())
         code = 1
+    except Terminated:
+        log.error("stopped by SIGTERM%s", recovery_hint())
+        code = 128 + signal.SIGTERM
     except KeyboardInterrupt:
         log.error("interrupted%s", recovery_hint())
         code = 130

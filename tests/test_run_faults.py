@@ -141,3 +141,87 @@ def test_a_diverging_run_stops_at_the_first_nan_and_fails_its_mlflow_run(workdir
     assert not paths.best_model.exists() and not paths.summary.exists()
     (run,) = _runs(workdir)
     assert run.info.status == "FAILED"
+
+
+# ------------------------------------------------------------------ item 4: SIGTERM is handled as Ctrl-C is
+
+
+def _stage_project(root, tiny_bert_dir, tiny_prepared, **train):
+    """A folder to run ``python -m stages.train`` in: tiny params, the tiny prepared data."""
+    from palbert.config import params_to_dict
+
+    params = tiny_training_params(tiny_bert_dir, train=train)
+    (root / "params.yaml").write_text(yaml.safe_dump(params_to_dict(params, include_table3=False)))
+    (root / "data").mkdir()
+    (root / "data/prepared").symlink_to(tiny_prepared)
+    return root
+
+
+def _wait_for(predicate, proc, timeout_s=300.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, "the stage ended early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_sigterm_keeps_the_checkpoint_says_so_and_marks_the_run_killed(tmp_path, tiny_bert_dir, tiny_prepared):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import project_env
+
+    project = _stage_project(tmp_path, tiny_bert_dir, tiny_prepared, steps_per_epoch=100000, checkpoint_every=2)
+    log = tmp_path / "stage.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, stdout=out,
+                                stderr=subprocess.STDOUT, env=project_env(project, PYTHONPATH=str(PROJECT)))
+        try:
+            _wait_for(lambda: (project / "checkpoints/latest/state.json").is_file(), proc)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert "stopped by SIGTERM at step " in text and "the next run resumes from the last checkpoint" in text
+    assert "ERROR palbert: stopped by SIGTERM" in text and "Traceback" not in text
+    state = json.loads((project / "checkpoints/latest/state.json").read_text())
+    assert state["step"] >= 2 and not state["complete"]
+    (run,) = _runs(project)
+    assert run.info.run_id == state["mlflow_run_id"] and run.info.status == "KILLED"
+
+
+def test_sigterm_to_the_launcher_stops_every_torchrun_rank_the_same_way(tmp_path, tiny_bert_dir, tiny_prepared):
+    """``kill <pid>`` of the stage that launched torchrun: passed on, every rank stops as on Ctrl-C."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import free_port, project_env
+
+    project = _stage_project(tmp_path, tiny_bert_dir, tiny_prepared, steps_per_epoch=100000, checkpoint_every=2)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["distributed"].update(nproc_per_node=2, backend="gloo", rdzv_endpoint=f"localhost:{free_port()}")
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    log = tmp_path / "stage.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, stdout=out,
+                                stderr=subprocess.STDOUT, env=project_env(project, PYTHONPATH=str(PROJECT)))
+        try:
+            _wait_for(lambda: (project / "checkpoints/latest/state.json").is_file(), proc)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert text.count("stopped by SIGTERM at step ") == 2, text[-3000:]  # both ranks
+    state = json.loads((project / "checkpoints/latest/state.json").read_text())
+    (run,) = _runs(project)
+    assert run.info.run_id == state["mlflow_run_id"] and run.info.status == "KILLED"
