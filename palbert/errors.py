@@ -22,6 +22,11 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer and ``tracking.on_unreachable`` is ``stop``."""
 
 
+class OutputUnwritable(RuntimeError):
+    """A folder a stage will write to cannot be written (permissions, a read-only disk, a file in its place, too
+    little free space): found before any work, not at the first save an hour in."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss (or a weight) stopped being a finite number: the message names the step, the task and the likely
     cause. Raised at once, before a checkpoint could keep the broken weights."""
@@ -34,4 +39,4 @@ class Terminated(KeyboardInterrupt):
 
 #: What ``palbert.stage.run_stage`` and the CLI report in one line instead of a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ParamsError, DataError, ModelLoadError, TrackingUnavailable,
-                                            TrainingDiverged, FileNotFoundError)
+                                            OutputUnwritable, TrainingDiverged, FileNotFoundError)

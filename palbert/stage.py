@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -14,6 +15,9 @@ from palbert.errors import USER_ERRORS, Terminated
 from palbert.logs import setup_logging
 
 log = logging.getLogger("palbert")
+
+#: A write that failed because of the disk, not the code: no space, quota, read-only, permissions.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -63,8 +67,20 @@ def run_stage(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         log.error("interrupted%s", recovery_hint())
         code = 130
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            _log_unexpected()
+            raise
+        # the disk filled or turned read-only mid-stage: outputs are written atomically, so nothing is half-written
+        log.error("%s: %s; the files written before are whole and the last checkpoint is kept: fix it and run "
+                  "again (training resumes)%s", exc.filename or "a write", exc.strerror, recovery_hint())
+        code = 1
     except Exception:
-        if recovery_hint():
-            log.error("unexpected error (traceback below)%s", recovery_hint())
+        _log_unexpected()
         raise
     sys.exit(code)
+
+
+def _log_unexpected() -> None:
+    if recovery_hint():
+        log.error("unexpected error (traceback below)%s", recovery_hint())

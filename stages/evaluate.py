@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from palbert import paths
-from palbert.atomic import write_json
+from palbert.atomic import check_writable, write_json
 from palbert.config import Params, load_params
 from palbert.data.batching import SpecialTokens
 from palbert.data.prepared import read_meta
@@ -46,6 +46,7 @@ class EvaluationPaths:
 
 def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, float]:
     """Score dev, write every prediction file, add both (and the model) to the training's MLflow run."""
+    check_writable({"predictions": paths.predictions, "metrics": paths.dev_metrics.parent})
     device = default_device()
     model, _ = load_model(paths.model)
     model.to(device)

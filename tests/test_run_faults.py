@@ -225,3 +225,104 @@ def test_sigterm_to_the_launcher_stops_every_torchrun_rank_the_same_way(tmp_path
     state = json.loads((project / "checkpoints/latest/state.json").read_text())
     (run,) = _runs(project)
     assert run.info.run_id == state["mlflow_run_id"] and run.info.status == "KILLED"
+
+
+# ------------------------------------------------------------------ item 3: every place a run writes, checked first
+
+
+def test_an_unwritable_checkpoints_folder_stops_the_run_before_any_work(workdir, tiny_bert_dir, tiny_prepared):
+    import subprocess
+
+    from palbert.errors import OutputUnwritable
+    from palbert.train.loop import train
+    from test_hardening import _make_read_only
+
+    paths = _train_paths(workdir, tiny_prepared)
+    paths.checkpoints.mkdir()
+    if not _make_read_only(paths.checkpoints):
+        pytest.skip("cannot make a folder read-only here (root without chattr)")
+    try:
+        with pytest.raises(OutputUnwritable) as error:
+            train(tiny_training_params(tiny_bert_dir), paths)
+    finally:
+        subprocess.run(["chattr", "-i", str(paths.checkpoints)], capture_output=True)
+        paths.checkpoints.chmod(0o755)
+    assert str(error.value).startswith(f"{paths.checkpoints} (checkpoints): {paths.checkpoints} is not writable")
+    assert not (workdir / "mlflow.db").exists()  # stopped before the MLflow run, the model and the first step
+
+
+@pytest.mark.parametrize("where", ["models/best", "metrics/train.json", "metrics/plots/train"])
+def test_a_file_where_an_output_folder_goes_stops_the_run_before_any_work(workdir, tiny_bert_dir, tiny_prepared, where):
+    from palbert.errors import OutputUnwritable
+    from palbert.train.loop import train
+
+    blocker = workdir / where.split("/")[0]
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputUnwritable) as error:
+        train(tiny_training_params(tiny_bert_dir), _train_paths(workdir, tiny_prepared))
+    assert f"{blocker} is a file, not a folder" in str(error.value)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only): a disk that fills."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_too_little_disk_for_a_checkpoint_stops_the_run_before_the_first_step(workdir, tiny_bert_dir, tiny_prepared,
+                                                                             small_disk):
+    from palbert.errors import OutputUnwritable
+    from palbert.train.loop import train
+
+    paths = _train_paths(workdir, tiny_prepared)
+    paths.checkpoints = small_disk / "checkpoints"
+    with pytest.raises(OutputUnwritable) as error:
+        train(tiny_training_params(tiny_bert_dir), paths)
+    assert str(error.value).startswith(f"{paths.checkpoints}: 2 MiB free on its disk, a checkpoint of this model needs")
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_disk_that_fills_mid_save_keeps_the_last_checkpoint_and_says_so_in_one_line(small_disk, capsys):
+    import errno
+    import os
+
+    import torch
+
+    from palbert.atomic import atomic_dir
+    from palbert.stage import run_stage
+
+    target = small_disk / "latest"
+    with atomic_dir(target) as folder:
+        (folder / "state.json").write_text("{}")
+
+    def save_too_much() -> int:
+        with atomic_dir(target) as folder:
+            torch.save({"adam": torch.zeros(2_000_000)}, folder / "optimizer.pt")  # 8 MB on a 2 MiB disk
+        return 0
+
+    with pytest.raises(SystemExit) as exited:
+        run_stage(save_too_much)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{target}: {os.strerror(errno.ENOSPC)}; the files written before are whole" in err and "Traceback" not in err
+    assert [p.name for p in small_disk.iterdir()] == ["latest"] and (target / "state.json").read_text() == "{}"
+
+
+def test_the_evaluate_stage_checks_its_outputs_before_loading_the_model(tmp_path):
+    from palbert.config import params_from_dict
+    from palbert.errors import OutputUnwritable
+    from stages.evaluate import EvaluationPaths, evaluate_trained_model
+
+    (tmp_path / "predictions").write_text("a file")
+    paths = EvaluationPaths(project_root=tmp_path, model=tmp_path / "no-model", prepared=tmp_path / "prepared",
+                            train_summary=tmp_path / "train.json", dev_metrics=tmp_path / "metrics/dev.json",
+                            predictions=tmp_path / "predictions")
+    with pytest.raises(OutputUnwritable, match="is a file, not a folder"):
+        evaluate_trained_model(params_from_dict({}), paths)

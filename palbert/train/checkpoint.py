@@ -37,6 +37,14 @@ def fingerprint(params: Params, data_meta: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """At least what one checkpoint of ``model`` takes on disk: its weights and AdamW's two moments of every
+    trainable parameter (a new checkpoint is written beside the old one, so this much must be free)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)  # fp32 exp_avg, exp_avg_sq
+    return weights + moments
+
+
 def save_checkpoint(
     root: Path,
     *,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from palbert.atomic import atomic_dir, write_csv, write_json
+from palbert.atomic import atomic_dir, check_free_space, check_writable, write_csv, write_json
 from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
@@ -193,6 +193,9 @@ def train_step(model: torch.nn.Module, batch: TaskBatch, optimizer: torch.optim.
 
 def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     ctx = init_distributed(params.distributed)
+    if ctx.is_main:  # every folder this run writes, before any work: not at the first save, steps later
+        check_writable({"checkpoints": paths.checkpoints, "the trained model": paths.best_model.parent,
+                        "metrics": paths.summary.parent, "training plots": paths.plots})
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     device = ctx.device
@@ -217,6 +220,8 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     model = MultitaskBert.from_pretrained(params.model).to(device)
     tokenizer = load_tokenizer(params.model.pretrained)
     report = model.parameter_report()
+    if ctx.is_main:
+        check_free_space(paths.checkpoints, checkpoint.checkpoint_bytes(model), "a checkpoint of this model")
     optimizer = make_optimizer(model, params)
     sampler = make_task_sampler(
         params.train.sampling,
