@@ -22,6 +22,11 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer and ``tracking.on_unreachable`` is ``stop``."""
 
 
+class SettingsChanged(RuntimeError):
+    """``params.yaml`` no longer holds the settings a stage started with (another ``dvc exp run`` in the same
+    workspace wrote its ``-S`` values there): the stage stops rather than be recorded with settings it did not use."""
+
+
 class OutputUnwritable(RuntimeError):
     """A folder a stage will write to cannot be written (permissions, a read-only disk, a file in its place, too
     little free space): found before any work, not at the first save an hour in."""
@@ -39,4 +44,4 @@ class Terminated(KeyboardInterrupt):
 
 #: What ``palbert.stage.run_stage`` and the CLI report in one line instead of a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ParamsError, DataError, ModelLoadError, TrackingUnavailable,
-                                            OutputUnwritable, TrainingDiverged, FileNotFoundError)
+                                            SettingsChanged, OutputUnwritable, TrainingDiverged, FileNotFoundError)

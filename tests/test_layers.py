@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert", "palbert.errors", "palbert.paths", "palbert.atomic", "palbert.logs", "palbert.tasks",
      "palbert.precision"),
     # 1 settings: params, where the pretrained BERT comes from, what machine this is
-    ("palbert.pretrained_source", "palbert.config", "palbert.machine"),
+    ("palbert.pretrained_source", "palbert.config", "palbert.machine", "palbert.settings_guard"),
     # 2 data, metrics, the process runtime
     ("palbert.data", "palbert.data.prepared", "palbert.data.readers", "palbert.data.sources", "palbert.data.prepare",
      "palbert.data.report", "palbert.data.batching", "palbert.metrics", "palbert.distributed"),

@@ -326,3 +326,112 @@ def test_the_evaluate_stage_checks_its_outputs_before_loading_the_model(tmp_path
                             predictions=tmp_path / "predictions")
     with pytest.raises(OutputUnwritable, match="is a file, not a folder"):
         evaluate_trained_model(params_from_dict({}), paths)
+
+
+# ------------------------------------------------------------------ item 1: two `dvc exp run` in one workspace
+
+PAUSE = '''"""Wait until the test says go (a stage that holds DVC's lock while a second `dvc exp run` starts)."""
+import os, pathlib, time
+markers = pathlib.Path(os.environ["PAUSE_MARKERS"])
+(markers / "waiting").write_text("x")
+deadline = time.monotonic() + 300
+while not (markers / "go").exists() and time.monotonic() < deadline:
+    time.sleep(0.2)
+pathlib.Path("pause.txt").write_text("ok")
+'''
+
+
+def test_a_second_dvc_exp_run_in_the_workspace_cannot_swap_the_first_ones_settings(tmp_path, tiny_bert_dir,
+                                                                                  tiny_prepared):
+    """DVC writes the second run's -S into params.yaml before it fails on the lock; the first must not train, log
+    or register with those settings, and its user is told what happened and how to run both side by side."""
+    import shutil
+    import subprocess
+
+    from conftest import project_env
+    from palbert.config import params_to_dict
+
+    project, markers = tmp_path / "project", tmp_path / "markers"
+    project.mkdir()
+    markers.mkdir()
+    shutil.copytree(PROJECT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tiny_prepared, project / "data/prepared")
+    (project / "pause.py").write_text(PAUSE)
+    params = tiny_training_params(tiny_bert_dir)
+    (project / "params.yaml").write_text(yaml.safe_dump(params_to_dict(params, include_table3=False)))
+    (project / ".gitignore").write_text("/data/\n/checkpoints/\n/metrics/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "pause": {"cmd": "python pause.py", "always_changed": True, "outs": [{"pause.txt": {"cache": False}}]},
+        "train": {"cmd": "python -m stages.train", "deps": ["pause.txt", "data/prepared"], "params": ["train"],
+                  "outs": ["models/best"]}}}))
+    env = project_env(project, PYTHONPATH=str(PROJECT), PAUSE_MARKERS=str(markers))
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        assert run(*command).returncode == 0, command
+    git_env = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t"}
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(["dvc", "exp", "run", "-S", "train.seed=15"], cwd=project, env=git_env,
+                                 stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: (markers / "waiting").exists(), first)
+            second = subprocess.run(["dvc", "exp", "run", "-S", "train.seed=16"], cwd=project, env=git_env,
+                                    capture_output=True, text=True, timeout=300)
+            assert second.returncode != 0 and "rwlock" in second.stdout + second.stderr  # DVC's lock
+            assert "seed: 16" in (project / "params.yaml").read_text()  # what DVC left behind
+            (markers / "go").write_text("x")
+            assert first.wait(timeout=300) != 0
+        finally:
+            if first.poll() is None:
+                first.kill()
+    text = log.read_text()
+    line = next((line for line in text.splitlines() if "ERROR palbert" in line), text[-3000:])
+    assert "another `dvc exp run` started in this workspace before this stage started" in line
+    assert "dvc exp run --queue" in line and "dvc queue start" in line
+    # nothing trained, logged or registered with the second run's settings
+    assert not (project / "checkpoints").exists() and not (project / "mlflow.db").exists()
+
+
+def test_params_yaml_changed_mid_training_stops_at_the_next_checkpoint_keeping_it(workdir, tiny_bert_dir,
+                                                                                  tiny_prepared, monkeypatch):
+    import json
+
+    import palbert.train.loop as loop
+    from palbert.config import load_params, params_to_dict
+    from palbert.errors import SettingsChanged
+    from palbert.settings_guard import SettingsGuard
+
+    path = workdir / "params.yaml"
+    raw = params_to_dict(tiny_training_params(tiny_bert_dir, train={"seed": 15, "checkpoint_every": 2}),
+                         include_table3=False)
+    path.write_text(yaml.safe_dump(raw))
+    params = load_params(path)
+    guard = SettingsGuard.start(path, params)
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def another_exp_run_writes_params_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raw["train"]["seed"] = 16
+            path.write_text(yaml.safe_dump(raw))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", another_exp_run_writes_params_at_step_three)
+    paths = _train_paths(workdir, tiny_prepared)
+    with pytest.raises(SettingsChanged) as error:
+        loop.train(params, paths, guard=guard)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path} changed while this stage ran (train.seed: 15 at the "
+                                                      "start, 16 now)")
+    assert "Stopped at step 4; its checkpoint of step 4 is kept" in message and "dvc queue start" in message
+    state = json.loads((paths.checkpoints / "latest/state.json").read_text())
+    assert state["step"] == 4 and state["fingerprint"] == loop.checkpoint.fingerprint(
+        params, json.loads((tiny_prepared / "sst/meta.json").read_text()))  # resumable with the run's own settings
+    (run,) = _runs(workdir)
+    assert run.info.status == "FAILED" and run.data.params["train.seed"] == "15"
+    assert not paths.best_model.exists()

@@ -35,6 +35,7 @@ from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason, resolve_precision
+from palbert.settings_guard import SettingsGuard
 from palbert.paths import BEST_MODEL, CHECKPOINTS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
 from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, open_run, parameter_counts
 from palbert.train import checkpoint, divergence
@@ -147,10 +148,15 @@ def _plan_fractions(plan: list[str]) -> dict[str, float]:
     return {ds: n / max(1, len(plan)) for ds, n in counts.items()}
 
 
-def _save_checkpoint(ctx: DistContext, paths: TrainPaths, params: Params, model: torch.nn.Module, optimizer,
-                     scheduler, state: RunState, streams: dict[str, IndexStream], started: float) -> None:
+def _save_checkpoint(ctx: DistContext, paths: TrainPaths, params: Params, guard: SettingsGuard | None,
+                     model: torch.nn.Module, optimizer, scheduler, state: RunState, streams: dict[str, IndexStream],
+                     started: float) -> None:
     divergence.check_weights(model, step=state.step, epoch=state.epoch, params=params, checkpoints=paths.checkpoints,
                              fingerprint=state.fingerprint)  # never replace the last good checkpoint with NaN
+    # params.yaml must still hold this run's settings (another `dvc exp run` here rewrites it): checked after a
+    # checkpoint is written, which keeps the work, but before the final one, as a finished run does not resume
+    if guard is not None and ctx.is_main and state.complete:
+        guard.check(f"at the end of training (step {state.step})", "the checkpoint before it is kept")
     state.streams = {ds: stream.state_dict() for ds, stream in streams.items()}
     rng_states = ctx.all_gather_objects(torch.get_rng_state())
     if ctx.is_main:
@@ -159,6 +165,8 @@ def _save_checkpoint(ctx: DistContext, paths: TrainPaths, params: Params, model:
                                    rng_states=rng_states, state=snapshot)
         if state.best_epoch == 0:  # no best model of this run yet: a best/ there is an earlier run's
             shutil.rmtree(paths.checkpoints / "best", ignore_errors=True)
+        if guard is not None and not state.complete:
+            guard.check(f"at step {state.step}", f"its checkpoint of step {state.step} is kept")
     ctx.barrier()
 
 
@@ -191,7 +199,8 @@ def train_step(model: torch.nn.Module, batch: TaskBatch, optimizer: torch.optim.
     return StepLoss(loss.detach(), supervised.detach(), None if contrastive is None else contrastive.detach())
 
 
-def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
+def train(params: Params, paths: TrainPaths, guard: SettingsGuard | None = None) -> dict[str, Any]:
+    """Train (or resume) one run; ``guard`` (the stage's) stops it when ``params.yaml`` stops holding ``params``."""
     ctx = init_distributed(params.distributed)
     if ctx.is_main:  # every folder this run writes, before any work: not at the first save, steps later
         check_writable({"checkpoints": paths.checkpoints, "the trained model": paths.best_model.parent,
@@ -326,7 +335,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                         window_examples, window_started = 0, time.perf_counter()
 
                     if state.step % params.train.checkpoint_every == 0 and state.position < len(plan):
-                        _save_checkpoint(ctx, paths, params, model, optimizer, scheduler, state, streams, started)
+                        _save_checkpoint(ctx, paths, params, guard, model, optimizer, scheduler, state, streams, started)
 
                 # ---- end of epoch: score dev, keep the best model ---------------------------------------
                 scoring_started = time.perf_counter()
@@ -349,7 +358,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                 state.epoch += 1
                 state.position = 0
                 state.complete = state.epoch > params.train.epochs
-                _save_checkpoint(ctx, paths, params, model, optimizer, scheduler, state, streams, started)
+                _save_checkpoint(ctx, paths, params, guard, model, optimizer, scheduler, state, streams, started)
                 window_started = time.perf_counter()  # the next window's examples/s: training only
                 progress.unpause()  # and the bar's rate and ETA
         except KeyboardInterrupt as exc:
