@@ -10,7 +10,6 @@ import datetime
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -102,11 +101,11 @@ def launch(params: Params, module: str, args: Sequence[str] = ()) -> int:
         try:
             returncode = torchrun.wait()
         except KeyboardInterrupt as exc:
-            # SIGTERM reached only this process (``kill <pid>``): pass it on, so that torchrun stops every worker
-            # the same way and they keep their checkpoint and end the MLflow run, then wait for them. (Ctrl-C
-            # reaches the whole process group by itself.)
+            # SIGTERM / SIGHUP reached only this process (``kill <pid>``): pass it on, so that torchrun stops every
+            # worker the same way and they keep their checkpoint and end the MLflow run, then wait for them.
+            # (Ctrl-C reaches the whole process group by itself.)
             if isinstance(exc, Terminated):
-                torchrun.send_signal(signal.SIGTERM)
+                torchrun.send_signal(exc.signum)
             torchrun.wait()
             raise
     if returncode != 0:

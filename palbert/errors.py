@@ -5,6 +5,8 @@ other module so that the stage runner can catch them without importing the libra
 
 from __future__ import annotations
 
+import signal
+
 
 class ParamsError(ValueError):
     """A parameter is unknown, of the wrong type or out of range; the message names the key."""
@@ -38,8 +40,17 @@ class TrainingDiverged(RuntimeError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (Slurm, torchrun, ``kill``): handled as Ctrl-C is (checkpoint kept, MLflow run KILLED), so it
-    derives from ``KeyboardInterrupt``; ``palbert.stage`` turns the signal into it."""
+    """SIGTERM (Slurm, torchrun, ``kill``) or SIGHUP (the terminal or SSH session went away): handled as Ctrl-C is
+    (checkpoint kept, MLflow run KILLED), so it derives from ``KeyboardInterrupt``; ``palbert.stage`` turns the
+    signal into it."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 #: What ``palbert.stage.run_stage`` and the CLI report in one line instead of a traceback.

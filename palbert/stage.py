@@ -38,18 +38,27 @@ def recovery_hint() -> str:
             "good ones from the DVC cache (outputs with cache: false, such as metrics/, are not in it)]")
 
 
+#: Signals that stop a stage as Ctrl-C does: SIGTERM (Slurm, torchrun on every rank, ``kill``), SIGHUP (the
+#: terminal or SSH session of a run started without nohup went away).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(f"signal {signum}")
+    raise Terminated(signum)
 
 
 def stop_on_sigterm() -> None:
-    """Make SIGTERM end a stage as Ctrl-C does: checkpoint kept, MLflow run KILLED, one line, exit 143.
+    """Make SIGTERM and SIGHUP end a stage as Ctrl-C does: checkpoint kept, MLflow run KILLED, one line, exit
+    128 + the signal.
 
-    Slurm, torchrun (on every rank) and ``kill`` stop jobs with SIGTERM; Python's default is to die at once, which
-    left the MLflow run RUNNING forever and said nothing. Signal handlers can only be set in the main thread.
+    Python's default is to die at once, which left the MLflow run RUNNING forever and said nothing. A signal set
+    to be ignored (``nohup``) stays ignored; handlers can only be set in the main thread.
     """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_terminated)
 
 
 def run_stage(main: Callable[[], int | None]) -> None:
@@ -61,9 +70,9 @@ def run_stage(main: Callable[[], int | None]) -> None:
     except user_errors() as exc:
         log.error("%s%s", exc, recovery_hint())
         code = 1
-    except Terminated:
-        log.error("stopped by SIGTERM%s", recovery_hint())
-        code = 128 + signal.SIGTERM
+    except Terminated as exc:
+        log.error("stopped by %s%s", exc.signal_name, recovery_hint())
+        code = 128 + exc.signum
     except KeyboardInterrupt:
         log.error("interrupted%s", recovery_hint())
         code = 130

@@ -363,7 +363,7 @@ def train(params: Params, paths: TrainPaths, guard: SettingsGuard | None = None)
                 progress.unpause()  # and the bar's rate and ETA
         except KeyboardInterrupt as exc:
             log.warning("%s at step %d; the next run resumes from the last checkpoint",
-                        "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted", state.step)
+                        f"stopped by {exc.signal_name}" if isinstance(exc, Terminated) else "interrupted", state.step)
             raise
         finally:
             progress.close()
