@@ -107,6 +107,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def recover_dir(path: str | Path) -> bool:
+    """Undo what a crash (power loss, SIGKILL) in ``atomic_dir`` left: the previous folder only as ``.<name>.old``
+    (the crash fell between its two renames) is put back, and temp folders of writes that never finished are
+    removed (each can be a whole checkpoint). True when the folder was put back. Call it with no writer running.
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    restored = not path.exists() and old.is_dir()
+    if restored:
+        os.replace(old, path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+        shutil.rmtree(tmp, ignore_errors=True)
+    return restored
+
+
 def write_problem(folder: str | Path) -> str | None:
     """Why files cannot be written into ``folder`` (or, when it does not exist yet, created there), else None.
 

@@ -457,3 +457,51 @@ def test_params_yaml_changed_mid_training_stops_at_the_next_checkpoint_keeping_i
     (run,) = _runs(workdir)
     assert run.info.status == "FAILED" and run.data.params["train.seed"] == "15"
     assert not paths.best_model.exists()
+
+
+# ------------------------------------------------------------------ crashes (power loss, SIGKILL) at the worst moment
+
+
+def test_a_crash_between_the_renames_of_a_checkpoint_save_loses_nothing(tmp_path):
+    from palbert.train import checkpoint
+
+    root = tmp_path / "checkpoints"
+    (root / ".latest.old").mkdir(parents=True)  # what atomic_dir leaves between its two renames
+    (root / ".latest.old/state.json").write_text('{"format": 1, "fingerprint": "f", "step": 300}')
+    (root / ".latest.x1y2.tmp").mkdir()  # the half-written new one
+    (root / ".latest.x1y2.tmp/model.safetensors").write_bytes(b"half")
+    assert checkpoint.resumable_state(root, "f")["step"] == 300
+    assert sorted(p.name for p in root.iterdir()) == ["latest"]
+
+
+def test_a_run_stopped_after_its_last_checkpoint_writes_its_outputs_without_training_again(
+        workdir, tiny_bert_dir, tiny_prepared, monkeypatch):
+    """A reboot while the final model is saved: the next run finishes the outputs from the finished checkpoint."""
+    import json
+
+    import palbert.train.loop as loop
+
+    params = tiny_training_params(tiny_bert_dir, train={"epochs": 1})
+    paths = _train_paths(workdir, tiny_prepared)
+    real_write_plots = loop.write_plots
+
+    def power_loss(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for the machine going down while the outputs are written
+
+    monkeypatch.setattr(loop, "write_plots", power_loss)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(params, paths)
+    state = json.loads((paths.checkpoints / "latest/state.json").read_text())
+    assert state["complete"] and not state["outputs_written"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(loop, "write_plots", real_write_plots)
+    monkeypatch.setattr(loop, "train_step", no_training)
+    summary = loop.train(params, paths)
+    assert summary["steps"] == 4 and summary["mlflow_run_id"] == state["mlflow_run_id"]
+    assert (paths.best_model / "palbert_model.json").is_file() and paths.summary.is_file()
+    assert json.loads((paths.checkpoints / "latest/state.json").read_text())["outputs_written"]
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED"

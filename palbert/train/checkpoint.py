@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from palbert.atomic import atomic_dir
+from palbert.atomic import atomic_dir, recover_dir, write_json
 from palbert.config import Params
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,27 @@ def load_checkpoint(
 
 
 def resumable_state(root: Path, expected_fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint's state when it belongs to this configuration and is unfinished, else None."""
+    """The checkpoint's state when it belongs to this configuration and is unfinished (or finished, but stopped
+    before its outputs were written), else None."""
+    if recover_dir(root / LATEST):
+        log.warning("%s: put back the checkpoint a crash left as .%s.old", root / LATEST, LATEST)
     state = read_state(root)
     if state is None:
         return None
     if state.get("format") != FORMAT_VERSION or state.get("fingerprint") != expected_fingerprint:
         log.info("checkpoint in %s is from other settings: starting a new run", root)
         return None
-    if state.get("complete"):
+    if state.get("complete") and state.get("outputs_written", True):  # older checkpoints: written
         log.info("checkpoint in %s is of a finished run: starting a new run", root)
         return None
+    if state.get("complete"):
+        log.warning("checkpoint in %s is of a finished training whose outputs were not written (it stopped at the "
+                    "end): writing them from it, without training again", root)
     return state
+
+
+def mark_outputs_written(root: Path) -> None:
+    """Record in the finished checkpoint that its outputs exist: a later run of the same settings starts afresh."""
+    state = read_state(root)
+    if state is not None:
+        write_json(root / LATEST / "state.json", {**state, "outputs_written": True})

@@ -79,6 +79,8 @@ class RunState:
     #: Task probabilities of each epoch (drawn samplers: p_i; sequential/round-robin: the plan's fractions)
     epoch_probabilities: dict[str, dict[str, float]] = field(default_factory=dict)
     complete: bool = False
+    #: the finished run's models/, metrics/ and plots are written (until then, a rerun writes them from here)
+    outputs_written: bool = False
     format: int = checkpoint.FORMAT_VERSION
 
 
@@ -405,6 +407,7 @@ def train(params: Params, paths: TrainPaths, guard: SettingsGuard | None = None)
                 for png in render_training_plots(paths.plots, Path(pngs)):
                     tracker.log_artifact(png, "plots")
             tracker.log_artifact(paths.summary, "metrics")
+            checkpoint.mark_outputs_written(paths.checkpoints)
             log.info("trained %d steps in %.0f s (%.0f s of it scoring dev; %.1f examples/s while training); "
                      "best epoch %d: %s", state.step, wall_s, state.scoring_s, summary["examples_per_s"],
                      state.best_epoch, _format_metrics(summary["best_dev"]))
