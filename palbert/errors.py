@@ -34,6 +34,10 @@ class OutputUnwritable(RuntimeError):
     little free space): found before any work, not at the first save an hour in."""
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory for a step: the message names the step, the batch and what to lower."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss (or a weight) stopped being a finite number: the message names the step, the task and the likely
     cause. Raised at once, before a checkpoint could keep the broken weights."""
@@ -55,4 +59,5 @@ class Terminated(KeyboardInterrupt):
 
 #: What ``palbert.stage.run_stage`` and the CLI report in one line instead of a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ParamsError, DataError, ModelLoadError, TrackingUnavailable,
-                                            SettingsChanged, OutputUnwritable, TrainingDiverged, FileNotFoundError)
+                                            SettingsChanged, OutputUnwritable, OutOfMemory, TrainingDiverged,
+                                            FileNotFoundError)

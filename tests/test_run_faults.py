@@ -505,3 +505,54 @@ def test_a_run_stopped_after_its_last_checkpoint_writes_its_outputs_without_trai
     assert json.loads((paths.checkpoints / "latest/state.json").read_text())["outputs_written"]
     (run,) = _runs(workdir)
     assert run.info.status == "FINISHED"
+
+
+def test_out_of_memory_is_one_line_naming_the_step_and_what_to_lower(workdir, tiny_bert_dir, tiny_prepared,
+                                                                     monkeypatch):
+    import torch
+
+    import palbert.train.loop as loop
+    from palbert.errors import OutOfMemory
+
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def out_of_memory_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", out_of_memory_at_step_three)
+    with pytest.raises(OutOfMemory) as error:
+        loop.train(tiny_training_params(tiny_bert_dir, train={"checkpoint_every": 2}), _train_paths(workdir, tiny_prepared))
+    assert str(error.value).startswith("out of CPU memory at step 3 (task ")
+    assert "lower train.batch_size (4) or data.max_length (64)" in str(error.value)
+    assert "the checkpoint of step 2 is kept" in str(error.value)
+    (run,) = _runs(workdir)
+    assert run.info.status == "FAILED"
+
+
+def test_a_damaged_checkpoint_says_how_to_start_afresh(workdir, tiny_bert_dir, tiny_prepared, monkeypatch):
+    import palbert.train.loop as loop
+    from palbert.errors import ModelLoadError
+
+    params = tiny_training_params(tiny_bert_dir, train={"checkpoint_every": 2})
+    paths = _train_paths(workdir, tiny_prepared)
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def ctrl_c_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", ctrl_c_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(params, paths)
+    weights = paths.checkpoints / "latest/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ModelLoadError) as error:
+        loop.train(params, paths)
+    latest = paths.checkpoints / "latest"
+    assert str(error.value).startswith(f"{latest}: the checkpoint cannot be read (")
+    assert f"`mv {latest} {latest}.damaged`" in str(error.value) and "\n" not in str(error.value)

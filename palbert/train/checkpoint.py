@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from palbert.atomic import atomic_dir, recover_dir, write_json
 from palbert.config import Params
+from palbert.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,23 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    """Restore model, optimizer and scheduler in place; return the state and the saved RNG states."""
+    """Restore model, optimizer and scheduler in place; return the state and the saved RNG states.
+
+    A damaged checkpoint (a disk error, a copy cut short) raises ``ModelLoadError`` saying how to start afresh:
+    as a traceback it would stop every later run at the same place.
+    """
     folder = root / LATEST
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    return state, list(extra["rng"])
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        return state, list(extra["rng"])
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise ModelLoadError(f"{folder}: the checkpoint cannot be read ({type(exc).__name__}: {reason}); move it "
+                             f"away (`mv {folder} {folder}.damaged`) and the run starts afresh") from None
 
 
 def resumable_state(root: Path, expected_fingerprint: str) -> dict[str, Any] | None:

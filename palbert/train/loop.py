@@ -27,7 +27,7 @@ from palbert.atomic import atomic_dir, check_free_space, check_writable, write_c
 from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
-from palbert.errors import Terminated
+from palbert.errors import OutOfMemory, Terminated
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
@@ -300,7 +300,10 @@ def train(params: Params, paths: TrainPaths, guard: SettingsGuard | None = None)
                     batch = make_batch(train_splits[dataset], indices, task=task,
                                        pair_encoding=params.model.pair_encoding, special=special,
                                        max_length=max_length).to(device, non_blocking=True)
-                    loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
+                    try:
+                        loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
+                    except torch.OutOfMemoryError:
+                        raise OutOfMemory(_out_of_memory(batch, state, params, device, paths)) from None
                     task_loss_value = loss.task.item()
                     simcse_value = None if loss.simcse is None else loss.simcse.item()
                     divergence.check_loss(  # stop at the first NaN, before a checkpoint could keep it
@@ -413,6 +416,16 @@ def train(params: Params, paths: TrainPaths, guard: SettingsGuard | None = None)
                      state.best_epoch, _format_metrics(summary["best_dev"]))
     ctx.barrier()
     return summary
+
+
+def _out_of_memory(batch: TaskBatch, state: RunState, params: Params, device: torch.device, paths: TrainPaths) -> str:
+    """One line for a step that did not fit in memory: where, how big, what to lower, what is kept."""
+    saved = checkpoint.read_state(paths.checkpoints)
+    kept = (f"the checkpoint of step {saved['step']} is kept (the same settings on more processes resume from it)"
+            if saved and saved.get("fingerprint") == state.fingerprint else "no checkpoint of this run yet")
+    return (f"out of {device.type.upper()} memory at step {state.step + 1} (task {batch.task}, {len(batch)} rows of "
+            f"up to {batch.inputs.input_ids.shape[1]} tokens per process): lower train.batch_size "
+            f"({params.train.batch_size}) or data.max_length ({params.data.max_length}), or use more processes; {kept}")
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
