@@ -381,7 +381,7 @@ def test_a_second_dvc_exp_run_in_the_workspace_cannot_swap_the_first_ones_settin
     (project / "pause.py").write_text(PAUSE)
     params = tiny_training_params(tiny_bert_dir)
     (project / "params.yaml").write_text(yaml.safe_dump(params_to_dict(params, include_table3=False)))
-    (project / ".gitignore").write_text("/data/\n/checkpoints/\n/metrics/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
+    (project / ".gitignore").write_text("/checkpoints/\n/metrics/\n/mlflow.db\n/mlruns/\n__pycache__/\n")
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "pause": {"cmd": "python pause.py", "always_changed": True, "outs": [{"pause.txt": {"cache": False}}]},
         "train": {"cmd": "python -m stages.train", "deps": ["pause.txt", "data/prepared"], "params": ["train"],
@@ -391,8 +391,8 @@ def test_a_second_dvc_exp_run_in_the_workspace_cannot_swap_the_first_ones_settin
     def run(*command: str) -> subprocess.CompletedProcess:
         return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "data/prepared"],
+                    ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
         assert run(*command).returncode == 0, command
     git_env = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                "GIT_COMMITTER_EMAIL": "t@t"}
@@ -417,6 +417,30 @@ def test_a_second_dvc_exp_run_in_the_workspace_cannot_swap_the_first_ones_settin
     assert "dvc exp run --queue" in line and "dvc queue start" in line
     # nothing trained, logged or registered with the second run's settings
     assert not (project / "checkpoints").exists() and not (project / "mlflow.db").exists()
+
+    # what the line advises: an experiment in a copy of its own (--temp, as queued ones) is left alone and trains
+    temp = subprocess.run(["dvc", "exp", "run", "--temp", "-S", "train.seed=17"], cwd=project, env=git_env,
+                          capture_output=True, text=True, timeout=600)
+    assert temp.returncode == 0, (temp.stdout + temp.stderr)[-3000:]
+    (run,) = _runs(project)
+    assert run.data.params["train.seed"] == "17" and run.info.status == "FINISHED"
+
+
+def test_only_a_dvc_exp_run_in_the_workspace_itself_is_watched(tmp_path, monkeypatch):
+    from palbert.settings_guard import workspace_experiment
+
+    (tmp_path / ".dvc/tmp/exps/run").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert workspace_experiment() == ("exp-1", tmp_path)
+    copy = tmp_path / ".dvc/tmp/exps/tmpabc"  # a queued or --temp experiment: DVC_ROOT is the repository
+    copy.mkdir()
+    monkeypatch.chdir(copy)
+    assert workspace_experiment() is None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME")  # dvc repro
+    assert workspace_experiment() is None
 
 
 def test_params_yaml_changed_mid_training_stops_at_the_next_checkpoint_keeping_it(workdir, tiny_bert_dir,
