@@ -92,7 +92,7 @@ class SettingsGuard:
         workspace experiment took over). ``when`` says where the stage is, ``kept`` what of its work is kept."""
         self._check_experiment(when)
         try:
-            now = params_from_dict(yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}).flat()
+            now = params_from_dict(yaml.safe_load(self.path.read_bytes().decode("utf-8-sig")) or {}).flat()
         except Exception as exc:  # unreadable or invalid now: changed, whatever it holds
             changes = [f"it no longer reads ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"]
         else:
