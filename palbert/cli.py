@@ -157,7 +157,12 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def read_input_lines(path: Path | None) -> list[str]:
     """The lines of ``path`` (standard input when None), decoded as UTF-8 or refused in one clear line."""
-    data = path.read_bytes() if path else sys.stdin.buffer.read()
+    try:
+        data = path.read_bytes() if path else sys.stdin.buffer.read()
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder; --input takes a text file with one input per line") from None
+    except OSError as exc:
+        raise ValueError(f"{path or 'standard input'}: cannot read it ({exc.strerror or exc})") from None
     try:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from palbert.errors import ParamsError  # noqa: F401 - raised here, caught by pa
 from palbert.tasks import DATASET_TASK, DATASETS, EXTRA_DATASETS, TASK_DATASET, TASKS  # noqa: F401
 
 
-def _check(low: float | None = None, high: float | None = None, *, low_open: bool = False):
-    """Field metadata for a numeric range (closed unless ``low_open``)."""
-    return {"low": low, "high": high, "low_open": low_open}
+def _check(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False):
+    """Field metadata for a numeric range (closed unless ``low_open`` / ``high_open``)."""
+    return {"low": low, "high": high, "low_open": low_open, "high_open": high_open}
 
 
 @dataclass
@@ -62,10 +64,10 @@ class ModelParams:
     #: or ``mean`` (mean of the last hidden states over real tokens, how all-MiniLM-L6-v2 was trained).
     pooling: Literal["cls", "mean"] = "mean"
     relational_layer: bool = False
-    #: Dropout before the task heads (paper 5.3: 0.3).
-    hidden_dropout: float = field(default=0.3, metadata=_check(0, 1))
+    #: Dropout before the task heads (paper 5.3: 0.3). 1 would zero every input of the heads: refused.
+    hidden_dropout: float = field(default=0.3, metadata=_check(0, 1, high_open=True))
     #: Dropout inside the encoder; also the noise that unsupervised SimCSE relies on (paper: 0.1).
-    encoder_dropout: float = field(default=0.1, metadata=_check(0, 1))
+    encoder_dropout: float = field(default=0.1, metadata=_check(0, 1, high_open=True))
     freeze_encoder: bool = False
 
 
@@ -80,8 +82,9 @@ class TrainParams:
     batch_size: int = field(default=16, metadata=_check(1))
     cfimdb_batch_size: int = field(default=8, metadata=_check(1))
     lr: float = field(default=2e-5, metadata=_check(0, None, low_open=True))
-    beta1: float = field(default=0.9, metadata=_check(0, 1))
-    beta2: float = field(default=0.999, metadata=_check(0, 1))
+    #: AdamW's betas: torch.optim refuses 1 (checked here, before DVC removes a stage's outputs).
+    beta1: float = field(default=0.9, metadata=_check(0, 1, high_open=True))
+    beta2: float = field(default=0.999, metadata=_check(0, 1, high_open=True))
     weight_decay: float = field(default=0.01, metadata=_check(0))
     sampling: Literal["sequential", "round_robin", "annealed", "proportional", "uniform"] = "annealed"
     schedule: Literal["constant", "stlr"] = "constant"
@@ -242,11 +245,12 @@ def _parse_bool(key: str, value: Any) -> bool:
 
 
 def _check_range(key: str, value: float, meta: Mapping[str, Any]) -> None:
-    low, high, low_open = meta.get("low"), meta.get("high"), meta.get("low_open", False)
+    low, high = meta.get("low"), meta.get("high")
+    low_open, high_open = meta.get("low_open", False), meta.get("high_open", False)
     if low is not None and (value <= low if low_open else value < low):
         raise ParamsError(f"{key}: must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ParamsError(f"{key}: must be <= {high}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ParamsError(f"{key}: must be {'<' if high_open else '<='} {high}, got {value!r}")
 
 
 def _parse_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
@@ -318,7 +322,29 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+#: URI schemes MLflow ships a tracking store for (``mlflow.tracking._tracking_service.utils``); SQLAlchemy
+#: schemes may name a driver (``postgresql+psycopg2``). Anything else fails only when the run starts logging.
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks",
+                    "databricks-uc", "uc")
+
+
+def _check_tracking_uri(uri: str) -> None:
+    """``tracking.uri``: empty, a folder, or a URI of a store MLflow has (checked without importing MLflow)."""
+    uri = uri.strip()
+    found = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if not found or len(found.group(1)) == 1:  # empty, a bare path, or a Windows drive letter
+        return
+    scheme = found.group(1).lower().split("+")[0]
+    if scheme not in TRACKING_SCHEMES:
+        raise ParamsError(f"tracking.uri: {uri!r}: MLflow has no tracking store for the scheme {scheme!r} (use "
+                          "http(s)://host:port, sqlite:///path/mlflow.db, file:/path, postgresql://..., a folder, "
+                          "or leave it empty for the project's store)")
+
+
 def _validate_cross_field(params: Params) -> None:
+    _check_tracking_uri(params.tracking.uri)
+    if not params.tracking.experiment.strip():
+        raise ParamsError("tracking.experiment: empty; name the MLflow experiment (default: palbert)")
     if params.model.pal_size % params.model.pal_heads != 0:
         raise ParamsError(
             f"model.pal_heads: {params.model.pal_heads} heads must divide model.pal_size "
@@ -409,6 +435,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
     path = Path(path)
     raw = _read_yaml(path)
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (data:, model:, train:, ...) at the top, got a "
+                          f"{type(raw).__name__}{_restore_hint(path)}")
     try:
         if isinstance(raw, dict) and "table3" in raw:
             raise ParamsError(f"table3: the Table 3 catalogue lives in {TABLE3_FILE} beside {path.name} (it is not "

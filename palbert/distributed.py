@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from palbert.config import DistributedParams, Params
+from palbert.errors import Terminated
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,24 @@ def launch(params: Params, module: str, args: Sequence[str] = ()) -> int:
     command = torchrun_command(params.distributed, module, args)
     log.info("launching %d workers: %s", params.world_size, " ".join(command))
     env = dict(os.environ, **{LAUNCHED_ENV: "1"})
-    completed = subprocess.run(command, env=env, check=False)
-    if completed.returncode != 0:
+    with subprocess.Popen(command, env=env) as torchrun:
+        try:
+            returncode = torchrun.wait()
+        except KeyboardInterrupt as exc:
+            # SIGTERM / SIGHUP reached only this process (``kill <pid>``): pass it on, so that torchrun stops every
+            # worker the same way and they keep their checkpoint and end the MLflow run, then wait for them.
+            # (Ctrl-C reaches the whole process group by itself.)
+            if isinstance(exc, Terminated):
+                torchrun.send_signal(exc.signum)
+            torchrun.wait()
+            raise
+    if returncode != 0:
         log.error(
             "distributed training failed (torchrun exit code %d); see the 'Root Cause' block above for the "
             "rank that failed. The next `dvc repro` resumes from the last checkpoint.",
-            completed.returncode,
+            returncode,
         )
-    return completed.returncode
+    return returncode
 
 
 def _backend(choice: str) -> str:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Callable
 
-from palbert.errors import USER_ERRORS
+from palbert.errors import USER_ERRORS, Terminated
 from palbert.logs import setup_logging
 
 log = logging.getLogger("palbert")
+
+#: A write that failed because of the disk, not the code: no space, quota, read-only, permissions.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -31,19 +38,58 @@ def recovery_hint() -> str:
             "good ones from the DVC cache (outputs with cache: false, such as metrics/, are not in it)]")
 
 
+#: Signals that stop a stage as Ctrl-C does: SIGTERM (Slurm, torchrun on every rank, ``kill``), SIGHUP (the
+#: terminal or SSH session of a run started without nohup went away).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM and SIGHUP end a stage as Ctrl-C does: checkpoint kept, MLflow run KILLED, one line, exit
+    128 + the signal.
+
+    Python's default is to die at once, which left the MLflow run RUNNING forever and said nothing. A signal set
+    to be ignored (``nohup``) stays ignored; handlers can only be set in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_terminated)
+
+
 def run_stage(main: Callable[[], int | None]) -> None:
     """Run a stage's ``main`` and exit with its status."""
     setup_logging()
+    stop_on_sigterm()
     try:
         code = main() or 0
     except user_errors() as exc:
         log.error("%s%s", exc, recovery_hint())
         code = 1
+    except Terminated as exc:
+        log.error("stopped by %s%s", exc.signal_name, recovery_hint())
+        code = 128 + exc.signum
     except KeyboardInterrupt:
         log.error("interrupted%s", recovery_hint())
         code = 130
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            _log_unexpected()
+            raise
+        # the disk filled or turned read-only mid-stage: outputs are written atomically, so nothing is half-written
+        log.error("%s: %s; the files written before are whole and the last checkpoint is kept: fix it and run "
+                  "again (training resumes)%s", exc.filename or "a write", exc.strerror, recovery_hint())
+        code = 1
     except Exception:
-        if recovery_hint():
-            log.error("unexpected error (traceback below)%s", recovery_hint())
+        _log_unexpected()
         raise
     sys.exit(code)
+
+
+def _log_unexpected() -> None:
+    if recovery_hint():
+        log.error("unexpected error (traceback below)%s", recovery_hint())

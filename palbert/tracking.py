@@ -174,7 +174,7 @@ def local_store_problem(uri: str) -> str | None:
                 return (f"MLflow store {db} is not an SQLite database: move it away (a new store is made in its "
                         "place), or point tracking.uri / MLFLOW_TRACKING_URI at the right one")
     folder = db.parent if str(db.parent) else Path(".")
-    for target, what in ((db, "file"), (folder, "folder")):
+    for target, what in ((db, "file"), (folder, "folder"), (folder / "mlruns", "artifact folder")):
         if target.exists() and not os.access(target, os.W_OK):
             return (f"MLflow store {db} is read-only (its {what} {target} is not writable): make it writable "
                     f"(`chmod u+w {target}`, or `chattr -i` where it is immutable), or point tracking.uri / "

@@ -1,15 +1,16 @@
 """DVC stage ``data_report``: metrics/data.json and the label-distribution plot (paper Figure 4)."""
 
 from palbert import paths
-from palbert.config import load_params
 from palbert.data.report import summary, write_data_report
+from palbert.settings_guard import load_guarded
 from palbert.stage import run_stage
 
 
 def main() -> int:
-    load_params("params.yaml")  # a broken params file stops every stage, this one included
+    _, guard = load_guarded(paths.PARAMS)  # a broken params file stops every stage, this one included
     report = write_data_report(paths.PREPARED, paths.DATA_REPORT,
                                paths.LABEL_DISTRIBUTION)
+    guard.check("at the end of the stage")
     print(f"data_report: {summary(report)}")
     return 0
 

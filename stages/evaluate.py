@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from palbert import paths
-from palbert.atomic import write_json
-from palbert.config import Params, load_params
+from palbert.atomic import check_writable, write_json
+from palbert.config import Params
 from palbert.data.batching import SpecialTokens
 from palbert.data.prepared import read_meta
 from palbert.evaluate import (
@@ -28,6 +28,7 @@ from palbert.paths import find_project_root
 from palbert.plots import confusion_matrix_plot
 from palbert.precision import default_device
 from palbert.registry import Registration
+from palbert.settings_guard import SettingsGuard, load_guarded
 from palbert.stage import run_stage
 from palbert.tracking import open_run
 
@@ -45,8 +46,10 @@ class EvaluationPaths:
     predictions: Path = paths.PREDICTIONS
 
 
-def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, float]:
+def evaluate_trained_model(params: Params, paths: EvaluationPaths,
+                           guard: SettingsGuard | None = None) -> dict[str, float]:
     """Score dev, write every prediction file, add both (and the model) to the training's MLflow run."""
+    check_writable({"predictions": paths.predictions, "metrics": paths.dev_metrics.parent})
     device = default_device()
     model, _ = load_model(paths.model)
     model.to(device)
@@ -66,6 +69,8 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths) -> dict[str, 
     write_json(paths.dev_metrics, metrics)
     log.info("dev: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
+    if guard is not None:  # nothing goes to MLflow (or is registered) under settings this run did not use
+        guard.check("before logging to MLflow", f"{paths.dev_metrics} and {paths.predictions}/ are written")
     summary = json.loads(paths.train_summary.read_text(encoding="utf-8")) if paths.train_summary.is_file() else {}
     # the training's run (a new one when it was not recorded); leaving the block ends it, FAILED on an exception
     with open_run(params, paths.project_root, run_id=summary.get("mlflow_run_id"),
@@ -94,7 +99,8 @@ def registration(params: Params, summary: dict, metrics: dict[str, float]) -> Re
 
 
 def main() -> int:
-    evaluate_trained_model(load_params(paths.PARAMS), EvaluationPaths())
+    params, guard = load_guarded(paths.PARAMS)
+    evaluate_trained_model(params, EvaluationPaths(), guard)
     return 0
 
 

@@ -3,8 +3,8 @@
 import sys
 
 from palbert import paths
-from palbert.config import load_params
 from palbert.data.prepare import prepare_dataset
+from palbert.settings_guard import load_guarded
 from palbert.stage import run_stage
 
 
@@ -13,7 +13,9 @@ def main() -> int:
         print("usage: python -m stages.prepare <dataset>", file=sys.stderr)
         return 2
     dataset = sys.argv[1]
-    stats = prepare_dataset(dataset, paths.RAW, paths.PREPARED, load_params(paths.PARAMS))
+    params, guard = load_guarded(paths.PARAMS)
+    stats = prepare_dataset(dataset, paths.RAW, paths.PREPARED, params)
+    guard.check("at the end of the stage")
     rows = ", ".join(f"{split} {s['rows']} rows" for split, s in stats.items()) or "absent (no raw files)"
     print(f"prepare@{dataset}: {rows}")
     return 0

@@ -42,7 +42,7 @@ def test_yaml_1_2_float_written_by_dvc_exp_run_is_accepted(tmp_path):
         ("model", "pals", "yes", "model.pals: expected true or false"),
         ("train", "sampling", "random", "train.sampling: must be one of"),
         ("data", "extra", ["snli", "imdb"], "data.extra[1]: must be one of"),
-        ("model", "hidden_dropout", 1.5, "model.hidden_dropout: must be <= 1"),
+        ("model", "hidden_dropout", 1.5, "model.hidden_dropout: must be < 1"),
     ],
 )
 def test_bad_values_name_the_key(section, key, value, message):

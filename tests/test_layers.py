@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert", "palbert.errors", "palbert.paths", "palbert.atomic", "palbert.logs", "palbert.tasks",
      "palbert.precision"),
     # 1 settings: params, where the pretrained BERT comes from, what machine this is
-    ("palbert.pretrained_source", "palbert.config", "palbert.machine"),
+    ("palbert.pretrained_source", "palbert.config", "palbert.machine", "palbert.settings_guard"),
     # 2 data, metrics, the process runtime
     ("palbert.data", "palbert.data.prepared", "palbert.data.readers", "palbert.data.sources", "palbert.data.prepare",
      "palbert.data.report", "palbert.data.batching", "palbert.metrics", "palbert.distributed"),
@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert.tracking",),
     # 6 training, the Table 3 runner, the stage runner
     ("palbert.train", "palbert.train.streams", "palbert.train.schedule", "palbert.train.sampling",
-     "palbert.train.losses", "palbert.train.checkpoint", "palbert.train.loop",
+     "palbert.train.losses", "palbert.train.checkpoint", "palbert.train.divergence", "palbert.train.loop",
      "palbert.table3", "palbert.table3.plan", "palbert.table3.experiments", "palbert.table3.records",
      "palbert.table3.report", "palbert.table3.figures", "palbert.table3.runner", "palbert.stage"),
     # 7 the command line

@@ -20,7 +20,7 @@ from palbert.atomic import atomic_dir
 from palbert.config import Params
 from palbert.data.prepared import META_FILE, STATS_FILE, PreparedSplit, TokenizedTexts, save_split
 from palbert.data.readers import UNDECODABLE_BYTES, DataError, RawSplit, read_split
-from palbert.data.sources import RAW_FILES, is_required
+from palbert.data.sources import RAW_FILES, is_required, not_a_file
 from palbert.pretrained_source import load_tokenizer
 from palbert.tasks import DATASETS, dataset_spec
 
@@ -125,6 +125,9 @@ def prepare_dataset(dataset: str, raw_root: Path, out_root: Path, params: Params
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     raw_dir = Path(raw_root) / dataset
+    for raw in RAW_FILES[dataset]:
+        if why := not_a_file(raw_dir / raw.name):
+            raise DataError(f"{raw_dir / raw.name}: {why}; put the raw file itself there (`dvc repro fetch` does)")
     present = [raw for raw in RAW_FILES[dataset] if (raw_dir / raw.name).is_file()]
     for raw in RAW_FILES[dataset]:
         if raw in present:

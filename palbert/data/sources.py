@@ -172,6 +172,20 @@ def verify(raw: RawFile, path: Path, origin: str) -> None:
         raise DataError(f"{origin}: {path.stat().st_size} bytes, too small for {raw.name} (at least {raw.min_bytes})")
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` exists but is no raw file to read (a folder, a device such as ``/dev/zero`` behind a symlink, a
+    broken symlink), else None. Such a path is a mistake to name, not a missing file to download or skip."""
+    path = Path(path)
+    if not os.path.lexists(path) or path.is_file():
+        return None
+    link = f"a symlink to {os.readlink(path)}, " if path.is_symlink() else ""
+    if not path.exists():
+        return f"{link}which does not exist"
+    if path.is_dir():
+        return f"{link}a folder, not a file"
+    return f"{link}not a regular file (a device, pipe or socket)"
+
+
 def _copy_from_mirror(raw: RawFile, source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
@@ -240,6 +254,9 @@ def fetch(
             key = f"{dataset}/{raw.name}"
             target = raw_root / dataset / raw.name
             source = mirror_dir / raw.mirror_path if mirror_dir is not None else None
+            for path in (source, target):
+                if path is not None and (why := not_a_file(path)):
+                    raise DataError(f"{path}: {why}; put the raw file itself there (or remove it to fetch it anew)")
             if source is not None and source.is_file():
                 _copy_from_mirror(raw, source, target)
                 report.sources[key] = "mirror"

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from palbert.atomic import atomic_dir
+from palbert.atomic import atomic_dir, recover_dir, write_json
 from palbert.config import Params
+from palbert.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,14 @@ def fingerprint(params: Params, data_meta: dict[str, Any]) -> str:
     relevant = {**params.result_settings(), "data_meta": data_meta, "format": FORMAT_VERSION}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """At least what one checkpoint of ``model`` takes on disk: its weights and AdamW's two moments of every
+    trainable parameter (a new checkpoint is written beside the old one, so this much must be free)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)  # fp32 exp_avg, exp_avg_sq
+    return weights + moments
 
 
 def save_checkpoint(
@@ -77,25 +86,47 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    """Restore model, optimizer and scheduler in place; return the state and the saved RNG states."""
+    """Restore model, optimizer and scheduler in place; return the state and the saved RNG states.
+
+    A damaged checkpoint (a disk error, a copy cut short) raises ``ModelLoadError`` saying how to start afresh:
+    as a traceback it would stop every later run at the same place.
+    """
     folder = root / LATEST
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    return state, list(extra["rng"])
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        return state, list(extra["rng"])
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise ModelLoadError(f"{folder}: the checkpoint cannot be read ({type(exc).__name__}: {reason}); move it "
+                             f"away (`mv {folder} {folder}.damaged`) and the run starts afresh") from None
 
 
 def resumable_state(root: Path, expected_fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint's state when it belongs to this configuration and is unfinished, else None."""
+    """The checkpoint's state when it belongs to this configuration and is unfinished (or finished, but stopped
+    before its outputs were written), else None."""
+    if recover_dir(root / LATEST):
+        log.warning("%s: put back the checkpoint a crash left as .%s.old", root / LATEST, LATEST)
     state = read_state(root)
     if state is None:
         return None
     if state.get("format") != FORMAT_VERSION or state.get("fingerprint") != expected_fingerprint:
         log.info("checkpoint in %s is from other settings: starting a new run", root)
         return None
-    if state.get("complete"):
+    if state.get("complete") and state.get("outputs_written", True):  # older checkpoints: written
         log.info("checkpoint in %s is of a finished run: starting a new run", root)
         return None
+    if state.get("complete"):
+        log.warning("checkpoint in %s is of a finished training whose outputs were not written (it stopped at the "
+                    "end): writing them from it, without training again", root)
     return state
+
+
+def mark_outputs_written(root: Path) -> None:
+    """Record in the finished checkpoint that its outputs exist: a later run of the same settings starts afresh."""
+    state = read_state(root)
+    if state is not None:
+        write_json(root / LATEST / "state.json", {**state, "outputs_written": True})

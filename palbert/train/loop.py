@@ -23,10 +23,11 @@ from typing import Any, Mapping
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from palbert.atomic import write_csv, write_json
+from palbert.atomic import atomic_dir, check_free_space, check_writable, write_csv, write_json
 from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
+from palbert.errors import OutOfMemory, Terminated
 from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
@@ -35,9 +36,10 @@ from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason, resolve_precision
+from palbert.settings_guard import SettingsGuard
 from palbert.paths import BEST_MODEL, CHECKPOINTS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
 from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, open_run, parameter_counts
-from palbert.train import checkpoint
+from palbert.train import checkpoint, divergence
 from palbert.distributed import DistContext, init_distributed
 from palbert.train.losses import simcse_loss, task_loss
 from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
@@ -78,6 +80,8 @@ class RunState:
     #: Task probabilities of each epoch (drawn samplers: p_i; sequential/round-robin: the plan's fractions)
     epoch_probabilities: dict[str, dict[str, float]] = field(default_factory=dict)
     complete: bool = False
+    #: the finished run's models/, metrics/ and plots are written (until then, a rerun writes them from here)
+    outputs_written: bool = False
     format: int = checkpoint.FORMAT_VERSION
 
 
@@ -147,8 +151,15 @@ def _plan_fractions(plan: list[str]) -> dict[str, float]:
     return {ds: n / max(1, len(plan)) for ds, n in counts.items()}
 
 
-def _save_checkpoint(ctx: DistContext, paths: TrainPaths, model: torch.nn.Module, optimizer, scheduler,
-                     state: RunState, streams: dict[str, IndexStream], started: float) -> None:
+def _save_checkpoint(ctx: DistContext, paths: TrainPaths, params: Params, guard: SettingsGuard | None,
+                     model: torch.nn.Module, optimizer, scheduler, state: RunState, streams: dict[str, IndexStream],
+                     started: float) -> None:
+    divergence.check_weights(model, step=state.step, epoch=state.epoch, params=params, checkpoints=paths.checkpoints,
+                             fingerprint=state.fingerprint)  # never replace the last good checkpoint with NaN
+    # params.yaml must still hold this run's settings (another `dvc exp run` here rewrites it): checked after a
+    # checkpoint is written, which keeps the work, but before the final one, as a finished run does not resume
+    if guard is not None and ctx.is_main and state.complete:
+        guard.check(f"at the end of training (step {state.step})", "the checkpoint before it is kept")
     state.streams = {ds: stream.state_dict() for ds, stream in streams.items()}
     rng_states = ctx.all_gather_objects(torch.get_rng_state())
     if ctx.is_main:
@@ -157,6 +168,8 @@ def _save_checkpoint(ctx: DistContext, paths: TrainPaths, model: torch.nn.Module
                                    rng_states=rng_states, state=snapshot)
         if state.best_epoch == 0:  # no best model of this run yet: a best/ there is an earlier run's
             shutil.rmtree(paths.checkpoints / "best", ignore_errors=True)
+        if guard is not None and not state.complete:
+            guard.check(f"at step {state.step}", f"its checkpoint of step {state.step} is kept")
     ctx.barrier()
 
 
@@ -189,8 +202,12 @@ def train_step(model: torch.nn.Module, batch: TaskBatch, optimizer: torch.optim.
     return StepLoss(loss.detach(), supervised.detach(), None if contrastive is None else contrastive.detach())
 
 
-def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
+def train(params: Params, paths: TrainPaths, guard: SettingsGuard | None = None) -> dict[str, Any]:
+    """Train (or resume) one run; ``guard`` (the stage's) stops it when ``params.yaml`` stops holding ``params``."""
     ctx = init_distributed(params.distributed)
+    if ctx.is_main:  # every folder this run writes, before any work: not at the first save, steps later
+        check_writable({"checkpoints": paths.checkpoints, "the trained model": paths.best_model.parent,
+                        "metrics": paths.summary.parent, "training plots": paths.plots})
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     device = ctx.device
@@ -215,6 +232,8 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
     model = MultitaskBert.from_pretrained(params.model).to(device)
     tokenizer = load_tokenizer(params.model.pretrained)
     report = model.parameter_report()
+    if ctx.is_main:
+        check_free_space(paths.checkpoints, checkpoint.checkpoint_bytes(model), "a checkpoint of this model")
     optimizer = make_optimizer(model, params)
     sampler = make_task_sampler(
         params.train.sampling,
@@ -281,13 +300,22 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                     batch = make_batch(train_splits[dataset], indices, task=task,
                                        pair_encoding=params.model.pair_encoding, special=special,
                                        max_length=max_length).to(device, non_blocking=True)
-                    loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
+                    try:
+                        loss = train_step(ddp_model, batch, optimizer, scheduler, params.train, precision, device)
+                    except torch.OutOfMemoryError:
+                        raise OutOfMemory(_out_of_memory(batch, state, params, device, paths)) from None
+                    task_loss_value = loss.task.item()
+                    simcse_value = None if loss.simcse is None else loss.simcse.item()
+                    divergence.check_loss(  # stop at the first NaN, before a checkpoint could keep it
+                        loss.total.item(), {"task loss": task_loss_value, "SimCSE": simcse_value},
+                        task=task, step=state.step + 1, epoch=state.epoch, params=params,
+                        checkpoints=paths.checkpoints, fingerprint=state.fingerprint)
 
                     state.position += 1
                     state.step += 1
-                    window_losses[task].append(loss.task.item())
-                    if loss.simcse is not None:
-                        window_losses["simcse"].append(loss.simcse.item())
+                    window_losses[task].append(task_loss_value)
+                    if simcse_value is not None:
+                        window_losses["simcse"].append(simcse_value)
                     window_examples += len(batch) * ctx.world_size
                     state.examples += len(batch) * ctx.world_size
                     progress.update(1)
@@ -311,7 +339,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                         window_examples, window_started = 0, time.perf_counter()
 
                     if state.step % params.train.checkpoint_every == 0 and state.position < len(plan):
-                        _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+                        _save_checkpoint(ctx, paths, params, guard, model, optimizer, scheduler, state, streams, started)
 
                 # ---- end of epoch: score dev, keep the best model ---------------------------------------
                 scoring_started = time.perf_counter()
@@ -335,11 +363,12 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                 state.epoch += 1
                 state.position = 0
                 state.complete = state.epoch > params.train.epochs
-                _save_checkpoint(ctx, paths, model, optimizer, scheduler, state, streams, started)
+                _save_checkpoint(ctx, paths, params, guard, model, optimizer, scheduler, state, streams, started)
                 window_started = time.perf_counter()  # the next window's examples/s: training only
                 progress.unpause()  # and the bar's rate and ETA
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d; the next run resumes from the last checkpoint", state.step)
+        except KeyboardInterrupt as exc:
+            log.warning("%s at step %d; the next run resumes from the last checkpoint",
+                        f"stopped by {exc.signal_name}" if isinstance(exc, Terminated) else "interrupted", state.step)
             raise
         finally:
             progress.close()
@@ -348,9 +377,12 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
         wall_s = state.elapsed_s + time.perf_counter() - started
         summary: dict[str, Any] = {}
         if ctx.is_main:
-            paths.best_model.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(paths.best_model, ignore_errors=True)
-            shutil.copytree(paths.checkpoints / "best", paths.best_model)
+            if state.best_epoch == 0:  # every epoch scored NaN: there is no best model to keep
+                raise divergence.diverged("no epoch scored a finite dev overall", step=state.step,
+                                          epoch=params.train.epochs, params=params, checkpoints=paths.checkpoints,
+                                          fingerprint=state.fingerprint)
+            with atomic_dir(paths.best_model) as folder:  # a crash mid-copy leaves the old model or none, never half
+                shutil.copytree(paths.checkpoints / "best", folder, dirs_exist_ok=True)
             best_dev = next(row for row in state.history["dev"] if row["epoch"] == state.best_epoch)
             summary = {
                 "steps": state.step,
@@ -379,6 +411,7 @@ def train(params: Params, paths: TrainPaths) -> dict[str, Any]:
                 for png in render_training_plots(paths.plots, Path(pngs)):
                     tracker.log_artifact(png, "plots")
             tracker.log_artifact(paths.summary, "metrics")
+            checkpoint.mark_outputs_written(paths.checkpoints)
             log.info("trained %d steps in %.0f s (%.0f s of it scoring dev; %.1f examples/s while training); "
                      "best epoch %d: %s", state.step, wall_s, state.scoring_s, summary["examples_per_s"],
                      state.best_epoch, _format_metrics(summary["best_dev"]))
@@ -391,6 +424,16 @@ def bar_postfix(window_losses: Mapping[str, list[float]], rate: float) -> dict[s
     means = {f"loss_{t}": f"{sum(window_losses[t]) / len(window_losses[t]):.4g}"
              for t in (*TASKS, "simcse") if window_losses.get(t)}
     return means | {"ex/s": f"{rate:.0f}"}
+
+
+def _out_of_memory(batch: TaskBatch, state: RunState, params: Params, device: torch.device, paths: TrainPaths) -> str:
+    """One line for a step that did not fit in memory: where, how big, what to lower, what is kept."""
+    saved = checkpoint.read_state(paths.checkpoints)
+    kept = (f"the checkpoint of step {saved['step']} is kept (the same settings on more processes resume from it)"
+            if saved and saved.get("fingerprint") == state.fingerprint else "no checkpoint of this run yet")
+    return (f"out of {device.type.upper()} memory at step {state.step + 1} (task {batch.task}, {len(batch)} rows of "
+            f"up to {batch.inputs.input_ids.shape[1]} tokens per process): lower train.batch_size "
+            f"({params.train.batch_size}) or data.max_length ({params.data.max_length}), or use more processes; {kept}")
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
