@@ -17,6 +17,7 @@ import pytest
 from conftest import copy_project
 from palbert.cli import build_parser
 from palbert.config import TABLE3_FILE, load_params, load_table3
+from palbert.errors import OutputUnwritable
 from palbert.metrics import overall, score
 from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
 from palbert.table3.experiments import ExpRecord, finished_experiment, parse_exp_show, plan_experiments
@@ -519,3 +520,19 @@ def test_the_readme_block_says_how_much_is_measured_and_which_verdicts_changed(t
     assert replace_marked_block(text, "t", "new\n") == "intro\n<!-- t:start -->\nnew\n<!-- t:end -->\nrest\n"
     with pytest.raises(ValueError, match="expected one"):
         replace_marked_block("no markers", "t", "x")
+
+
+def test_a_table_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_path, params, labels):
+    """Found before training or rebuilding, not as a traceback at the first record (issue 20, item 6)."""
+    folder = write_tiny_table(tmp_path, params, labels)
+    shutil.rmtree(folder / "figures", ignore_errors=True)
+    (folder / "figures").write_text("not a folder", encoding="utf-8")
+    before = (folder / "table.md").read_bytes() if (folder / "table.md").exists() else None
+    with pytest.raises(OutputUnwritable, match=r"tiny/figures \(its figures\): .*figures is a file, not a folder"):
+        rebuild_table(tmp_path, params, "tiny")
+    assert ((folder / "table.md").read_bytes() if (folder / "table.md").exists() else None) == before
+    blocked = tmp_path / "results" / "table3" / "blocked"
+    blocked.write_text("a file where the table's folder goes", encoding="utf-8")
+    scaled = dataclasses.replace(params, table3=dataclasses.replace(params.table3, scales={"tiny": SCALE}))
+    with pytest.raises(OutputUnwritable, match=r"blocked \(the table's records\): .*is a file, not a folder"):
+        make_table3(tmp_path, scaled, Table3Request(scale="tiny", resume=True, table_id="blocked"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from palbert.atomic import read_json_object, write_json, write_text
+from palbert.atomic import check_writable, read_json_object, write_json, write_text
 from palbert.config import Params
 from palbert.table3.experiments import (
     finished_experiment,
@@ -117,6 +117,7 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
     scale = params.table3.scale(request.scale)
     table_id = request.table_id or request.scale
     folder = table_folder(root, table_id)
+    check_writable({"the table's records": folder})  # before any training: a record lost after an hour of it hurts
     _check_scale(folder, request.scale, scale)
     runs = plan_runs(params, rows, seeds, table_id, scale)
 
@@ -176,6 +177,7 @@ def rebuild_table(root: Path, params: Params, table_id: str,
                    if path.is_dir() and path.name != FIGURES and not path.name.startswith(".")) if folder.is_dir() else []
     if not found:
         raise Table3Error(f"{folder}: no records (run `palbert table3 --scale ...` first)")
+    check_writable({"the table": folder, "its figures": folder / FIGURES})
     scale_name, scale = _scale_of(found)
     seeds = sorted({int(path.name.rsplit("-s", 1)[1]) for path in found if path.name.rsplit("-s", 1)[-1].isdigit()})
     runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)
