@@ -231,11 +231,12 @@ def claim_verdict(expects: str, delta: Mapping[str, Any]) -> str:
 
 def rows_table(table: Mapping[str, Any]) -> list[str]:
     """The table itself, one line per row of table3.yaml; the README (or docs/table3.md) shows these same lines."""
-    lines = ["| row | model | seeds | SST acc | Para acc | STS r | overall | Δ overall vs previous row | Δ overall vs row 3 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    columns = ["row", "model", "seeds", *(TASK_SPECS[task].column for task in TASKS), "overall",
+               "Δ overall vs previous row", "Δ overall vs row 3"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table["rows"]:
         if not row["measured"]:
-            lines.append(f"| {row['id']} | {row['name']} | 0 | not measured yet | | | | | |")
+            lines.append(f"| {row['id']} | {row['name']} | 0 | not measured yet |" + " |" * (len(columns) - 4))
             continue
         lines.append(f"| {row['id']} | {row['name']} | {len(row['seeds'])} | "
                      + " | ".join(_cell(row[metric]) for metric in DEV_METRICS)
