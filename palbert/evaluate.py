@@ -124,14 +124,14 @@ def load_eval_splits(prepared_root: Path, split: str) -> dict[str, PreparedSplit
 
 
 def dev_metrics(results: Iterable[SplitPredictions]) -> dict[str, float]:
-    """``{"sst_acc", "para_acc", "sts_pearson", "overall"}`` from labelled predictions."""
+    """Each task's dev metric (``TaskSpec.metric``) and, when all are there, ``overall``, from labelled predictions."""
     metrics: dict[str, float] = {}
     for result in results:
         if result.labels is None:
             raise ValueError(f"{result.task}-{result.split} has no labels to score")
         metrics[TASK_METRIC[result.task]] = score(result.task, result.predictions, result.labels)
     if all(name in metrics for name in TASK_METRIC.values()):
-        metrics["overall"] = overall(metrics["sst_acc"], metrics["para_acc"], metrics["sts_pearson"])
+        metrics["overall"] = overall(metrics)
     return metrics
 
 

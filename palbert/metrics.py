@@ -1,7 +1,7 @@
 """Dev metrics (paper 5.2): accuracy for sst and para, Pearson r for sts, and the overall score.
 
-overall = (sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3 maps Pearson's [-1, 1] onto [0, 1] so the
-three tasks weigh alike. ``bootstrap_rows`` says whether rows of seeds (Table 3) differ in overall score
+overall = (sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3 (``tasks.OVERALL_FORMULA``, from each ``TaskSpec.overall``)
+maps Pearson's [-1, 1] onto [0, 1] so the three tasks weigh alike. ``bootstrap_rows`` says whether rows of seeds (Table 3) differ in overall score
 by more than the noise of the dev examples and of the seeds.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score
 
-from palbert.tasks import TASK_SPECS, TASKS, TaskSpec
+from palbert.tasks import OVERALL_TASKS, TASK_SPECS, TASKS, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,12 @@ def _spec(task: str) -> TaskSpec:
     return TASK_SPECS[task]
 
 
-def overall(sst_acc: float, para_acc: float, sts_pearson: float) -> float:
-    return (sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3
+def overall(scores: Mapping[str, ArrayLike]) -> Any:
+    """The mean of the overall tasks' terms, from dev metrics by name (floats, or arrays of resamples).
+
+    Summed in ``OVERALL_TASKS`` order from 0: bitwise the paper's (sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3.
+    """
+    return sum(TASK_SPECS[task].overall_term(scores[TASK_SPECS[task].metric]) for task in OVERALL_TASKS) / len(OVERALL_TASKS)
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ def bootstrap_rows(rows: Mapping[str, Sequence[System]], labels: Mapping[str, np
         """metric -> [..., seeds]"""
         scores = {TASK_METRIC[task]: np.stack([task_scores(task, s[task], labels[task], draw[task]) for s in systems],
                                               axis=-1) for task in tasks}
-        scores["overall"] = overall(scores["sst_acc"], scores["para_acc"], scores["sts_pearson"])
+        scores["overall"] = overall(scores)
         return scores
 
     everything = {task: np.arange(sizes[task]) for task in tasks}

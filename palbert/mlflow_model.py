@@ -29,7 +29,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from palbert.tasks import PAIR_TASKS, TASKS
+from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -51,19 +51,14 @@ CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy",
                 "scikit-learn", "pyyaml", "tqdm")
 MEANING = "meaning"
-#: What a prediction means, per task (the SST classes of the CS224N data).
-SST_CLASSES = ("negative", "somewhat negative", "neutral", "somewhat positive", "positive")
-TASK_OUTPUTS = {"sst": "sentiment class 0..4 (" + ", ".join(f"{i} {name}" for i, name in enumerate(SST_CLASSES)) + ")",
-                "para": "1 if sentence2 is a paraphrase (duplicate question) of sentence1, else 0",
-                "sts": "semantic similarity of the two sentences, 0 (unrelated) .. 5 (same meaning)"}
 
 
 def input_example() -> pd.DataFrame:
     """One row per task, as a request to ``mlflow models serve`` would send them."""
     return pd.DataFrame({
-        TASK: ["sst", "para", "sts"],
-        FIRST: ["A gorgeous, witty, seductive movie.", "How do I learn Python?", "A cat sits on the mat."],
-        SECOND: ["", "What is the best way to learn Python?", "A cat is sitting on a mat."],  # sst reads no sentence2
+        TASK: list(TASKS),
+        FIRST: [TASK_SPECS[task].example[0] for task in TASKS],
+        SECOND: [TASK_SPECS[task].example[1] for task in TASKS],  # "" for a single-sentence task: not read
     })
 
 
@@ -79,15 +74,12 @@ def signature() -> "ModelSignature":
 
 def metadata() -> dict[str, Any]:
     """The MLmodel's ``metadata``: the values of ``task`` and what ``prediction`` means for each."""
-    return {"task_values": list(TASKS), "prediction": TASK_OUTPUTS, "pair_tasks_need_sentence2": list(PAIR_TASKS)}
+    return {"task_values": list(TASKS), "prediction": {task: TASK_SPECS[task].output_meaning for task in TASKS},
+            "pair_tasks_need_sentence2": list(PAIR_TASKS)}
 
 
 def meaning(task: str, value: float) -> str:
-    if task == "sst":
-        return SST_CLASSES[int(value)]
-    if task == "para":
-        return "paraphrase" if value >= 0.5 else "not a paraphrase"
-    return f"similarity {value:.2f} of 5"
+    return TASK_SPECS[task].meaning(value)
 
 
 def _texts(table: pd.DataFrame, column: str, rows: np.ndarray, task: str) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from palbert.atomic import write_text
-from palbert.tasks import DATASET_TASK, TASK_DATASET, TASK_SPECS, TASKS
+from palbert.tasks import DATASET_TASK, OVERALL_FORMULA, TASK_DATASET, TASK_SPECS, TASKS
 
 if TYPE_CHECKING:
     from palbert.config import Params
@@ -57,7 +57,7 @@ def _scores_table(dev: Mapping[str, float]) -> list[str]:
             name = task if spec.dataset == task else f"{task} ({spec.dataset})"
             rows.append(f"| {name} | {spec.score} | {dev[spec.metric]:.4f} |")
     if "overall" in dev:
-        rows.append(f"| overall | (sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3 | {dev['overall']:.4f} |")
+        rows.append(f"| overall | {OVERALL_FORMULA} | {dev['overall']:.4f} |")
     return rows
 
 

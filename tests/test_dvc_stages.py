@@ -62,13 +62,13 @@ def closure(module: str) -> set[Path]:
 
 
 def stage_definitions() -> dict[str, dict]:
-    """Stage name -> definition, a ``foreach`` stage taken with its first item."""
+    """Stage name -> definition, a ``foreach`` stage once per item (``prepare@sst``, ``prepare@quora``, ...)."""
     out = {}
     for name, stage in STAGES.items():
         if "foreach" in stage:
-            item = stage["foreach"][0]
-            text = yaml.safe_dump(stage["do"]).replace("${item}", item)
-            out[f"{name}@{item}"] = yaml.safe_load(text)
+            for item in stage["foreach"]:
+                text = yaml.safe_dump(stage["do"]).replace("${item}", item)
+                out[f"{name}@{item}"] = yaml.safe_load(text)
         else:
             out[name] = stage
     return out
@@ -78,14 +78,36 @@ def _paths(entries: list) -> list[str]:
     return [next(iter(entry)) if isinstance(entry, dict) else str(entry) for entry in entries]
 
 
+#: Code a stage depends on without importing it: MLflow copies mlflow_model_code.py into the logged model.
+NOT_IMPORTED = {"evaluate": {"palbert/mlflow_model_code.py"}}
+#: The pin of the embedded encoder's package (its weights and tokenizer are installed, not in the repository).
+ENCODER_PIN = "requirements-encoder.txt"
+
+
+def _stage_module(stage: dict) -> str:
+    return stage["cmd"].split("python -m ", 1)[1].split()[0]
+
+
+def _code_files(dep: str) -> set[str]:
+    """The .py files a code dep (a file or a folder) makes DVC hash."""
+    path = ROOT / dep
+    files = path.rglob("*.py") if path.is_dir() else [path]
+    return {str(f.relative_to(ROOT)) for f in files if "__pycache__" not in f.parts}
+
+
 @pytest.mark.parametrize("name", sorted(stage_definitions()))
-def test_every_imported_module_is_a_dependency_of_its_stage(name):
+def test_code_deps_are_exactly_what_the_stage_imports(name):
+    """Both directions: an imported module missing from deps lets `dvc repro` skip a change that alters results;
+    a listed module the stage never imports (or a folder holding one) re-runs a long stage for nothing."""
     stage = stage_definitions()[name]
-    module = stage["cmd"].split("python -m ", 1)[1].split()[0]
-    deps = [ROOT / dep for dep in _paths(stage["deps"])]
-    missing = sorted(str(path.relative_to(ROOT)) for path in closure(module)
-                     if not any(path == dep or dep in path.parents for dep in deps))
-    assert not missing, f"dvc.yaml stage {name} imports but does not depend on: {', '.join(missing)}"
+    imported = {str(p.relative_to(ROOT)) for p in closure(_stage_module(stage))}
+    allowed = imported | NOT_IMPORTED.get(name.split("@")[0], set())
+    code_deps = [d for d in _paths(stage["deps"]) if d.startswith(("palbert/", "stages/"))]
+    listed = set().union(*(_code_files(d) for d in code_deps))
+    missing, extra = sorted(allowed - listed), sorted(listed - allowed)
+    assert not missing and not extra, (
+        f"dvc.yaml stage {name}: imported but not a dep: {', '.join(missing) or '-'}; "
+        f"a dep but never imported: {', '.join(extra) or '-'}")
 
 
 def test_the_import_walk_sees_imports_inside_functions():
@@ -96,7 +118,7 @@ def test_the_import_walk_sees_imports_inside_functions():
 
 def test_data_stages_do_not_pull_in_the_model():
     for name in ("fetch", "prepare@sst", "data_report"):
-        module = stage_definitions()[name]["cmd"].split("python -m ", 1)[1].split()[0]
+        module = _stage_module(stage_definitions()[name])
         files = {str(p.relative_to(ROOT)) for p in closure(module)}
         assert not {f for f in files if f.startswith(("palbert/model/", "palbert/train/"))}, name
         assert "palbert/tracking.py" not in files, name
@@ -123,3 +145,18 @@ def test_bytecode_stays_out_of_the_dependency_hashes():
     ignored = subprocess.run([str(dvc), "check-ignore", "palbert/data/__pycache__/prepare.cpython-311.pyc",
                               "palbert/stray.pyc", "palbert/data/prepare.py"], cwd=ROOT, capture_output=True, text=True)
     assert ignored.stdout.split() == ["palbert/data/__pycache__/prepare.cpython-311.pyc", "palbert/stray.pyc"]
+
+
+def test_the_encoder_pin_is_a_dependency_and_the_installed_version():
+    """The embedded encoder's weights live in an installed package, so its version is what DVC must hash."""
+    from importlib.metadata import version
+
+    pin = next(line for line in (ROOT / ENCODER_PIN).read_text(encoding="utf-8").splitlines()
+               if line and not line.startswith("#"))
+    name, pinned = pin.split("==")
+    assert version(name) == pinned, f"installed {name} {version(name)}, {ENCODER_PIN} pins {pinned}: bash scripts/setup.sh"
+    assert f'"{pin}"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert f"-r {ENCODER_PIN}" in (ROOT / "requirements-lock.txt").read_text(encoding="utf-8").splitlines()
+    stages = stage_definitions()
+    for name in ("train", *(n for n in stages if n.startswith("prepare@"))):
+        assert ENCODER_PIN in _paths(stages[name]["deps"]), name

@@ -5,6 +5,7 @@ import pytest
 from scipy.stats import pearsonr
 
 from palbert.metrics import accuracy, bootstrap_rows, overall, pearson, score, task_scores
+from palbert.tasks import OVERALL_FORMULA, TASK_SPECS, TASKS
 
 
 def test_accuracy_and_pearson():
@@ -35,10 +36,23 @@ def test_score_per_task():
         score("sst", [1, 2], [1])
 
 
+def _dev(sst: float, para: float, sts: float) -> dict[str, float]:
+    return {"sst_acc": sst, "para_acc": para, "sts_pearson": sts}
+
+
 def test_overall_formula():
     # the paper's best row: sst 0.516, para 0.862, sts 0.866 -> 0.770 (Table 3)
-    assert overall(0.516, 0.862, 0.866) == pytest.approx(0.770, abs=5e-4)
-    assert overall(1.0, 1.0, 1.0) == 1.0 and overall(0.0, 0.0, -1.0) == 0.0
+    assert overall(_dev(0.516, 0.862, 0.866)) == pytest.approx(0.770, abs=5e-4)
+    assert overall(_dev(1.0, 1.0, 1.0)) == 1.0 and overall(_dev(0.0, 0.0, -1.0)) == 0.0
+    assert OVERALL_FORMULA == "(sst_acc + (sts_pearson + 1) / 2 + para_acc) / 3"
+
+
+def test_overall_is_bitwise_the_papers_sum_from_the_task_specs():
+    """The spec-driven overall sums its terms in the paper's order, so recorded scores stay bitwise equal."""
+    rng = np.random.default_rng(0)
+    sst, para, sts = rng.uniform(0, 1, 10_000), rng.uniform(0, 1, 10_000), rng.uniform(-1, 1, 10_000)
+    assert np.array_equal(overall(_dev(sst, para, sts)), (sst + (sts + 1) / 2 + para) / 3)
+    assert all(overall(_dev(a, b, c)) == (a + (c + 1) / 2 + b) / 3 for a, b, c in zip(sst[:500], para, sts))
 
 
 def dev_set(rng, n=300):
@@ -46,7 +60,7 @@ def dev_set(rng, n=300):
 
 
 def overall_of(system, labels):
-    return overall(*(score(task, system[task], labels[task]) for task in ("sst", "para", "sts")))
+    return overall({TASK_SPECS[task].metric: score(task, system[task], labels[task]) for task in TASKS})
 
 
 def noisy(rng, labels, error):

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 
 from conftest import free_port, running_mlflow_server, stop_process_group, tiny_training_params, wait_until_up
 from palbert.config import ModelParams, Params, TrackingParams
-from palbert.mlflow_model import SST_CLASSES, input_example, predict_table
+from palbert.mlflow_model import input_example, predict_table
+from palbert.tasks import SST_CLASSES
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.predict import Predictor
 from palbert.registry import CHAMPION, Registration

@@ -215,7 +215,7 @@ def fake_record(folder: Path, run: PlannedRun, labels: dict[str, np.ndarray], pr
     ids = {task: np.asarray([f"{task}{i:03d}" for i in range(len(labels[task]))]) for task in TASKS}
     dev = {f"{task}_{'pearson' if task == 'sts' else 'acc'}": score(task, predictions[task], labels[task])
            for task in TASKS}
-    dev["overall"] = overall(dev["sst_acc"], dev["para_acc"], dev["sts_pearson"])
+    dev["overall"] = overall(dev)
     tables = {f"predictions/{task}-dev.csv.gz": (["id", "prediction", "label"],
                                                  [[i, p, y] for i, p, y in zip(ids[task], predictions[task], labels[task])])
               for task in TASKS}
@@ -244,8 +244,7 @@ def test_a_record_reads_back_and_every_damage_is_named(tmp_path, params, labels)
     record = read_record(folder, run, SCALE)
     dev = record.dev_predictions()
     assert dev.predictions["sst"].shape == (60,) and dev.labels["sts"] == pytest.approx(labels["sts"])
-    assert record.dev["overall"] == pytest.approx(overall(record.dev["sst_acc"], record.dev["para_acc"],
-                                                          record.dev["sts_pearson"]))
+    assert record.dev["overall"] == pytest.approx(overall(record.dev))
     assert [c for c in record.curves() if c[1] == "loss_sst"][0] == (10, "loss_sst", pytest.approx(0.11))
 
     (best,) = runs_of(params, ["best"], [1])

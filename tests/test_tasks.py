@@ -26,6 +26,16 @@ def test_dvc_prepare_foreach_lists_the_datasets():
     assert stages["prepare"]["foreach"] == list(DATASETS)
 
 
+def test_dvc_plots_name_every_task_dataset_and_metric():
+    """DVC needs literal plot fields: a new task or dataset must appear in them (this test names where)."""
+    plots = {next(iter(p)): next(iter(p.values())) for p in
+             yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["plots"]}
+    losses = plots["Training loss per task (paper Figures 1-3)"]["y"]
+    assert list(losses) == [f"metrics/plots/train/loss_{task}.csv" for task in TASKS]
+    assert plots["Task sampling probability"]["y"]["metrics/plots/train/sampling.csv"] == list(DATASETS)
+    assert plots["Dev metrics per epoch"]["y"]["metrics/plots/train/dev_epochs.csv"] == list(DEV_METRICS)
+
+
 def test_extra_datasets_param_allows_the_extra_datasets():
     (literal,) = typing.get_args(typing.get_type_hints(DataParams)["extra"])
     assert typing.get_args(literal) == EXTRA_DATASETS

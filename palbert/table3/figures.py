@@ -23,11 +23,10 @@ import pandas as pd  # noqa: E402
 from palbert.atomic import atomic_path  # noqa: E402
 from palbert.metrics import DEV_METRICS  # noqa: E402
 from palbert.table3.records import RunRecord  # noqa: E402
+from palbert.tasks import TASK_SPECS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-METRIC_TITLES = {"sst_acc": "SST accuracy", "para_acc": "Quora accuracy", "sts_pearson": "STS Pearson r",
-                 "overall": "overall"}
 #: The paper's loss figures: (file, title, row a, row b, tasks).
 PAPER_FIGURES: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("figure1_loss_1_vs_BP1.png", "Figure 1: round-robin (row 1) vs annealed sampling (BP1)", "1", "BP1",
@@ -38,7 +37,11 @@ PAPER_FIGURES: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      ("para",)),
 )
 SMOOTHING_WINDOWS = 5
-TASK_TITLES = {"sst": "SST", "para": "paraphrase", "sts": "STS"}
+
+
+def _metric_title(metric: str) -> str:
+    """A dev metric's panel title: the task spec's, or the name itself (``overall``)."""
+    return next((spec.metric_title for spec in TASK_SPECS.values() if spec.metric == metric), metric)
 
 
 def _save(figure: plt.Figure, out: Path) -> None:
@@ -65,7 +68,7 @@ def rows_figure(table: Mapping[str, Any], out: Path) -> Path:
         if paper:
             axis.plot([value for value, _ in paper], [y for _, y in paper], "x", color="tab:red",
                       label="paper (BERT-base)")
-        axis.set_title(METRIC_TITLES[metric])
+        axis.set_title(_metric_title(metric))
         axis.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(labels)), labels)
     axes[0].invert_yaxis()
@@ -106,7 +109,7 @@ def loss_figure(records: Mapping[str, Sequence[RunRecord]], names: Mapping[str, 
             axis.plot(per_seed.index, per_seed.mean(axis=1), color=color,
                       label=f"{row}: {names.get(row, row)} ({per_seed.shape[1]} seed{'s' if per_seed.shape[1] > 1 else ''})")
             axis.fill_between(per_seed.index, per_seed.min(axis=1), per_seed.max(axis=1), color=color, alpha=0.2)
-            axis.set_title(f"{TASK_TITLES[task]} training loss")
+            axis.set_title(f"{TASK_SPECS[task].title} training loss")
             axis.set_xlabel("step")
             axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -45,7 +45,7 @@ RECORD_FORMAT = 1
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv.gz"
 #: Training curves kept from each run's plot CSVs (metrics/plots/train/<series>.csv).
-CURVE_SERIES: tuple[str, ...] = ("loss_sst", "loss_para", "loss_sts", "loss_simcse", "lr")
+CURVE_SERIES: tuple[str, ...] = (*(f"loss_{task}" for task in TASKS), "loss_simcse", "lr")
 
 
 #: How far a record's ``dev`` block may be from its metrics recomputed from its own dev predictions: the
@@ -169,7 +169,7 @@ def _check_dev_block(record: RunRecord) -> None:
     so a table may only trust the numbers that its predictions and labels back."""
     dev = record.dev_predictions()
     recomputed = {TASK_METRIC[task]: score(task, dev.predictions[task], dev.labels[task]) for task in TASKS}
-    recomputed["overall"] = overall(**recomputed)
+    recomputed["overall"] = overall(recomputed)
     wrong = [f"{name} {record.dev[name]:.6f} but its predictions score {value:.6f}"
              for name, value in recomputed.items() if not abs(record.dev[name] - value) <= DEV_TOLERANCE]
     if wrong:

@@ -26,8 +26,12 @@ from palbert.table3.records import RecordError, RunRecord
 
 log = logging.getLogger(__name__)
 
-#: The keys of a row's ``paper`` mapping for each metric.
-PAPER_KEYS: dict[str, str] = {**{spec.metric: task for task, spec in TASK_SPECS.items()}, "overall": "overall"}
+
+def paper_key(metric: str) -> str:
+    """The key of a row's ``paper`` mapping for a dev metric: its task, or ``overall``."""
+    return next((task for task, spec in TASK_SPECS.items() if spec.metric == metric), metric)
+
+
 #: Every row is also compared with this one: the paper's best model (BP1 + SimCSE), palbert's default.
 REFERENCE_ROW = "3"
 
@@ -152,7 +156,7 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
             mean, std = mean_std(values)
             low, high = boot.interval(row.id, metric)
             entry[metric] = {"mean": mean, "std": std, "values": values, "low": low, "high": high,
-                             "paper": row.paper.get(PAPER_KEYS[metric])}
+                             "paper": row.paper.get(paper_key(metric))}
         entry["vs_previous"] = None if previous is None else _comparison(boot, row, previous)
         reference = by_id.get(REFERENCE_ROW)
         entry["vs_reference"] = (_comparison(boot, row, reference)
@@ -236,11 +240,12 @@ def claim_verdict(expects: str, delta: Mapping[str, Any]) -> str:
 
 def rows_table(table: Mapping[str, Any]) -> list[str]:
     """The table itself, one line per row of table3.yaml; the README (or docs/table3.md) shows these same lines."""
-    lines = ["| row | model | seeds | SST acc | Para acc | STS r | overall | Δ overall vs previous row | Δ overall vs row 3 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    columns = ["row", "model", "seeds", *(TASK_SPECS[task].column for task in TASKS), "overall",
+               "Δ overall vs previous row", "Δ overall vs row 3"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table["rows"]:
         if not row["measured"]:
-            lines.append(f"| {row['id']} | {row['name']} | 0 | not measured yet | | | | | |")
+            lines.append(f"| {row['id']} | {row['name']} | 0 | not measured yet |" + " |" * (len(columns) - 4))
             continue
         lines.append(f"| {row['id']} | {row['name']} | {len(row['seeds'])} | "
                      + " | ".join(_cell(row[metric]) for metric in DEV_METRICS)
