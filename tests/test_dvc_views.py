@@ -4,12 +4,14 @@ files the stages write (write_plots, the data report), in a committed copy of th
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import copy_project, project_env
+from conftest import PROJECT, copy_project, project_env
 from palbert.atomic import write_json, write_text
 from palbert.config import DATASETS
 from palbert.data.report import label_distribution_csv
@@ -95,3 +97,26 @@ def test_exp_show_leads_with_the_dev_scores(project):
     shown = json.loads(dvc(project, "metrics", "show", "metrics/train.json", "metrics/data.json", "--json"))
     assert shown[""]["data"]["metrics/data.json"]["data"]["quora"]["dev"]["skipped"] == {"empty_label": 1}
     assert shown[""]["data"]["metrics/train.json"]["data"]["examples_per_s"] == 9.5
+
+
+def test_the_readmes_exp_show_recipe_fits_a_terminal_with_the_scores_and_changed_params(project):
+    """Issue 21 item 5: params.yaml holds only run knobs (no table3 catalogue cell), and the README's recipe shows
+    the four scores beside the params that differ, in 120 columns."""
+    header = dvc(project, "exp", "show", "--csv").splitlines()[0].split(",")
+    assert not any(column.startswith("table3") for column in header)
+    recipe = next(line for line in (PROJECT / "README.md").read_text(encoding="utf-8").splitlines()
+                  if line.startswith("dvc exp show --only-changed"))
+    args = shlex.split(recipe.split("#")[0])
+    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    params["train"]["seed"] = 5  # the workspace differs from HEAD in one param, as after an experiment
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    try:
+        table = subprocess.run(args + ["--no-pager"], cwd=project, env={**project_env(project), "COLUMNS": "120"},
+                               capture_output=True, text=True, timeout=300).stdout
+    finally:
+        subprocess.run(["git", "checkout", "params.yaml"], cwd=project, check=True)
+    lines = [line for line in table.splitlines() if line.strip()]
+    assert all(len(line) <= 120 for line in lines), table
+    assert "…" not in table, table  # nothing cut
+    assert all(name in lines[1] for name in (*DEV_METRICS, "train.seed")), table
+    assert not any(name in lines[1] for name in ("model.pals", "palbert/", ".py")), table
