@@ -113,8 +113,9 @@ class ProgressBar(tqdm):
         """Mark the start of a pause (dev scoring) that ``unpause`` leaves out of the rate and ETA.
 
         tqdm's own ``unpause`` counts the pause from the last redraw: into a log file, redrawn every 30 s,
-        that also drops the training time since then, and the closing line claims 0 s and a huge rate."""
-        self._paused_at = self._time()
+        that also drops the training time since then, and the closing line claims 0 s and a huge rate. A disabled
+        bar (every rank but 0) has no clock and nothing to pause."""
+        self._paused_at = None if self.disable else self._time()
 
     def unpause(self) -> None:
         paused_at, self._paused_at = getattr(self, "_paused_at", None), None

@@ -121,3 +121,7 @@ def test_a_pause_leaves_only_itself_out_of_the_rate(tmp_path):
         bar.close()
     last = (tmp_path / "log").read_text().splitlines()[-1]
     assert "2/2 [00:01<00:00" in last, last  # tqdm's own unpause would say 00:00 and a rate of thousands it/s
+    silent = ProgressBar(total=2, desc="train", disable=True)  # every rank but 0: no clock, nothing to pause
+    silent.pause()
+    silent.unpause()
+    silent.close()
