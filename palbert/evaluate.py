@@ -15,7 +15,6 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from palbert.atomic import write_csv
 from palbert.config import Params
@@ -23,6 +22,7 @@ from palbert.data.batching import SpecialTokens, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared
 from palbert.metrics import TASK_METRIC, overall, score
 from palbert.distributed import DistContext
+from palbert.logs import ProgressBar
 from palbert.precision import autocast, resolve_precision
 from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 
@@ -77,7 +77,8 @@ def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows:
     out = np.empty(len(split), dtype=np.float64)
     chunks = [ordered[i : i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
     # delay: no bar at all for a few sentences (`palbert predict`), one after 2 s for a real split
-    for chunk in tqdm(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress, delay=2):
+    for chunk in ProgressBar(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress,
+                             delay=2):  # into a log file: a line per update, not \r-joined
         batch = make_batch(split, chunk.tolist(), task=task, pair_encoding=settings.pair_encoding,
                            special=settings.special, max_length=settings.max_length)
         with autocast(settings.precision, settings.device):
