@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("PALBERT_DATA_MIRROR") or PROJECT.parent / "shared" / "data").resolve()
@@ -175,3 +176,13 @@ def running_mlflow_server(root: Path) -> Iterator[str]:
     finally:
         stop_process_group(proc)
         log_file.close()
+
+
+def write_params(folder: Path, **sections: dict) -> Path:
+    """The shipped params.yaml with some values replaced, in ``folder``."""
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in sections.items():
+        raw[section].update(values)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path

@@ -31,13 +31,19 @@ def git(project: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def test_applying_a_finished_queued_experiment_leaves_the_workspace_up_to_date(tmp_path, tiny_bert_dir):
+def tiny_project(tmp_path: Path, tiny_bert_dir: Path, steps_per_epoch: int) -> Path:
+    """A copy of the project whose params.yaml trains the tiny BERT for one short epoch, without MLflow."""
     project = copy_project(tmp_path / "project")
     params = params_to_dict(tiny_training_params(tiny_bert_dir, data={"subset": 32},
-                                                 train={"epochs": 1, "steps_per_epoch": 2}),
+                                                 train={"epochs": 1, "steps_per_epoch": steps_per_epoch}),
                             include_table3=False)
     params["tracking"].update(enabled=False)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def test_applying_a_finished_queued_experiment_leaves_the_workspace_up_to_date(tmp_path, tiny_bert_dir):
+    project = tiny_project(tmp_path, tiny_bert_dir, steps_per_epoch=2)
     dvc(project, "repro")
     git(project, "add", "-A")
     git(project, "commit", "-qm", "baseline")
@@ -55,12 +61,7 @@ def test_applying_a_finished_queued_experiment_leaves_the_workspace_up_to_date(t
 
 def test_an_interrupted_dvc_repro_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir):
     """checkpoints/ is no DVC out, so `dvc repro` leaves it in place: Ctrl-C, then `dvc repro` goes on from it."""
-    project = copy_project(tmp_path / "project")
-    params = params_to_dict(tiny_training_params(tiny_bert_dir, data={"subset": 32},
-                                                 train={"epochs": 1, "steps_per_epoch": 400}),
-                            include_table3=False)
-    params["tracking"].update(enabled=False)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = tiny_project(tmp_path, tiny_bert_dir, steps_per_epoch=400)
     state = project / "checkpoints/latest/state.json"
     job = subprocess.Popen(["dvc", "repro"], cwd=project, env=project_env(project), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)

@@ -15,23 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MIRROR, PROJECT, make_tiny_bert, needs_mirror, project_env, tiny_training_params
+from conftest import (MIRROR, PROJECT, make_tiny_bert, needs_mirror, project_env, tiny_training_params,
+                      write_params)
 from palbert.config import ParamsError, load_params, params_from_dict
 from palbert.data.prepare import prepare_dataset
 from palbert.data.readers import FIELD_TOO_LONG, MAX_FIELD_CHARS, DataError, read_snli, read_tsv
 
 SST_HEADER = "\tid\tsentence\tsentiment"
 SST_ROWS = ["0\ta\tA gorgeous , witty film .\t4", "1\tb\tDull .\t0", "2\tc\tIt is a film .\t2"]
-
-
-def write_params(folder: Path, **sections: dict) -> Path:
-    """The shipped params.yaml with some values replaced, in ``folder``."""
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
-    for section, values in sections.items():
-        raw[section].update(values)
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

@@ -6,18 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import PROJECT, tiny_training_params
+from conftest import PROJECT, tiny_training_params, write_params
 from palbert.config import ParamsError, load_params
-
-
-def write_params(folder, **sections):
-    """The shipped params.yaml with some values replaced, in ``folder``."""
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
-    for section, values in sections.items():
-        raw[section].update(values)
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return path
 
 
 # ------------------------------------------------------------------ item 5: what params.yaml alone can tell
@@ -167,28 +157,34 @@ def _wait_for(predicate, proc, timeout_s=300.0):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
-def test_sigterm_keeps_the_checkpoint_says_so_and_marks_the_run_killed(tmp_path, tiny_bert_dir, tiny_prepared, name):
-    import json
-    import signal
+def _signal_after_first_checkpoint(project, log, sig) -> str:
+    """Run the train stage in ``project``, send ``sig`` once it has a checkpoint, expect exit 128 + sig; its log."""
     import subprocess
     import sys
 
     from conftest import project_env
 
-    project = _stage_project(tmp_path, tiny_bert_dir, tiny_prepared, steps_per_epoch=100000, checkpoint_every=2)
-    log = tmp_path / "stage.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, stdout=out,
                                 stderr=subprocess.STDOUT, env=project_env(project, PYTHONPATH=str(PROJECT)))
         try:
             _wait_for(lambda: (project / "checkpoints/latest/state.json").is_file(), proc)
-            proc.send_signal(signal.Signals[name])
-            assert proc.wait(timeout=120) == 128 + signal.Signals[name]
+            proc.send_signal(sig)
+            assert proc.wait(timeout=120) == 128 + sig
         finally:
             if proc.poll() is None:
                 proc.kill()
-    text = log.read_text()
+    return log.read_text()
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_keeps_the_checkpoint_says_so_and_marks_the_run_killed(tmp_path, tiny_bert_dir, tiny_prepared, name):
+    import json
+    import signal
+
+
+    project = _stage_project(tmp_path, tiny_bert_dir, tiny_prepared, steps_per_epoch=100000, checkpoint_every=2)
+    text = _signal_after_first_checkpoint(project, tmp_path / "stage.log", signal.Signals[name])
     assert f"stopped by {name} at step " in text and "the next run resumes from the last checkpoint" in text
     assert f"ERROR palbert: stopped by {name}" in text and "Traceback" not in text
     state = json.loads((project / "checkpoints/latest/state.json").read_text())
@@ -219,27 +215,14 @@ def test_sigterm_to_the_launcher_stops_every_torchrun_rank_the_same_way(tmp_path
     """``kill <pid>`` of the stage that launched torchrun: passed on, every rank stops as on Ctrl-C."""
     import json
     import signal
-    import subprocess
-    import sys
 
-    from conftest import free_port, project_env
+    from conftest import free_port
 
     project = _stage_project(tmp_path, tiny_bert_dir, tiny_prepared, steps_per_epoch=100000, checkpoint_every=2)
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["distributed"].update(nproc_per_node=2, backend="gloo", rdzv_endpoint=f"localhost:{free_port()}")
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    log = tmp_path / "stage.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, stdout=out,
-                                stderr=subprocess.STDOUT, env=project_env(project, PYTHONPATH=str(PROJECT)))
-        try:
-            _wait_for(lambda: (project / "checkpoints/latest/state.json").is_file(), proc)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    text = log.read_text()
+    text = _signal_after_first_checkpoint(project, tmp_path / "stage.log", signal.SIGTERM)
     assert text.count("stopped by SIGTERM at step ") == 2, text[-3000:]  # both ranks
     state = json.loads((project / "checkpoints/latest/state.json").read_text())
     (run,) = _runs(project)
