@@ -26,7 +26,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -102,6 +102,9 @@ class DevPredictions:
 class RunRecord:
     folder: Path
     data: dict[str, Any]
+    #: The dev predictions once read: reading a record checks its dev block against them, and the table's
+    #: bootstrap needs them again (a full-scale record holds ~22,000 dev rows).
+    _dev: DevPredictions | None = field(default=None, repr=False, compare=False)
 
     @property
     def row(self) -> str:
@@ -116,6 +119,11 @@ class RunRecord:
         return {name: float(self.data["dev"][name]) for name in DEV_METRICS}
 
     def dev_predictions(self) -> DevPredictions:
+        if self._dev is None:
+            self._dev = self._read_dev_predictions()
+        return self._dev
+
+    def _read_dev_predictions(self) -> DevPredictions:
         ids, predictions, labels = {}, {}, {}
         for task in TASKS:
             path = self.folder / "predictions" / f"{task}-dev.csv.gz"
