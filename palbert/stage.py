@@ -5,14 +5,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import sys
-import threading
-from types import FrameType
 from typing import Callable
 
 from palbert.errors import USER_ERRORS, Terminated
 from palbert.logs import setup_logging
+from palbert.stop_signals import stop_on_signals
 
 log = logging.getLogger("palbert")
 
@@ -38,33 +36,10 @@ def recovery_hint() -> str:
             "good ones from the DVC cache (outputs with cache: false, such as metrics/, are not in it)]")
 
 
-#: Signals that stop a stage as Ctrl-C does: SIGTERM (Slurm, torchrun on every rank, ``kill``), SIGHUP (the
-#: terminal or SSH session of a run started without nohup went away).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(signum)
-
-
-def stop_on_sigterm() -> None:
-    """Make SIGTERM and SIGHUP end a stage as Ctrl-C does: checkpoint kept, MLflow run KILLED, one line, exit
-    128 + the signal.
-
-    Python's default is to die at once, which left the MLflow run RUNNING forever and said nothing. A signal set
-    to be ignored (``nohup``) stays ignored; handlers can only be set in the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, _raise_terminated)
-
-
 def run_stage(main: Callable[[], int | None]) -> None:
     """Run a stage's ``main`` and exit with its status."""
     setup_logging()
-    stop_on_sigterm()
+    stop_on_signals()
     try:
         code = main() or 0
     except user_errors() as exc:

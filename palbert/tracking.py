@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from palbert.config import Params, TrackingParams
 from palbert.errors import TrackingUnavailable
 from palbert.paths import find_project_root, outside_dvc_temp
+from palbert.stop_signals import signals_held
 
 if TYPE_CHECKING:
     from palbert.data.prepared import PreparedSplit
@@ -113,6 +114,12 @@ def _anchor_local_uri(uri: str, root: Path) -> str:
         # MLflow reads a bare path as a file store.
         return str(Path(uri) if Path(uri).is_absolute() else root / uri)
     return uri
+
+
+def store_call(uri: str) -> contextlib.AbstractContextManager[None]:
+    """Around each call to a store: a local one (SQLite, files) is not interrupted by a stop signal mid-write,
+    which left ``mlflow.db`` locked; a call to a server is, so a lost server cannot delay a stop by its retries."""
+    return contextlib.nullcontext() if is_remote(uri) else signals_held()
 
 
 def is_remote(uri: str) -> bool:
@@ -525,13 +532,16 @@ class MlflowTracker(Tracker):
         if fallback_from:
             all_tags[TAG_FALLBACK_FROM] = fallback_from
         run_name = run_name or default_run_name(all_tags)
-        run = client.create_run(experiment_id, run_name=run_name, tags=_context_tags(all_tags))
+        with store_call(uri):
+            run = client.create_run(experiment_id, run_name=run_name, tags=_context_tags(all_tags))
         run_id = run.info.run_id
         try:
-            _log_params(client, run_id, param_strings(params))
+            with store_call(uri):
+                _log_params(client, run_id, param_strings(params))
             tracker = cls(client, run_id, uri, system_metrics=system_metrics)
         except BaseException:
-            client.set_terminated(run_id, status="FAILED")
+            with store_call(uri):
+                client.set_terminated(run_id, status="FAILED")
             raise
         log.info(
             "MLflow run %s (%s) in experiment %r at %s",
@@ -591,7 +601,8 @@ class MlflowTracker(Tracker):
         from mlflow.exceptions import MlflowException
 
         try:
-            call()
+            with store_call(self.tracking_uri):
+                call()
         except (MlflowException, OSError) as exc:
             self.lost = f"{what}: {_short_reason(exc)}"
             log.error("MLflow store %s stopped answering (%s). Training goes on; MLflow run %s stays "

@@ -16,7 +16,7 @@ from test_dvc_stages import ROOT, imported_modules, module_file
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0 foundation: no palbert imports
     ("palbert", "palbert.errors", "palbert.paths", "palbert.atomic", "palbert.logs", "palbert.tasks",
-     "palbert.precision"),
+     "palbert.precision", "palbert.stop_signals"),
     # 1 settings: params, where the pretrained BERT comes from, what machine this is
     ("palbert.pretrained_source", "palbert.config", "palbert.machine", "palbert.settings_guard"),
     # 2 data, metrics, the process runtime

@@ -197,13 +197,13 @@ def test_a_signal_set_to_be_ignored_stays_ignored():
     """``nohup`` ignores SIGHUP so that a run outlives its terminal: the stage must not undo that."""
     import signal
 
-    from palbert.stage import stop_on_sigterm
+    from palbert.stop_signals import stop_on_signals
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
     try:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        stop_on_sigterm()
+        stop_on_signals()
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     finally:

@@ -163,6 +163,40 @@ def test_leaving_the_with_block_ends_the_run(tmp_path: Path, interrupt: type[Bas
     assert MlflowClient(tracking_uri=uri).get_run(tracker.run_id).info.status == status
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_signal_during_a_local_store_write_waits_for_it(tmp_path: Path, signame: str) -> None:
+    """A signal raised inside SQLAlchemy's commit left mlflow.db locked, so the run could not be marked KILLED
+    (seen in CI): the write in progress finishes, then the stop is raised, and the run ends KILLED."""
+    import os
+    import signal
+
+    from palbert.errors import Terminated
+    from palbert.stop_signals import stop_on_signals
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    signum = signal.Signals[signame]
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        for s in saved:
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        stop_on_signals()
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            with open_run(_params(uri), tmp_path, system_metrics=False) as tracker:
+                def write_while_signalled() -> None:
+                    os.kill(os.getpid(), signum)  # delivered here, in the middle of the store call
+                    tracker.client.log_param(tracker.run_id, "written_after_the_signal", "yes")
+
+                tracker._send("log_param", write_while_signalled)
+                raise AssertionError("the signal was not raised after the store call")
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert isinstance(stopped.value, Terminated) == (signame != "SIGINT")
+    run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
+    assert run.data.params["written_after_the_signal"] == "yes" and tracker.lost is None
+    assert run.info.status == "KILLED"
+
+
 def test_a_server_that_dies_mid_run_does_not_end_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would take minutes
