@@ -19,6 +19,7 @@ from palbert.data.prepared import PreparedSplit
 from palbert.evaluate import EvalSettings, predict_split
 from palbert.model import MultitaskBert, load_model
 from palbert.precision import default_device, resolve_precision
+from palbert.quantize import INT8, quantize_linear_int8
 from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
 
@@ -31,15 +32,18 @@ class Predictor:
     @classmethod
     def load(cls, folder: str | Path, *, max_length: int = 128, batch_size: int = 64,
              precision: str = "auto", device: str | None = None) -> "Predictor":
-        target = torch.device(device) if device else default_device()
+        """``precision``: auto, bf16, fp32, or int8 (CPU only: linear layers in int8, ``palbert.quantize``)."""
+        target = torch.device(device) if device else (torch.device("cpu") if precision == INT8 else default_device())
         model, tokenizer = load_model(folder)
         model.to(target).eval()
         settings = EvalSettings(
             pair_encoding=model.params.pair_encoding,
             special=SpecialTokens.from_tokenizer(tokenizer),
             max_length=max_length, batch_size=batch_size, device=target,
-            precision=resolve_precision(precision, target),
+            precision="fp32" if precision == INT8 else resolve_precision(precision, target),
         )
+        if precision == INT8:
+            model = quantize_linear_int8(model)
         return cls(model, tokenizer, settings)
 
     @overload

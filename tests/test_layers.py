@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "palbert.data.report", "palbert.data.batching", "palbert.metrics", "palbert.distributed"),
     # 3 the model, scoring a model, figures of a run
     ("palbert.model", "palbert.model.attention", "palbert.model.pal", "palbert.model.encoder", "palbert.model.heads",
-     "palbert.model.pretrained", "palbert.model.multitask", "palbert.model.io", "palbert.evaluate", "palbert.plots"),
+     "palbert.model.pretrained", "palbert.model.multitask", "palbert.model.io", "palbert.evaluate", "palbert.plots",
+     "palbert.quantize"),
     # 4 a trained model on new text, as the CLI and as an MLflow Model
     ("palbert.predict", "palbert.mlflow_model", "palbert.mlflow_model_code", "palbert.model_card", "palbert.registry"),
     # 5 experiment tracking

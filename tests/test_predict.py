@@ -132,3 +132,44 @@ def test_cli_version_and_help(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: models/best" in help_text
     assert "bf16 on a GPU with bf16 or a CPU with AMX" in help_text  # what palbert.precision picks
+
+
+def test_int8_scores_with_every_linear_layer_quantized_and_close_to_fp32(model_dir, capsys):
+    from torch import nn
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    from palbert.cli import main
+
+    fp32 = Predictor.load(model_dir, precision="fp32")
+    int8 = Predictor.load(model_dir, precision="int8")
+    linear = sum(isinstance(m, nn.Linear) for m in fp32.model.modules())
+    assert linear > 0 and sum(isinstance(m, DynamicQuantizedLinear) for m in int8.model.modules()) == linear
+    assert not any(type(m) is nn.Linear for m in int8.model.modules())
+    assert int8.settings.precision == "fp32" and int8.settings.device.type == "cpu"  # no bf16 autocast over int8
+    first = ["a cat sits", "a much longer sentence about a dog running in the park", "rain"]
+    second = ["a cat is sitting", "a dog runs", "the sun is out"]
+    assert int8.predict("sts", first, second) == pytest.approx(fp32.predict("sts", first, second), abs=0.05)
+    assert main(["predict", "sts", "--model", model_dir, "--precision", "int8", "a cat sits\ta cat is sitting"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert 0.0 <= float(line) <= 5.0
+
+
+def test_int8_benchmark_reports_speed_and_dev_change_on_the_same_rows(model_dir, tiny_prepared, tmp_path, capsys):
+    """benchmarks/int8_scoring.py runs end to end (its figures are measured alone on a trained model, not here)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_scoring.py"
+    spec = importlib.util.spec_from_file_location("int8_scoring", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--model", model_dir, "--prepared", str(tiny_prepared), "--rows", "16", "--repeats", "2",
+                         "--out", str(tmp_path / "int8.json")])
+    assert report["rows"] == {"sst": 16, "para": 16, "sts": 16}
+    assert all(len(s) == 2 and min(s) > 0 for s in report["seconds"].values())
+    for metric, change in report["dev_change"].items():
+        assert change == pytest.approx(report["dev"]["int8"][metric] - report["dev"]["fp32"][metric])
+    assert json.loads((tmp_path / "int8.json").read_text())["dev_change"].keys() == report["dev"]["fp32"].keys()
+    out = capsys.readouterr().out
+    assert "48 dev rows" in out and out.splitlines()[-1].startswith("int8-fp32")
