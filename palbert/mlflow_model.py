@@ -51,6 +51,10 @@ CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy",
                 "scikit-learn", "pyyaml", "tqdm")
 MEANING = "meaning"
+#: ``model_config`` the model is logged with; ``mlflow.pyfunc.load_model(uri, model_config={"precision": "int8"})``
+#: scores in int8 on the CPU (``palbert.quantize``), "fp32"/"bf16" force a dtype.
+DEFAULT_MODEL_CONFIG = {"precision": "auto"}
+PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
 
 def input_example() -> pd.DataFrame:
@@ -116,7 +120,10 @@ class PalbertPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from palbert.predict import Predictor
 
-        self.predictor = Predictor.load(context.artifacts[MODEL_DIR_ARTIFACT])
+        precision = {**DEFAULT_MODEL_CONFIG, **(context.model_config or {})}["precision"]
+        if precision not in PRECISIONS:
+            raise ValueError(f"model_config precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
+        self.predictor = Predictor.load(context.artifacts[MODEL_DIR_ARTIFACT], precision=precision)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -181,7 +188,7 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
                 artifact_path=None, name=ARTIFACT_PATH, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
                 python_model=str(CODE_FILE), artifacts={MODEL_DIR_ARTIFACT: str(model_dir)}, code_paths=[str(package)],
                 signature=signature(), input_example=input_example(), pip_requirements=_requirements(),
-                metadata=metadata(),
+                metadata=metadata(), model_config=DEFAULT_MODEL_CONFIG,
             )
         log.info("logged MLflow Model %s (%s)", info.model_uri, info.model_id)
         if registration is not None:

@@ -79,6 +79,22 @@ def test_the_logged_model_loads_with_pyfunc_and_predicts_all_three_tasks(logged,
     assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)]
 
 
+def test_model_config_precision_int8_scores_with_quantized_linear_layers(logged, model_dir, monkeypatch):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    uri, run_id = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    default = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert default.model_config == {"precision": "auto"}  # the switch is visible in the MLmodel
+    int8 = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", model_config={"precision": "int8"})
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in int8.unwrap_python_model().predictor.model.modules())
+    got = int8.predict(pd.DataFrame(REQUESTS))["prediction"].tolist()
+    assert got == pytest.approx(predict_table(Predictor.load(model_dir, precision="int8"),
+                                              pd.DataFrame(REQUESTS))["prediction"].tolist())
+    with pytest.raises(ValueError, match="precision='int4'; expected one of auto, bf16, fp32, int8"):
+        mlflow.pyfunc.load_model(f"runs:/{run_id}/model", model_config={"precision": "int4"})
+
+
 def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_dir, tmp_path, monkeypatch):
     with running_mlflow_server(tmp_path) as url:
         params = Params()
