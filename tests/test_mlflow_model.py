@@ -93,7 +93,7 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
 
 def test_the_evaluate_stage_registers_full_dev_runs_only_with_card_tags_and_champion(
         tmp_path, monkeypatch, model_dir, tiny_bert_dir, tiny_prepared):
-    from stages.evaluate import EvaluationPaths, evaluate_trained_model
+    from palbert.evaluate_stage import EvaluationPaths, evaluate_trained_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the stage logs ./params.yaml

@@ -36,11 +36,11 @@ from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason, resolve_precision
-from palbert.settings_guard import SettingsGuard
-from palbert.paths import BEST_MODEL, CHECKPOINTS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
+from palbert.settings_guard import SettingsGuard, load_guarded
+from palbert.paths import BEST_MODEL, CHECKPOINTS, PARAMS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
 from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, open_run, parameter_counts
 from palbert.train import checkpoint, divergence
-from palbert.distributed import DistContext, init_distributed
+from palbert.distributed import DistContext, init_distributed, launch, needs_launch, shutdown_distributed
 from palbert.train.losses import simcse_loss, task_loss
 from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
 from palbert.train.schedule import make_scheduler
@@ -200,6 +200,19 @@ def train_step(model: torch.nn.Module, batch: TaskBatch, optimizer: torch.optim.
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return StepLoss(loss.detach(), supervised.detach(), None if contrastive is None else contrastive.detach())
+
+
+def train_stage() -> int | None:
+    """The ``train`` stage (``stages/train.py``): ``params.yaml`` and ``data/prepared/`` -> ``models/best``,
+    ``metrics/train.json`` and the plot CSVs; re-launched under torchrun when more than one process is asked for."""
+    params, guard = load_guarded(PARAMS)
+    if needs_launch(params):
+        return launch(params, "stages.train")
+    try:
+        train(params, TrainPaths(), guard=guard)
+    finally:
+        shutdown_distributed()
+    return None
 
 
 def train(params: Params, paths: TrainPaths, guard: SettingsGuard | None = None) -> dict[str, Any]:
