@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from palbert.evaluate import (
     predict_split,
     write_predictions,
 )
+from palbert.mlflow_model import log_model
 from palbert.model import load_model
 from palbert.model_card import card_body, comparable_dev, recipe
 from palbert.paths import BEST_MODEL, DEV_METRICS, PARAMS, PREDICTIONS, PREPARED, TRAIN_SUMMARY, find_project_root
@@ -32,7 +34,7 @@ from palbert.plots import confusion_matrix_plot
 from palbert.precision import default_device
 from palbert.registry import Registration
 from palbert.settings_guard import SettingsGuard, load_guarded
-from palbert.tracking import open_run
+from palbert.tracking import Tracker, open_run
 
 log = logging.getLogger("palbert.evaluate")
 
@@ -86,8 +88,14 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
                 tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
                                                            Path(folder) / "sst_dev_confusion.png"), "plots")
         tracker.log_artifact(PARAMS, "params")
-        tracker.log_model(paths.model, registration=registration(params, summary, metrics))
+        log_trained_model(tracker, paths.model, registration(params, summary, metrics))
     return metrics
+
+
+def log_trained_model(tracker: Tracker, model_dir: Path, registration: Registration | None = None) -> None:
+    """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model`` (``palbert.mlflow_model``),
+    also a registered version with a ``registration``: this recipe owns the model, the tracker only the run."""
+    tracker.log_with("log_model", partial(log_model, model_dir=model_dir, registration=registration))
 
 
 def registration(params: Params, summary: dict, metrics: dict[str, float]) -> Registration | None:
