@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from palbert.logs import setup_logging
+from palbert.paths import PARAMS
 from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
 log = logging.getLogger("palbert")
@@ -101,7 +102,7 @@ def run_table3(args: argparse.Namespace) -> int:
     from palbert.paths import find_project_root
 
     root = find_project_root()
-    params = load_table3(args.catalogue or root / TABLE3_FILE, load_params(args.params or root / "params.yaml"))
+    params = load_table3(args.catalogue or root / TABLE3_FILE, load_params(args.params or root / PARAMS))
     shrink = {key: value for key, value in (("train.epochs", args.epochs), ("train.steps_per_epoch",
               args.steps_per_epoch), ("data.subset", args.subset)) if value is not None}
     scale_name = args.scale
@@ -204,7 +205,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def add_check_params(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("check-params", help="validate params.yaml and print the flattened values")
-    parser.add_argument("path", type=Path, nargs="?", default=Path("params.yaml"))
+    parser.add_argument("path", type=Path, nargs="?", default=PARAMS)
     parser.set_defaults(handler=run_check_params)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 from palbert.errors import ParamsError  # noqa: F401 - raised here, caught by palbert.stage
+from palbert.paths import PARAMS
 
 # The tasks and datasets live in palbert.tasks; re-exported here, where the params name them.
 from palbert.tasks import DATASET_TASK, DATASETS, EXTRA_DATASETS, TASK_DATASET, TASKS  # noqa: F401
@@ -425,7 +426,7 @@ def _read_yaml(path: Path) -> Any:
         raise ParamsError(f"{path}{_yaml_problem(exc)}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = PARAMS) -> Params:
     """Read and validate a params file, and check that ``model.pretrained`` names something loadable.
 
     Every error is one line naming the file (and line or key), with how to restore the file, because

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 #: The version tag holding the dev score the champion is chosen by.
 SCORE_TAG = "dev.overall"
-#: Run tag -> version tag (``palbert.tracking.run_tags`` and MLflow's run name).
+#: Run tag -> version tag (``palbert.tracking.tags.run_tags`` and MLflow's run name).
 _RUN_TAGS = {"mlflow.runName": "run_name", "mlflow.source.git.commit": "git_commit", "dvc_exp_name": "dvc_exp_name",
              "table3_id": "table3_id", "table3_row": "table3_row"}
 MODEL_DESCRIPTION = ("PAL BERT multi-task model (sst: sentiment class 0..4, para: paraphrase 0/1, sts: similarity "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 from palbert.errors import USER_ERRORS, Terminated
 from palbert.logs import setup_logging
@@ -36,12 +38,19 @@ def recovery_hint() -> str:
             "good ones from the DVC cache (outputs with cache: false, such as metrics/, are not in it)]")
 
 
-def run_stage(main: Callable[[], int | None]) -> None:
-    """Run a stage's ``main`` and exit with its status."""
+def run_stage(main: Callable[..., int | None], argv: Sequence[str] = ()) -> None:
+    """Run a stage's library function with the command line's words as its arguments (``prepare`` takes its
+    dataset; the others none) and exit with its status: every ``stages/*.py`` is this one call."""
+    try:
+        inspect.signature(main).bind(*argv)
+    except TypeError:
+        words = " ".join(f"<{name}>" for name in inspect.signature(main).parameters) or "(no arguments)"
+        print(f"usage: python -m {_module_name()} {words}", file=sys.stderr)
+        sys.exit(2)
     setup_logging()
     stop_on_signals()
     try:
-        code = main() or 0
+        code = main(*argv) or 0
     except user_errors() as exc:
         log.error("%s%s", exc, recovery_hint())
         code = 1
@@ -68,3 +77,9 @@ def run_stage(main: Callable[[], int | None]) -> None:
 def _log_unexpected() -> None:
     if recovery_hint():
         log.error("unexpected error (traceback below)%s", recovery_hint())
+
+
+def _module_name() -> str:
+    """What ``python -m`` ran (``stages.prepare``), for the usage line."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem

@@ -322,7 +322,8 @@ def _make_read_only(path: Path) -> bool:
 def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path):
     from mlflow import MlflowClient
 
-    from palbert.tracking import TrackingUnavailable, open_run
+    from palbert.errors import TrackingUnavailable
+    from palbert.tracking import open_run
 
     db = tmp_path / "mlflow.db"
     MlflowClient(f"sqlite:///{db}").search_experiments()  # a real, empty store
@@ -340,7 +341,8 @@ def test_a_read_only_mlflow_store_is_one_line_before_anything_is_logged(tmp_path
 
 
 def test_an_mlflow_db_that_is_not_sqlite_is_one_line_and_left_alone(tmp_path):
-    from palbert.tracking import TrackingUnavailable, open_run
+    from palbert.errors import TrackingUnavailable
+    from palbert.tracking import open_run
 
     db = tmp_path / "mlflow.db"
     db.write_text("notes, not a database\n")
@@ -367,7 +369,7 @@ def test_a_project_path_with_spaces_holds_the_mlflow_store_and_artifacts(tmp_pat
 
 
 def test_a_new_run_that_fails_early_keeps_the_previous_checkpoint(tmp_path, monkeypatch, tiny_bert_dir, tiny_prepared):
-    from palbert.tracking import TrackingUnavailable
+    from palbert.errors import TrackingUnavailable
     from palbert.train.loop import TrainPaths, train
 
     monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))

@@ -28,10 +28,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "palbert.quantize"),
     # 4 a trained model on new text, as the CLI and as an MLflow Model
     ("palbert.predict", "palbert.mlflow_model", "palbert.mlflow_model_code", "palbert.model_card", "palbert.registry"),
-    # 5 experiment tracking
-    ("palbert.tracking",),
-    # 6 training, the Table 3 runner, the stage runner
-    ("palbert.train", "palbert.train.streams", "palbert.train.schedule", "palbert.train.sampling",
+    # 5 experiment tracking: the store, what a run says about itself, the run
+    ("palbert.tracking", "palbert.tracking.store", "palbert.tracking.tags", "palbert.tracking.tracker"),
+    # 6 training, evaluating a trained run (the stages' recipes), the Table 3 runner, the stage runner
+    ("palbert.evaluate_stage", "palbert.train", "palbert.train.streams", "palbert.train.schedule", "palbert.train.sampling",
      "palbert.train.losses", "palbert.train.checkpoint", "palbert.train.divergence", "palbert.train.loop",
      "palbert.table3", "palbert.table3.plan", "palbert.table3.experiments", "palbert.table3.records",
      "palbert.table3.report", "palbert.table3.figures", "palbert.table3.runner", "palbert.stage"),

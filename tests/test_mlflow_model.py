@@ -23,6 +23,7 @@ from palbert.tasks import SST_CLASSES
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.predict import Predictor
 from palbert.registry import CHAMPION, Registration
+from palbert.evaluate_stage import log_trained_model
 from palbert.tracking import open_run
 
 SERVE_START_TIMEOUT_S = 180  # a cold start imports torch and loads the model, on a busy 2-core machine
@@ -48,7 +49,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[s
     params = Params()
     params.tracking = TrackingParams(experiment="palbert-model-test", uri=f"sqlite:///{root / 'mlflow.db'}")
     with open_run(params, root, system_metrics=False) as tracker:
-        tracker.log_model(model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
+        log_trained_model(tracker, model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
     assert tracker.lost is None
     return tracker.tracking_uri, tracker.run_id
 
@@ -100,7 +101,7 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
         params = Params()
         params.tracking = TrackingParams(experiment="palbert-served", uri=url)
         with open_run(params, tmp_path, system_metrics=False) as tracker:
-            tracker.log_model(model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
+            log_trained_model(tracker, model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
         assert tracker.lost is None
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         model = mlflow.pyfunc.load_model("models:/palbert-served/1")
@@ -109,7 +110,7 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
 
 def test_the_evaluate_stage_registers_full_dev_runs_only_with_card_tags_and_champion(
         tmp_path, monkeypatch, model_dir, tiny_bert_dir, tiny_prepared):
-    from stages.evaluate import EvaluationPaths, evaluate_trained_model
+    from palbert.evaluate_stage import EvaluationPaths, evaluate_trained_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the stage logs ./params.yaml
@@ -149,7 +150,7 @@ def test_champion_moves_only_when_a_new_version_beats_it(model_dir, tmp_path):
     champions = []
     for overall in (0.70, 0.60, 0.75):
         with open_run(params, tmp_path, system_metrics=False) as tracker:
-            tracker.log_model(model_dir, Registration("palbert-champion", dev={"overall": overall}))
+            log_trained_model(tracker, model_dir, Registration("palbert-champion", dev={"overall": overall}))
         champions.append(client.get_model_version_by_alias("palbert-champion", CHAMPION).version)
     assert [int(v) for v in champions] == [1, 1, 3]
     latest = client.get_latest_versions("palbert-champion")[0]

@@ -68,12 +68,11 @@ def toy_task(monkeypatch) -> TaskSpec:
     that imported a name of it."""
     for module in pkgutil.walk_packages(palbert.__path__, "palbert."):  # all imported first: a name derived
         importlib.import_module(module.name)                               # at import time must be caught
-    importlib.import_module("stages.evaluate")
     old = current()
     specs, dataset_task = {**tasks.TASK_SPECS, TOY.name: TOY}, {**tasks.DATASET_TASK, TOY.dataset: TOY.name}
     new = registry(specs, dataset_task)
     for module_name, module in list(sys.modules.items()):
-        if module_name.split(".")[0] not in ("palbert", "stages") or module is None:
+        if module_name.split(".")[0] != "palbert" or module is None:
             continue
         for attr, value in list(vars(module).items()):
             for name, before in old.items():
@@ -116,7 +115,7 @@ def test_a_fourth_task_trains_evaluates_and_enters_table3(toy_task, prepared, tm
     from palbert.table3.plan import plan_runs, select_rows
     from palbert.table3.records import CURVE_SERIES, CURVES_FILE, RECORD_FORMAT, write_record
     from palbert.train.loop import TrainPaths, train
-    from stages.evaluate import EvaluationPaths, evaluate_trained_model
+    from palbert.evaluate_stage import EvaluationPaths, evaluate_trained_model
 
     monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -323,7 +323,7 @@ def test_a_disk_that_fills_mid_save_keeps_the_last_checkpoint_and_says_so_in_one
 def test_the_evaluate_stage_checks_its_outputs_before_loading_the_model(tmp_path):
     from palbert.config import params_from_dict
     from palbert.errors import OutputUnwritable
-    from stages.evaluate import EvaluationPaths, evaluate_trained_model
+    from palbert.evaluate_stage import EvaluationPaths, evaluate_trained_model
 
     (tmp_path / "predictions").write_text("a file")
     paths = EvaluationPaths(project_root=tmp_path, model=tmp_path / "no-model", prepared=tmp_path / "prepared",

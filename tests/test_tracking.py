@@ -15,6 +15,8 @@ from mlflow import MlflowClient
 
 from conftest import free_port, running_mlflow_server
 from palbert.config import Params, TrackingParams
+from palbert.errors import TrackingUnavailable
+from palbert.paths import find_project_root
 from palbert.tracking import (
     CONTEXT_TRAINING,
     CONTEXT_VALIDATION,
@@ -23,8 +25,6 @@ from palbert.tracking import (
     TAG_TABLE3_ROW,
     NullTracker,
     Tracker,
-    TrackingUnavailable,
-    find_project_root,
     open_run,
     parameter_counts,
     resolve_tracking_uri,

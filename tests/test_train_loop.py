@@ -93,7 +93,7 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
                               ("sst-dev", "validation"), ("quora-dev", "validation"), ("sts-dev", "validation")}
 
     # the evaluate stage adds the SST dev confusion matrix (scikit-learn's) to the same run
-    from stages.evaluate import EvaluationPaths, evaluate_trained_model
+    from palbert.evaluate_stage import EvaluationPaths, evaluate_trained_model
 
     evaluate_trained_model(params, EvaluationPaths(
         project_root=workdir, model=paths.best_model, prepared=tiny_prepared, train_summary=paths.summary,

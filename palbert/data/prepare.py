@@ -21,7 +21,9 @@ from palbert.config import Params
 from palbert.data.prepared import META_FILE, STATS_FILE, PreparedSplit, TokenizedTexts, save_split
 from palbert.data.readers import UNDECODABLE_BYTES, DataError, RawSplit, read_split
 from palbert.data.sources import RAW_FILES, is_required, not_a_file
+from palbert.paths import PARAMS, PREPARED, RAW
 from palbert.pretrained_source import load_tokenizer
+from palbert.settings_guard import load_guarded
 from palbert.tasks import DATASETS, dataset_spec
 
 log = logging.getLogger(__name__)
@@ -160,3 +162,12 @@ def prepare_dataset(dataset: str, raw_root: Path, out_root: Path, params: Params
         _write_json(tmp / META_FILE, {**_meta(params, tokenizer), "splits": list(stats)})
         _write_json(tmp / STATS_FILE, stats)
     return stats
+
+
+def prepare_stage(dataset: str) -> None:
+    """The ``prepare@<dataset>`` stage (``stages/prepare.py``): ``data/raw/<dataset>/`` -> ``data/prepared/<dataset>/``."""
+    params, guard = load_guarded(PARAMS)
+    stats = prepare_dataset(dataset, RAW, PREPARED, params)
+    guard.check("at the end of the stage")
+    rows = ", ".join(f"{split} {s['rows']} rows" for split, s in stats.items()) or "absent (no raw files)"
+    log.info("prepare@%s: %s", dataset, rows)

@@ -18,6 +18,8 @@ import pandas as pd
 from palbert.atomic import write_json, write_text
 from palbert.config import DATASETS
 from palbert.data.prepared import META_FILE, STATS_FILE
+from palbert.paths import DATA_REPORT, LABEL_DISTRIBUTION, PARAMS, PREPARED
+from palbert.settings_guard import load_guarded
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +73,12 @@ def summary(report: dict[str, dict]) -> str:
         parts.append(f"{dataset} ({rows})")
     skipped = sum(n for splits in report.values() for stats in splits.values() for n in stats.get("skipped", {}).values())
     return f"{'; '.join(parts)}; {skipped} bad rows skipped"
+
+
+def data_report_stage() -> None:
+    """The ``data_report`` stage (``stages/data_report.py``): ``data/prepared/`` -> ``metrics/data.json`` and the
+    Figure 4 CSV. It reads no param, but a broken ``params.yaml`` stops it as it stops every stage."""
+    _, guard = load_guarded(PARAMS)
+    report = write_data_report(PREPARED, DATA_REPORT, LABEL_DISTRIBUTION)
+    guard.check("at the end of the stage")
+    log.info("data_report: %s", summary(report))

@@ -26,6 +26,8 @@ from tqdm import tqdm
 from palbert.atomic import atomic_path
 from palbert.config import DATASETS, EXTRA_DATASETS, Params
 from palbert.data.readers import DataError
+from palbert.paths import PARAMS, RAW
+from palbert.settings_guard import load_guarded
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +291,14 @@ def fetch(
         raise DataError(_missing_message(missing_required, raw_root, mirror_dir))
     log.info("fetch: %s", report.summary())
     return report
+
+
+def fetch_stage() -> None:
+    """The ``fetch`` stage (``stages/fetch.py``): ``params.yaml`` -> ``data/raw/``, a one-line summary."""
+    params, guard = load_guarded(PARAMS)
+    report = fetch(params, RAW)
+    guard.check("at the end of the stage")
+    log.info("fetch: %s", report.summary())
 
 
 def _is_connection_failure(why: str) -> bool:

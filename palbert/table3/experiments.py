@@ -8,7 +8,7 @@ DVC facts this relies on (DVC 3.67):
   ``--force``; failed queue entries keep their name in ``dvc exp show`` but do not block it.
 - ``-S`` values go through Hydra's override grammar (``plan.hydra_value``).
 - Queued experiments run in ``.dvc/tmp/exps/<tmp>/`` with ``DVC_ROOT`` set to the real repository, which
-  ``palbert.tracking.find_project_root`` uses, so their MLflow runs land in the project's store.
+  ``palbert.paths.find_project_root`` uses, so their MLflow runs land in the project's store.
 """
 
 from __future__ import annotations
