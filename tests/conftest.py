@@ -49,6 +49,20 @@ def copy_project(target: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def shared_dvc_cache(tmp_path_factory) -> Path:
+    """One DVC cache, run-cache included, for the session's tiny-BERT project copies (see ``use_dvc_cache``)."""
+    return tmp_path_factory.mktemp("dvc-cache")
+
+
+def use_dvc_cache(project: Path, cache: Path) -> Path:
+    """Point a project copy at a shared DVC cache: a stage that an earlier copy ran with the same code, params and
+    inputs (the data stages of the tiny-BERT copies) is checked out from DVC's run-cache instead of run again, as
+    it would be in one repository. Queued experiments of the copy use that cache too (DVC sets it for them)."""
+    (project / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache}\n", encoding="utf-8")
+    return project
+
+
 def project_env(project: Path, **extra: str) -> dict[str, str]:
     """Environment for running dvc / stages in a project copy: its own code, the mirror, this venv."""
     env = {

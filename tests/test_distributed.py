@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import HAVE_MIRROR, copy_project, project_env, tiny_training_params
+from conftest import HAVE_MIRROR, copy_project, project_env, tiny_training_params, use_dvc_cache
 
 pytestmark = [
     pytest.mark.distributed,
@@ -369,11 +369,12 @@ def test_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(tmp_path, 
     assert summary["mlflow_run_id"] == killed_state["mlflow_run_id"]  # the same MLflow run went on
 
 
-def test_dvc_repro_train_with_two_processes_writes_one_set_of_outputs(tmp_path, tiny_bert_dir):
+def test_dvc_repro_train_with_two_processes_writes_one_set_of_outputs(tmp_path, tiny_bert_dir, shared_dvc_cache):
     from mlflow import MlflowClient
 
-    project = copy_project(tmp_path / "project")
-    _write_params(project, tiny_bert_dir, distributed={"nproc_per_node": 2, "backend": "gloo"})
+    # the data settings of tests/test_dvc_experiments.py's copies: their data stages share DVC's run-cache
+    project = use_dvc_cache(copy_project(tmp_path / "project"), shared_dvc_cache)
+    _write_params(project, tiny_bert_dir, data={"subset": 32}, distributed={"nproc_per_node": 2, "backend": "gloo"})
     env = project_env(project)
     result = subprocess.run(["dvc", "repro", "train"], cwd=project, env=env, capture_output=True, text=True,
                             timeout=600)

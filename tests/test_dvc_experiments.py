@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import HAVE_MIRROR, copy_project, project_env, tiny_training_params
+from conftest import HAVE_MIRROR, copy_project, project_env, tiny_training_params, use_dvc_cache
 from palbert.config import params_to_dict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not HAVE_MIRROR, reason="data mirror not present")]
@@ -31,9 +31,12 @@ def git(project: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def tiny_project(tmp_path: Path, tiny_bert_dir: Path, steps_per_epoch: int) -> Path:
-    """A copy of the project whose params.yaml trains the tiny BERT for one short epoch, without MLflow."""
+def tiny_project(tmp_path: Path, tiny_bert_dir: Path, steps_per_epoch: int, cache: Path | None = None) -> Path:
+    """A copy of the project whose params.yaml trains the tiny BERT for one short epoch, without MLflow; with
+    ``cache``, its data stages come from that DVC run-cache once another copy has run them (conftest.use_dvc_cache)."""
     project = copy_project(tmp_path / "project")
+    if cache is not None:
+        use_dvc_cache(project, cache)
     params = params_to_dict(tiny_training_params(tiny_bert_dir, data={"subset": 32},
                                                  train={"epochs": 1, "steps_per_epoch": steps_per_epoch}),
                             include_table3=False)
@@ -42,8 +45,9 @@ def tiny_project(tmp_path: Path, tiny_bert_dir: Path, steps_per_epoch: int) -> P
     return project
 
 
-def test_applying_a_finished_queued_experiment_leaves_the_workspace_up_to_date(tmp_path, tiny_bert_dir):
-    project = tiny_project(tmp_path, tiny_bert_dir, steps_per_epoch=2)
+def test_applying_a_finished_queued_experiment_leaves_the_workspace_up_to_date(tmp_path, tiny_bert_dir,
+                                                                              shared_dvc_cache):
+    project = tiny_project(tmp_path, tiny_bert_dir, steps_per_epoch=2, cache=shared_dvc_cache)
     dvc(project, "repro")
     git(project, "add", "-A")
     git(project, "commit", "-qm", "baseline")
