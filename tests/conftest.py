@@ -63,6 +63,16 @@ def use_dvc_cache(project: Path, cache: Path) -> Path:
     return project
 
 
+def default_stop_signals() -> None:
+    """``preexec_fn`` for a child that a test stops with a signal: a shell's background job (``cmd &``) starts with
+    SIGINT ignored and ``nohup`` with SIGHUP ignored, and a child inherits that, so a test run that way would
+    see its Ctrl-C or SIGHUP do nothing (seen: the run went on to the end)."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def project_env(project: Path, **extra: str) -> dict[str, str]:
     """Environment for running dvc / stages in a project copy: its own code, the mirror, this venv."""
     env = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import HAVE_MIRROR, copy_project, project_env, tiny_training_params, use_dvc_cache
+from conftest import HAVE_MIRROR, copy_project, default_stop_signals, project_env, tiny_training_params, use_dvc_cache
 from palbert.config import params_to_dict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not HAVE_MIRROR, reason="data mirror not present")]
@@ -68,7 +68,7 @@ def test_an_interrupted_dvc_repro_resumes_from_its_checkpoint(tmp_path, tiny_ber
     project = tiny_project(tmp_path, tiny_bert_dir, steps_per_epoch=400)
     state = project / "checkpoints/latest/state.json"
     job = subprocess.Popen(["dvc", "repro"], cwd=project, env=project_env(project), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+                           stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_stop_signals)
     try:
         deadline = time.monotonic() + 600
         while not state.is_file() and job.poll() is None and time.monotonic() < deadline:

@@ -162,11 +162,12 @@ def _signal_after_first_checkpoint(project, log, sig) -> str:
     import subprocess
     import sys
 
-    from conftest import project_env
+    from conftest import default_stop_signals, project_env
 
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, stdout=out,
-                                stderr=subprocess.STDOUT, env=project_env(project, PYTHONPATH=str(PROJECT)))
+                                stderr=subprocess.STDOUT, env=project_env(project, PYTHONPATH=str(PROJECT)),
+                                preexec_fn=default_stop_signals)
         try:
             _wait_for(lambda: (project / "checkpoints/latest/state.json").is_file(), proc)
             proc.send_signal(sig)
