@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from palbert.logs import setup_logging
+from palbert.config import SCORING_PRECISIONS
 from palbert.paths import PARAMS
 from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
@@ -150,7 +151,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
                         help="trained model folder (default: %(default)s, what `dvc repro` writes)")
     parser.add_argument("--input", type=Path, default=None, metavar="FILE",
                         help="UTF-8 file with one input per line (default: standard input)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32", "int8"), default="auto",
+    parser.add_argument("--precision", choices=SCORING_PRECISIONS, default="auto",
                         help="autocast dtype (default: %(default)s: bf16 on a GPU with bf16 or a CPU with AMX, where "
                              "it is faster; fp32 elsewhere); int8: linear layers in int8 on the CPU, faster, and "
                              "its scores differ slightly (benchmarks/int8_scoring.py measures both)")

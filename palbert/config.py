@@ -23,6 +23,11 @@ from palbert.paths import PARAMS
 # The tasks and datasets live in palbert.tasks; re-exported here, where the params name them.
 from palbert.tasks import DATASET_TASK, DATASETS, EXTRA_DATASETS, TASK_DATASET, TASKS  # noqa: F401
 
+#: What scoring new text may run in (``palbert predict --precision``, the MLflow Model's ``model_config``): the
+#: training precisions, and ``int8``, linear layers in int8 on the CPU (``palbert.quantize``), for new text only.
+INT8 = "int8"
+SCORING_PRECISIONS = ("auto", "bf16", "fp32", INT8)
+
 
 def _check(low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False):
@@ -95,7 +100,7 @@ class TrainParams:
     simcse_temperature: float = field(default=0.05, metadata=_check(0, None, low_open=True))
     checkpoint_every: int = field(default=300, metadata=_check(1))
     #: ``bf16``: autocast to bfloat16 (float32 master weights); ``auto``: bf16 where the device supports it.
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # SCORING_PRECISIONS, less int8
     #: Intra-op threads per process (0 = PyTorch's default).
     threads: int = field(default=0, metadata=_check(0))
     #: Log every N steps (loss, LR, examples/s) to the log and MLflow.

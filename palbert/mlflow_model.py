@@ -29,6 +29,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from palbert.config import SCORING_PRECISIONS
 from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ MEANING = "meaning"
 #: ``model_config`` the model is logged with; ``mlflow.pyfunc.load_model(uri, model_config={"precision": "int8"})``
 #: scores in int8 on the CPU (``palbert.quantize``), "fp32"/"bf16" force a dtype.
 DEFAULT_MODEL_CONFIG = {"precision": "auto"}
-PRECISIONS = ("auto", "bf16", "fp32", "int8")
 
 
 def input_example() -> pd.DataFrame:
@@ -121,8 +121,8 @@ class PalbertPyfunc(mlflow.pyfunc.PythonModel):
         from palbert.predict import Predictor
 
         precision = {**DEFAULT_MODEL_CONFIG, **(context.model_config or {})}["precision"]
-        if precision not in PRECISIONS:
-            raise ValueError(f"model_config precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if precision not in SCORING_PRECISIONS:
+            raise ValueError(f"model_config precision={precision!r}; expected one of {', '.join(SCORING_PRECISIONS)}")
         self.predictor = Predictor.load(context.artifacts[MODEL_DIR_ARTIFACT], precision=precision)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

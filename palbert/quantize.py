@@ -14,9 +14,6 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-#: The ``palbert predict --precision`` value that selects this path.
-INT8 = "int8"
-
 Model = TypeVar("Model", bound=nn.Module)
 
 
