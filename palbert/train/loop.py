@@ -37,7 +37,7 @@ from palbert.model_card import write_model_card
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS
 from palbert.plots import render_training_plots
-from palbert.precision import autocast, precision_reason, resolve_precision
+from palbert.precision import autocast, precision_reason
 from palbert.settings_guard import SettingsGuard, load_guarded
 from palbert.paths import BEST_MODEL, CHECKPOINTS, PARAMS, PREPARED, TRAIN_PLOTS, TRAIN_SUMMARY, find_project_root
 from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, Tracker, open_run, parameter_counts
@@ -124,7 +124,6 @@ class Run:
     paths: TrainPaths
     guard: SettingsGuard | None
     ctx: DistContext
-    precision: str
     train_splits: dict[str, PreparedSplit]
     dev_splits: dict[str, PreparedSplit]
     special: SpecialTokens
@@ -142,6 +141,11 @@ class Run:
     state: RunState
     started: float = 0.0  # ``time.perf_counter()`` when this process began training (the checkpoints' elapsed time)
 
+    @property
+    def precision(self) -> str:
+        """bf16 or fp32, resolved once (with its warning) for training and dev scoring alike."""
+        return self.eval_settings.precision
+
 
 # ---- set up --------------------------------------------------------------------------------------------------
 
@@ -156,7 +160,6 @@ def set_up(params: Params, paths: TrainPaths, guard: SettingsGuard | None) -> Ru
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     device = ctx.device
-    precision = resolve_precision(params.train.precision, device)
     torch.manual_seed(params.train.seed)
 
     # ---- data
@@ -211,7 +214,7 @@ def set_up(params: Params, paths: TrainPaths, guard: SettingsGuard | None) -> Ru
     ddp_model = DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True,
     ) if ctx.distributed else model
-    return Run(params=params, paths=paths, guard=guard, ctx=ctx, precision=precision, train_splits=train_splits,
+    return Run(params=params, paths=paths, guard=guard, ctx=ctx, train_splits=train_splits,
                dev_splits=dev_splits, special=special, max_length=max_length,
                eval_settings=EvalSettings.for_params(params, special, max_length, device), model=model,
                ddp_model=ddp_model, tokenizer=tokenizer, report=report, optimizer=optimizer, scheduler=scheduler,
