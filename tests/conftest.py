@@ -63,6 +63,17 @@ def use_dvc_cache(project: Path, cache: Path) -> Path:
     return project
 
 
+@pytest.fixture
+def restore_stop_signals() -> Iterator[None]:
+    """A test that calls ``stop_on_signals`` in the pytest process gets SIGINT, SIGTERM and SIGHUP back as they were."""
+    import signal
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
 def default_stop_signals() -> None:
     """``preexec_fn`` for a child that a test stops with a signal: a shell's background job (``cmd &``) starts with
     SIGINT ignored and ``nohup`` with SIGHUP ignored, and a child inherits that, so a test run that way would

@@ -194,22 +194,17 @@ def test_sigterm_keeps_the_checkpoint_says_so_and_marks_the_run_killed(tmp_path,
     assert run.info.run_id == state["mlflow_run_id"] and run.info.status == "KILLED"
 
 
-def test_a_signal_set_to_be_ignored_stays_ignored():
+def test_a_signal_set_to_be_ignored_stays_ignored(restore_stop_signals):
     """``nohup`` ignores SIGHUP so that a run outlives its terminal: the stage must not undo that."""
     import signal
 
     from palbert.stop_signals import stop_on_signals
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
-    try:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        stop_on_signals()
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop_on_signals()
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
 
 
 def test_sigterm_to_the_launcher_stops_every_torchrun_rank_the_same_way(tmp_path, tiny_bert_dir, tiny_prepared):

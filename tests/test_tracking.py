@@ -164,7 +164,8 @@ def test_leaving_the_with_block_ends_the_run(tmp_path: Path, interrupt: type[Bas
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
-def test_a_stop_signal_during_a_local_store_write_waits_for_it(tmp_path: Path, signame: str) -> None:
+def test_a_stop_signal_during_a_local_store_write_waits_for_it(tmp_path: Path, signame: str,
+                                                                restore_stop_signals: None) -> None:
     """A signal raised inside SQLAlchemy's commit left mlflow.db locked, so the run could not be marked KILLED
     (seen in CI): the write in progress finishes, then the stop is raised, and the run ends KILLED."""
     import os
@@ -175,22 +176,17 @@ def test_a_stop_signal_during_a_local_store_write_waits_for_it(tmp_path: Path, s
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     signum = signal.Signals[signame]
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
-    try:
-        for s in saved:
-            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
-        stop_on_signals()
-        with pytest.raises(KeyboardInterrupt) as stopped:
-            with open_run(_params(uri), tmp_path, system_metrics=False) as tracker:
-                def write_while_signalled() -> None:
-                    os.kill(os.getpid(), signum)  # delivered here, in the middle of the store call
-                    tracker.client.log_param(tracker.run_id, "written_after_the_signal", "yes")
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+    stop_on_signals()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with open_run(_params(uri), tmp_path, system_metrics=False) as tracker:
+            def write_while_signalled() -> None:
+                os.kill(os.getpid(), signum)  # delivered here, in the middle of the store call
+                tracker.client.log_param(tracker.run_id, "written_after_the_signal", "yes")
 
-                tracker._send("log_param", write_while_signalled)
-                raise AssertionError("the signal was not raised after the store call")
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
+            tracker._send("log_param", write_while_signalled)
+            raise AssertionError("the signal was not raised after the store call")
     assert isinstance(stopped.value, Terminated) == (signame != "SIGINT")
     run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
     assert run.data.params["written_after_the_signal"] == "yes" and tracker.lost is None
