@@ -63,6 +63,7 @@ from palbert.data.readers import RawSplit, read_split  # noqa: E402
 from palbert.data.sources import raw_file  # noqa: E402
 from palbert.evaluate import EvalSettings, predict_split  # noqa: E402
 from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402
+from palbert.model.attention import SelfAttention  # noqa: E402
 from palbert.precision import resolve_precision  # noqa: E402
 from palbert.tasks import DATASET_TASK, TASK_DATASET, TASK_SPECS, dataset_spec  # noqa: E402
 from palbert.train.loop import make_optimizer, train_step  # noqa: E402
@@ -392,6 +393,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the memory probes report GPU memory)")
     parser.add_argument("--verbose", action="store_true", help="print every timed job's seconds")
     parser.add_argument("--compile", action="store_true", help="also time palbert bf16 under torch.compile")
+    parser.add_argument("--separate-qkv", action="store_true",
+                        help="also time palbert with three Q, K, V products instead of one (the fusion's A/B)")
     parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
@@ -436,6 +439,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fp32 = dataclasses.replace(params, train=dataclasses.replace(params.train, precision="fp32"))
         setups.append(palbert_setup("palbert_fp32", fp32, device, seed))
     setups.append(palbert_setup("palbert_no_simcse", no_simcse, device, seed))
+    if args.separate_qkv:
+        separate = palbert_setup("palbert_separate_qkv", params, device, seed)
+        for module in separate.model.modules():
+            if isinstance(module, SelfAttention):
+                module.fused_qkv = False
+        setups.append(separate)
     if args.compile:
         compiled = palbert_setup("palbert_compiled", params, device, seed)
         compiled.compiled = torch.compile(compiled.model, dynamic=True)
@@ -484,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_eval, "fp32")}
     for setup in setups:
         train_paths[setup.name] = (partial(palbert_train, setup), setup.precision)
-        if setup.name in ("palbert", "palbert_fp32"):  # SimCSE and compile do not change evaluation
+        if setup.name in ("palbert", "palbert_fp32", "palbert_separate_qkv"):  # SimCSE and compile do not change it
             eval_paths[setup.name] = (partial(palbert_eval, setup), setup.precision)
 
     def take_turns(paths: dict[str, tuple[Callable[..., float], str]], units: list[tuple], turn: int,

@@ -20,6 +20,7 @@ from palbert.model import (
     load_tokenizer,
     save_model,
 )
+from palbert.model.attention import SelfAttention
 from palbert.model.encoder import mean_pool
 from palbert.model.io import CONFIG_FILE, HF_CONFIG_FILE, TASK_WEIGHTS_FILE, WEIGHTS_FILE
 from palbert.tasks import TASK_SPECS
@@ -108,6 +109,27 @@ def test_encoder_without_pals_equals_bert_model():
         got = ours(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
     assert (got.last_hidden_state - expected.last_hidden_state).abs().max() <= 1e-5
     assert (got.pooler_output - expected.pooler_output).abs().max() <= 1e-5
+
+
+def test_one_qkv_product_trains_as_three_do():
+    """The fused Q, K, V product (the default) and three separate ones: same outputs and gradients, dropout on."""
+    model = tiny_model(seed=2, dropout=0.1)
+    batch = task_batch("sts")
+    results = []
+    for fused in (True, False):
+        for module in model.modules():
+            if isinstance(module, SelfAttention):
+                module.fused_qkv = fused
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)  # the same dropout draws
+        output = model(batch, simcse=True)
+        task_loss("sts", output.prediction, batch.labels).backward()
+        results.append((output.prediction.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fused_prediction, fused_grads), (separate_prediction, separate_grads) = results
+    torch.testing.assert_close(fused_prediction, separate_prediction, rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == separate_grads.keys()
+    for name in fused_grads:
+        torch.testing.assert_close(fused_grads[name], separate_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_pals_change_the_encoding_per_task():

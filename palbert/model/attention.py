@@ -26,16 +26,21 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(size, size)
         self.key = nn.Linear(size, size)
         self.value = nn.Linear(size, size)
-
-    def _split_heads(self, x: Tensor) -> Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2)
+        self.fused_qkv = True  # one product for Q, K and V; False: three (benchmarks/speed.py --separate-qkv's A/B)
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
         """``attention_mask``: bool ``[B, 1, 1, T]``, True where a key may be attended to (or None)."""
-        query = self._split_heads(self.query(hidden_states))
-        key = self._split_heads(self.key(hidden_states))
-        value = self._split_heads(self.value(hidden_states))
+        batch, length, _ = hidden_states.shape
+        projections = (self.query, self.key, self.value)
+        if self.fused_qkv:
+            # One product three times as wide (closer to the matmul peak); the three Linears stay, so parameter
+            # names are BertModel's and any BERT checkpoint loads as it is.
+            qkv = F.linear(hidden_states, torch.cat([p.weight for p in projections]),
+                           torch.cat([p.bias for p in projections]))
+            query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
+        else:
+            query, key, value = (p(hidden_states).view(batch, length, self.num_heads, self.head_size).transpose(1, 2)
+                                 for p in projections)
         context = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
         )
