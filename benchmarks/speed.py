@@ -250,6 +250,13 @@ def palbert_setup(name: str, params: Params, device: torch.device, seed: int) ->
     return PalbertSetup(name, params, resolve_precision(params.train.precision, device), model, optimizer, scheduler)
 
 
+def separate_qkv(model: nn.Module) -> None:
+    """Three Q, K, V products in every attention instead of one: the 'before' of the fusion's A/B."""
+    for module in model.modules():
+        if isinstance(module, SelfAttention):
+            module.fused_qkv = False
+
+
 def palbert_batch(setup: PalbertSetup, data: Dataset, rows: list[int], special: SpecialTokens,
                   device: torch.device) -> TaskBatch:
     return make_batch(data.prepared, rows, task=DATASET_TASK[data.prepared.dataset],
@@ -441,9 +448,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setups.append(palbert_setup("palbert_no_simcse", no_simcse, device, seed))
     if args.separate_qkv:
         separate = palbert_setup("palbert_separate_qkv", params, device, seed)
-        for module in separate.model.modules():
-            if isinstance(module, SelfAttention):
-                module.fused_qkv = False
+        separate_qkv(separate.model)
         setups.append(separate)
     if args.compile:
         compiled = palbert_setup("palbert_compiled", params, device, seed)

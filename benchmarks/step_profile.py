@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-rows", type=int, default=256, help="dev rows per task in the profiled scoring")
     parser.add_argument("--precision", default="", help="fp32 | bf16 (default: params.yaml's train.precision)")
     parser.add_argument("--no-simcse", action="store_true", help="profile training with SimCSE off")
+    parser.add_argument("--separate-qkv", action="store_true", help="three Q, K, V products instead of one")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dev = {ds: speed.load_dataset(mirror, ds, "dev", tokenizer, max_length, rows=args.eval_rows) for ds in speed.DATASETS}
     plan = speed.training_plan(train, args.warmup + args.steps, params.train.batch_size, params.train.seed)
     setup = speed.palbert_setup("palbert", params, device, params.train.seed)
+    if args.separate_qkv:
+        speed.separate_qkv(setup.model)
     dtype = speed.MATMUL_DTYPES[setup.precision]
     bert = setup.model.bert_config
     shape = speed.Shape(bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers,
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "precision": setup.precision,
         "simcse": params.train.simcse,
+        "qkv": "separate" if args.separate_qkv else "fused",
         "peak_gflops": peak / 1e9,
         "phases": {phase.name: phase.report(dtype, peak) for phase in phases},
     }
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"\n{m['processor']}, {m['cpus']} CPUs, torch {m['torch']} ({m['cpu_capability']}), {m['threads']} threads, "
-          f"OMP_WAIT_POLICY {m['omp_wait_policy']}; {report['precision']}, SimCSE {'on' if report['simcse'] else 'off'}; "
+          f"OMP_WAIT_POLICY {m['omp_wait_policy']}; {report['precision']}, SimCSE {'on' if report['simcse'] else 'off'}, "
+          f"{report['qkv']} Q/K/V products; "
           f"plain {speed.MATMUL_SIZE}^3 matmul {report['peak_gflops']:.0f} GFLOP/s")
     for name, phase in report["phases"].items():
         unit = "step" if name == "train" else "row"
