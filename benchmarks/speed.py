@@ -250,11 +250,11 @@ def palbert_setup(name: str, params: Params, device: torch.device, seed: int) ->
     return PalbertSetup(name, params, resolve_precision(params.train.precision, device), model, optimizer, scheduler)
 
 
-def separate_qkv(model: nn.Module) -> None:
-    """Three Q, K, V products in every attention instead of one: the 'before' of the fusion's A/B."""
+def use_fused_qkv(model: nn.Module) -> None:
+    """One Q, K, V product in every attention instead of three (``SelfAttention.fused_qkv``), for its A/B."""
     for module in model.modules():
         if isinstance(module, SelfAttention):
-            module.fused_qkv = False
+            module.fused_qkv = True
 
 
 def palbert_batch(setup: PalbertSetup, data: Dataset, rows: list[int], special: SpecialTokens,
@@ -400,8 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the memory probes report GPU memory)")
     parser.add_argument("--verbose", action="store_true", help="print every timed job's seconds")
     parser.add_argument("--compile", action="store_true", help="also time palbert bf16 under torch.compile")
-    parser.add_argument("--separate-qkv", action="store_true",
-                        help="also time palbert with three Q, K, V products instead of one (the fusion's A/B)")
+    parser.add_argument("--fused-qkv", action="store_true",
+                        help="also time palbert with one Q, K, V product instead of three (the fusion's A/B)")
     parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
@@ -446,10 +446,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fp32 = dataclasses.replace(params, train=dataclasses.replace(params.train, precision="fp32"))
         setups.append(palbert_setup("palbert_fp32", fp32, device, seed))
     setups.append(palbert_setup("palbert_no_simcse", no_simcse, device, seed))
-    if args.separate_qkv:
-        separate = palbert_setup("palbert_separate_qkv", params, device, seed)
-        separate_qkv(separate.model)
-        setups.append(separate)
+    if args.fused_qkv:
+        fused = palbert_setup("palbert_fused_qkv", params, device, seed)
+        use_fused_qkv(fused.model)
+        setups.append(fused)
     if args.compile:
         compiled = palbert_setup("palbert_compiled", params, device, seed)
         compiled.compiled = torch.compile(compiled.model, dynamic=True)
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_eval, "fp32")}
     for setup in setups:
         train_paths[setup.name] = (partial(palbert_train, setup), setup.precision)
-        if setup.name in ("palbert", "palbert_fp32", "palbert_separate_qkv"):  # SimCSE and compile do not change it
+        if setup.name in ("palbert", "palbert_fp32", "palbert_fused_qkv"):  # SimCSE and compile do not change it
             eval_paths[setup.name] = (partial(palbert_eval, setup), setup.precision)
 
     def take_turns(paths: dict[str, tuple[Callable[..., float], str]], units: list[tuple], turn: int,

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-rows", type=int, default=256, help="dev rows per task in the profiled scoring")
     parser.add_argument("--precision", default="", help="fp32 | bf16 (default: params.yaml's train.precision)")
     parser.add_argument("--no-simcse", action="store_true", help="profile training with SimCSE off")
-    parser.add_argument("--separate-qkv", action="store_true", help="three Q, K, V products instead of one")
+    parser.add_argument("--fused-qkv", action="store_true", help="one Q, K, V product instead of three")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dev = {ds: speed.load_dataset(mirror, ds, "dev", tokenizer, max_length, rows=args.eval_rows) for ds in speed.DATASETS}
     plan = speed.training_plan(train, args.warmup + args.steps, params.train.batch_size, params.train.seed)
     setup = speed.palbert_setup("palbert", params, device, params.train.seed)
-    if args.separate_qkv:
-        speed.separate_qkv(setup.model)
+    if args.fused_qkv:
+        speed.use_fused_qkv(setup.model)
     dtype = speed.MATMUL_DTYPES[setup.precision]
     bert = setup.model.bert_config
     shape = speed.Shape(bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers,
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "precision": setup.precision,
         "simcse": params.train.simcse,
-        "qkv": "separate" if args.separate_qkv else "fused",
+        "qkv": "fused" if args.fused_qkv else "separate",
         "peak_gflops": peak / 1e9,
         "phases": {phase.name: phase.report(dtype, peak) for phase in phases},
     }

@@ -112,7 +112,7 @@ def test_encoder_without_pals_equals_bert_model():
 
 
 def test_one_qkv_product_trains_as_three_do():
-    """The fused Q, K, V product (the default) and three separate ones: same outputs and gradients, dropout on."""
+    """One Q, K, V product (speed.py --fused-qkv) and three (the default): same outputs and gradients, dropout on."""
     model = tiny_model(seed=2, dropout=0.1)
     batch = task_batch("sts")
     results = []

@@ -26,15 +26,17 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(size, size)
         self.key = nn.Linear(size, size)
         self.value = nn.Linear(size, size)
-        self.fused_qkv = True  # one product for Q, K and V; False: three (benchmarks/speed.py --separate-qkv's A/B)
+        # One product for Q, K and V instead of three: measured on a 2-core AVX-512 CPU, training no faster and
+        # scoring 4% faster (docs/results/cpu-speed-no-amx-epyc.txt), while the trained weights' last bits change;
+        # so off, and kept for `benchmarks/speed.py --fused-qkv` on other machines.
+        self.fused_qkv = False
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
         """``attention_mask``: bool ``[B, 1, 1, T]``, True where a key may be attended to (or None)."""
         batch, length, _ = hidden_states.shape
         projections = (self.query, self.key, self.value)
         if self.fused_qkv:
-            # One product three times as wide (closer to the matmul peak); the three Linears stay, so parameter
-            # names are BertModel's and any BERT checkpoint loads as it is.
+            # One product three times as wide; the three Linears stay, so parameter names are BertModel's.
             qkv = F.linear(hidden_states, torch.cat([p.weight for p in projections]),
                            torch.cat([p.bias for p in projections]))
             query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
