@@ -395,22 +395,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reference-eval-rows", type=int, default=48,
                         help="dev rows per task the reference scores per repetition (its cost per row is fixed)")
     parser.add_argument("--memory-steps", type=int, default=6, help="worst-case training steps in the memory probes (0: skip)")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     parser.add_argument("--interop-threads", type=int, default=0, help="torch.set_num_interop_threads (0: default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the memory probes report GPU memory)")
     parser.add_argument("--verbose", action="store_true", help="print every timed job's seconds")
     parser.add_argument("--compile", action="store_true", help="also time palbert bf16 under torch.compile")
     parser.add_argument("--fused-qkv", action="store_true",
                         help="also time palbert with one Q, K, V product instead of three (the fusion's A/B)")
-    parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
-    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
+    add_common_arguments(parser, "speed.json")
     args = parser.parse_args(argv)
     if args.interop_threads:
         torch.set_num_interop_threads(args.interop_threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    mirror = args.mirror / "cs224n" if (args.mirror / "cs224n").is_dir() else args.mirror
+    mirror = apply_common_arguments(args)
     device = torch.device(args.device)
     params = load_params(args.params)
     seed = params.train.seed
@@ -546,12 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- report -----------------------------------------------------------------------------------------
     report: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "interop_threads": torch.get_num_interop_threads(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        **run_facts(argv),
         "settings": {"repeats": args.repeats, "warmup_steps": args.warmup, "train_steps": args.steps,
                      "train_batch": params.train.batch_size, "train_examples": train_examples,
                      "train_real_tokens": train_tokens, "eval_rows_per_task": args.eval_rows,
@@ -582,10 +572,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "payback_steps": overhead / gain if gain > 0 else None,
                              "pays_back_in_default_run": gain > 0 and overhead / gain < DEFAULT_RUN_STEPS}
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
     return report
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, out_name: str) -> None:
+    """--threads, --mirror, --params and --out, as every benchmark of this folder takes them."""
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
+    parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / out_name)
+
+
+def apply_common_arguments(args: argparse.Namespace) -> Path:
+    """Set the thread count; the folder of the mirror's CS224N files."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.mirror / "cs224n" if (args.mirror / "cs224n").is_dir() else args.mirror
+
+
+def run_facts(argv: list[str] | None) -> dict[str, Any]:
+    """The command line and the machine a benchmark ran on, for the head of its report."""
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "interop_threads": torch.get_num_interop_threads(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+    }
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -22,9 +22,6 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import json
-import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -37,7 +34,6 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py, the sibling benchmark
 
 import speed  # noqa: E402
-from speed import ROOT  # noqa: E402
 
 from palbert.config import load_params  # noqa: E402
 from palbert.data.batching import SpecialTokens  # noqa: E402
@@ -163,14 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precision", default="", help="fp32 | bf16 (default: params.yaml's train.precision)")
     parser.add_argument("--no-simcse", action="store_true", help="profile training with SimCSE off")
     parser.add_argument("--fused-qkv", action="store_true", help="one Q, K, V product instead of three")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
-    parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("PALBERT_DATA_MIRROR", ROOT.parent / "shared" / "data")))
-    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_profile.json")
+    speed.add_common_arguments(parser, "step_profile.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    mirror = args.mirror / "cs224n" if (args.mirror / "cs224n").is_dir() else args.mirror
+    mirror = speed.apply_common_arguments(args)
     device = torch.device("cpu")
     params = load_params(args.params)
     train_params = params.train
@@ -219,11 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     peak = speed.matmul_rate(dtype, device)
     report = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        **speed.run_facts(argv),
         "precision": setup.precision,
         "simcse": params.train.simcse,
         "qkv": "fused" if args.fused_qkv else "separate",
@@ -231,9 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "phases": {phase.name: phase.report(dtype, peak) for phase in phases},
     }
     print_report(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    speed.write_report(report, args.out)
     return report
 
 
