@@ -63,9 +63,10 @@ def test_applying_a_finished_queued_experiment_leaves_the_workspace_up_to_date(t
         assert f"seed: {name[-1]}" in (project / "params.yaml").read_text()
 
 
-def test_an_interrupted_dvc_repro_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir):
-    """checkpoints/ is no DVC out, so `dvc repro` leaves it in place: Ctrl-C, then `dvc repro` goes on from it."""
-    project = tiny_project(tmp_path, tiny_bert_dir, steps_per_epoch=400)
+def test_an_interrupted_dvc_repro_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir, shared_dvc_cache):
+    """checkpoints/ is no DVC out, so `dvc repro` leaves it in place: Ctrl-C, then `dvc repro` goes on from it.
+    The data stages are those of the test above (same data params): they come from the shared run-cache."""
+    project = tiny_project(tmp_path, tiny_bert_dir, steps_per_epoch=400, cache=shared_dvc_cache)
     state = project / "checkpoints/latest/state.json"
     job = subprocess.Popen(["dvc", "repro"], cwd=project, env=project_env(project), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_stop_signals)

@@ -17,14 +17,19 @@ from palbert.data.prepared import load_prepared
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not HAVE_MIRROR, reason="data mirror not present")]
 
+#: Training steps of the short run. 200 steps (lr 5e-5) measured on the 2-core no-AMX CPU (fp32): dev sst_acc
+#: 0.397 vs majority 0.265, para_acc 0.740 vs majority 0.617, both ~0.1 above the test's majority + 0.02;
+#: 150 steps at lr 1e-4 did not beat the Quora majority.
+STEPS = 200
+
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
     project = copy_project(tmp_path_factory.mktemp("pipeline"))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(subset=600)
-    # a short run, with a larger LR than the paper's 2e-5 so that it learns something in 300 steps
-    params["train"].update(epochs=1, steps_per_epoch=300, lr=5e-5, checkpoint_every=100)
+    # a short run, with a larger LR than the paper's 2e-5 so that it learns something in STEPS steps
+    params["train"].update(epochs=1, steps_per_epoch=STEPS, lr=5e-5, checkpoint_every=100)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = subprocess.run(["dvc", "repro"], cwd=project, env=project_env(project), capture_output=True,
                             text=True, timeout=1500)
@@ -76,7 +81,7 @@ def test_short_run_beats_the_majority_class(pipeline, task, dataset, metric):
 
 def test_training_summary_and_plots(pipeline):
     summary = json.loads((pipeline / "metrics/train.json").read_text())
-    assert summary["steps"] == 300 and summary["best_epoch"] == 1
+    assert summary["steps"] == STEPS and summary["best_epoch"] == 1
     assert (pipeline / "metrics/plots/train/loss_sst.csv").is_file()
     assert (pipeline / "metrics/plots/train/loss_simcse.csv").is_file()  # SimCSE is on by default
     assert (pipeline / "models/best/model.safetensors").is_file()
