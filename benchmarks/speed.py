@@ -63,7 +63,7 @@ from palbert.data.readers import RawSplit, read_split  # noqa: E402
 from palbert.data.sources import raw_file  # noqa: E402
 from palbert.evaluate import EvalSettings, predict_split  # noqa: E402
 from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402
-from palbert.model.attention import SelfAttention  # noqa: E402
+from palbert.model.attention import set_fused_qkv  # noqa: E402
 from palbert.precision import resolve_precision  # noqa: E402
 from palbert.tasks import DATASET_TASK, TASK_DATASET, TASK_SPECS, dataset_spec  # noqa: E402
 from palbert.train.loop import make_optimizer, train_step  # noqa: E402
@@ -250,13 +250,6 @@ def palbert_setup(name: str, params: Params, device: torch.device, seed: int) ->
     return PalbertSetup(name, params, resolve_precision(params.train.precision, device), model, optimizer, scheduler)
 
 
-def use_fused_qkv(model: nn.Module) -> None:
-    """One Q, K, V product in every attention instead of three (``SelfAttention.fused_qkv``), for its A/B."""
-    for module in model.modules():
-        if isinstance(module, SelfAttention):
-            module.fused_qkv = True
-
-
 def palbert_batch(setup: PalbertSetup, data: Dataset, rows: list[int], special: SpecialTokens,
                   device: torch.device) -> TaskBatch:
     return make_batch(data.prepared, rows, task=DATASET_TASK[data.prepared.dataset],
@@ -275,6 +268,29 @@ def palbert_train_step(setup: PalbertSetup, data: Dataset, rows: list[int], spec
 
 def palbert_eval_settings(setup: PalbertSetup, special: SpecialTokens, device: torch.device) -> EvalSettings:
     return EvalSettings.for_params(setup.params, special, setup.params.data.max_length, device)
+
+
+def palbert_shape(setup: PalbertSetup) -> Shape:
+    """The FLOP shape of a setup's model: its BERT's sizes, and the PAL size where PALs are on."""
+    config = setup.model.bert_config
+    return Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                 setup.params.model.pal_size if setup.params.model.pals else 0)
+
+
+def palbert_train_flops(setup: PalbertSetup, data: Dataset, rows: list[int], special: SpecialTokens,
+                        device: torch.device) -> float:
+    """One training step (``palbert_train_step``); its analytic FLOPs: 3 x forward, twice with SimCSE."""
+    _, (batch, length) = palbert_train_step(setup, data, rows, special, device)
+    return (2 if setup.params.train.simcse else 1) * 3 * forward_flops(palbert_shape(setup), batch, length)
+
+
+def palbert_score_flops(setup: PalbertSetup, data: Dataset, special: SpecialTokens, device: torch.device) -> float:
+    """Every row of ``data`` scored by ``predict_split``; the analytic FLOPs of its length-sorted batches."""
+    settings = palbert_eval_settings(setup, special, device)
+    with contextlib.redirect_stderr(io.StringIO()):  # predict_split's progress bars
+        predict_split(setup.model, data.prepared, DATASET_TASK[data.prepared.dataset], settings)
+    shapes = eval_shapes(data, settings.batch_size, setup.params.data.max_length)
+    return sum(forward_flops(palbert_shape(setup), b, t) for b, t in shapes)
 
 
 def eval_shapes(data: Dataset, batch_size: int, max_length: int) -> list[tuple[int, int]]:
@@ -443,18 +459,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setups.append(palbert_setup("palbert_no_simcse", no_simcse, device, seed))
     if args.fused_qkv:
         fused = palbert_setup("palbert_fused_qkv", params, device, seed)
-        use_fused_qkv(fused.model)
+        set_fused_qkv(fused.model, True)
         setups.append(fused)
     if args.compile:
         compiled = palbert_setup("palbert_compiled", params, device, seed)
         compiled.compiled = torch.compile(compiled.model, dynamic=True)
         setups.append(compiled)
     config = reference.bert.config
-    shapes = {
-        "reference": Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers, 0),
-        "palbert": Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-                         params.model.pal_size if params.model.pals else 0),
-    }
+    reference_shape = Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers, 0)
     # ---- warm-up (and compile time, for the compiled variant) -----------------------------------------
     for ds, rows in warmup_plan:
         reference_train_step(reference, reference_optimizer, tokenizer, train[ds], rows)
@@ -471,23 +483,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # every evaluated task (the order rotating), and each path's time is the sum of its turns.
     def reference_train(ds: str, rows: list[int]) -> float:
         reference_train_step(reference, reference_optimizer, tokenizer, train[ds], rows)
-        return 3 * forward_flops(shapes["reference"], len(rows), REFERENCE_LENGTH)
+        return 3 * forward_flops(reference_shape, len(rows), REFERENCE_LENGTH)
 
     def reference_eval(ds: str) -> float:
         reference_evaluate(reference, tokenizer, reference_dev[ds])
         n = len(reference_dev[ds].prepared)
-        return sum(forward_flops(shapes["reference"], min(REFERENCE_EVAL_BATCH, n - s), REFERENCE_LENGTH)
+        return sum(forward_flops(reference_shape, min(REFERENCE_EVAL_BATCH, n - s), REFERENCE_LENGTH)
                    for s in range(0, n, REFERENCE_EVAL_BATCH))
 
     def palbert_train(setup: PalbertSetup, ds: str, rows: list[int]) -> float:
-        _, (batch, length) = palbert_train_step(setup, train[ds], rows, special, device)
-        return (2 if setup.params.train.simcse else 1) * 3 * forward_flops(shapes["palbert"], batch, length)
+        return palbert_train_flops(setup, train[ds], rows, special, device)
 
     def palbert_eval(setup: PalbertSetup, ds: str) -> float:
-        settings = palbert_eval_settings(setup, special, device)
-        with contextlib.redirect_stderr(io.StringIO()):  # predict_split's progress bars
-            predict_split(setup.model, dev[ds].prepared, DATASET_TASK[ds], settings)
-        return sum(forward_flops(shapes["palbert"], b, t) for b, t in eval_shapes(dev[ds], settings.batch_size, max_length))
+        return palbert_score_flops(setup, dev[ds], special, device)
 
     train_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_train, "fp32")}
     eval_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_eval, "fp32")}

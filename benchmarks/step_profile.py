@@ -19,9 +19,7 @@ Run:  OMP_WAIT_POLICY=PASSIVE python benchmarks/step_profile.py [--threads 1] [-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import sys
 import time
 from collections import defaultdict
@@ -37,9 +35,8 @@ import speed  # noqa: E402
 
 from palbert.config import load_params  # noqa: E402
 from palbert.data.batching import SpecialTokens  # noqa: E402
-from palbert.evaluate import predict_split  # noqa: E402
 from palbert.model import load_tokenizer  # noqa: E402
-from palbert.tasks import DATASET_TASK  # noqa: E402
+from palbert.model.attention import set_fused_qkv  # noqa: E402
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 #: (category, test on the aten op name), first match wins; ops that match none are "other elementwise and copies".
@@ -179,27 +176,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plan = speed.training_plan(train, args.warmup + args.steps, params.train.batch_size, params.train.seed)
     setup = speed.palbert_setup("palbert", params, device, params.train.seed)
     if args.fused_qkv:
-        speed.use_fused_qkv(setup.model)
+        set_fused_qkv(setup.model, True)
     dtype = speed.MATMUL_DTYPES[setup.precision]
-    bert = setup.model.bert_config
-    shape = speed.Shape(bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers,
-                        params.model.pal_size if params.model.pals else 0)
-    passes = (2 if params.train.simcse else 1) * 3  # training = 3 x forward; SimCSE encodes every batch twice
 
     def train_job(ds: str, rows: list[int]) -> Callable[[], float]:
-        def run() -> float:
-            _, (batch, length) = speed.palbert_train_step(setup, train[ds], rows, special, device)
-            return passes * speed.forward_flops(shape, batch, length)
-        return run
+        return lambda: speed.palbert_train_flops(setup, train[ds], rows, special, device)
 
     def score_job(ds: str) -> Callable[[], float]:
-        settings = speed.palbert_eval_settings(setup, special, device)
-
-        def run() -> float:
-            with contextlib.redirect_stderr(io.StringIO()):  # predict_split's progress bars
-                predict_split(setup.model, dev[ds].prepared, DATASET_TASK[ds], settings)
-            return sum(speed.forward_flops(shape, b, t) for b, t in speed.eval_shapes(dev[ds], settings.batch_size, max_length))
-        return run
+        return lambda: speed.palbert_score_flops(setup, dev[ds], special, device)
 
     for ds, rows in plan[: args.warmup]:
         train_job(ds, rows)()
