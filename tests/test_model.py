@@ -20,7 +20,7 @@ from palbert.model import (
     load_tokenizer,
     save_model,
 )
-from palbert.model.attention import SelfAttention
+from palbert.model.attention import set_fused_qkv
 from palbert.model.encoder import mean_pool
 from palbert.model.io import CONFIG_FILE, HF_CONFIG_FILE, TASK_WEIGHTS_FILE, WEIGHTS_FILE
 from palbert.tasks import TASK_SPECS
@@ -117,14 +117,13 @@ def test_one_qkv_product_trains_as_three_do():
     batch = task_batch("sts")
     results = []
     for fused in (True, False):
-        for module in model.modules():
-            if isinstance(module, SelfAttention):
-                module.fused_qkv = fused
+        set_fused_qkv(model, fused)
         model.zero_grad(set_to_none=True)
         torch.manual_seed(7)  # the same dropout draws
         output = model(batch, simcse=True)
         task_loss("sts", output.prediction, batch.labels).backward()
-        results.append((output.prediction.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((output.prediction.detach(), grads))
     (fused_prediction, fused_grads), (separate_prediction, separate_grads) = results
     torch.testing.assert_close(fused_prediction, separate_prediction, rtol=1e-5, atol=1e-6)
     assert fused_grads.keys() == separate_grads.keys()

@@ -50,6 +50,13 @@ class SelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_size)
 
 
+def set_fused_qkv(model: nn.Module, fused: bool) -> None:
+    """``SelfAttention.fused_qkv`` for every attention in ``model`` (BERT's and the PALs')."""
+    for module in model.modules():
+        if isinstance(module, SelfAttention):
+            module.fused_qkv = fused
+
+
 def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
     """``[B, T]`` 1/0 padding mask -> the bool ``[B, 1, 1, T]`` mask that SelfAttention takes."""
     if attention_mask is None:
