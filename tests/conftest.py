@@ -19,6 +19,8 @@ from typing import Iterator
 import pytest
 import yaml
 
+from palbert.stop_signals import STOP_SIGNALS
+
 PROJECT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("PALBERT_DATA_MIRROR") or PROJECT.parent / "shared" / "data").resolve()
 HAVE_MIRROR = (MIRROR / "cs224n").is_dir()
@@ -63,12 +65,14 @@ def use_dvc_cache(project: Path, cache: Path) -> Path:
     return project
 
 
+#: Every signal ``palbert.stop_signals.stop_on_signals`` may take over: Ctrl-C and its STOP_SIGNALS.
+HANDLED_STOP_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
+
+
 @pytest.fixture
 def restore_stop_signals() -> Iterator[None]:
     """A test that calls ``stop_on_signals`` in the pytest process gets SIGINT, SIGTERM and SIGHUP back as they were."""
-    import signal
-
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    saved = {signum: signal.getsignal(signum) for signum in HANDLED_STOP_SIGNALS}
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
@@ -78,9 +82,7 @@ def default_stop_signals() -> None:
     """``preexec_fn`` for a child that a test stops with a signal: a shell's background job (``cmd &``) starts with
     SIGINT ignored and ``nohup`` with SIGHUP ignored, and a child inherits that, so a test run that way would
     see its Ctrl-C or SIGHUP do nothing (seen: the run went on to the end)."""
-    import signal
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in HANDLED_STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
 
 

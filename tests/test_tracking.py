@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from conftest import free_port, running_mlflow_server
+from conftest import HANDLED_STOP_SIGNALS, free_port, running_mlflow_server
 from palbert.config import Params, TrackingParams
 from palbert.errors import TrackingUnavailable
 from palbert.paths import find_project_root
@@ -176,7 +176,7 @@ def test_a_stop_signal_during_a_local_store_write_waits_for_it(tmp_path: Path, s
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     signum = signal.Signals[signame]
-    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for s in HANDLED_STOP_SIGNALS:
         signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
     stop_on_signals()
     with pytest.raises(KeyboardInterrupt) as stopped:
