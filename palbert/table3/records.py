@@ -224,7 +224,7 @@ def write_record(folder: Path, data: Mapping[str, Any], tables: Mapping[str, tup
 # --------------------------------------------------------------------------------------------
 
 
-def _load_dev_labels(root: Path, rev: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_dev_labels(root: Path, rev: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each task's dev ids and labels as experiment ``rev`` prepared them (from the DVC cache)."""
     import dvc.api
 
@@ -280,14 +280,24 @@ def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRec
     run_id, uri = summary.get("mlflow_run_id"), summary.get("tracking_uri")
     if not run_id or not uri:
         raise Table3Error(f"{experiment.name}: metrics/train.json names no MLflow run (Table 3 needs tracking)")
-    labels = _load_dev_labels(root, experiment.rev)
+    dev = {name: experiment.metrics[name] for name in DEV_METRICS} if experiment.metrics else {}
+    return write_run_record(folder, run, scale_name, MlflowClient(tracking_uri=uri), run_id,
+                            load_dev_labels(root, experiment.rev), summary, dev, code_commit=experiment.baseline,
+                            dvc_experiment={"name": experiment.name, "rev": experiment.rev})
+
+
+def write_run_record(folder: Path, run: PlannedRun, scale_name: str, client: Any, run_id: str,
+                     labels: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: Mapping[str, Any],
+                     dev: Mapping[str, float], code_commit: str, dvc_experiment: Mapping[str, Any]) -> RunRecord:
+    """The record of ``run``: its dev and test predictions and curves from MLflow run ``run_id``, scored against
+    ``labels``, with the training summary (``metrics/train.json``'s fields) and dev metrics given."""
+    name = dvc_experiment.get("name") or run.name
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per tiny file: noise
-    client = MlflowClient(tracking_uri=uri)
     tables: dict[str, tuple[Sequence[str], list]] = {}
     with tempfile.TemporaryDirectory(prefix="table3-record-") as tmp:
         predictions = Path(client.download_artifacts(run_id, "predictions", tmp))
         for task in TASKS:
-            where = f"MLflow run {run_id} ({experiment.name}) predictions/{task}-dev.csv"
+            where = f"MLflow run {run_id} ({name}) predictions/{task}-dev.csv"
             if not (predictions / f"{task}-dev.csv").is_file():
                 raise Table3Error(f"{where} is missing")
             predicted = _read_prediction_csv(predictions / f"{task}-dev.csv", where)
@@ -323,10 +333,10 @@ def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRec
         "scale": {"name": scale_name, "overrides": run.scale},
         "overrides": run.row_overrides,
         "settings": run.settings(),
-        "code_commit": experiment.baseline,
-        "dvc_experiment": {"name": experiment.name, "rev": experiment.rev},
+        "code_commit": code_commit,
+        "dvc_experiment": dict(dvc_experiment),
         "mlflow_run_id": run_id,
-        "dev": {name: experiment.metrics[name] for name in DEV_METRICS} if experiment.metrics else {},
+        "dev": dict(dev),
         "best_epoch": summary.get("best_epoch"),
         "dev_per_epoch": summary.get("dev_per_epoch"),
         "steps": summary.get("steps"),
@@ -339,5 +349,5 @@ def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRec
         "collected": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     record = write_record(folder, data, tables)
-    log.info("%s: record written to %s (overall %.4f)", experiment.name, folder, record.dev["overall"])
+    log.info("%s: record written to %s (overall %.4f)", name, folder, record.dev["overall"])
     return record
