@@ -314,3 +314,20 @@ def test_project_root_inside_dvc_temp_workspace(tmp_path: Path, monkeypatch: pyt
     assert find_project_root() == repo.resolve()
     monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))
     assert find_project_root() == tmp_path.resolve()
+
+
+def test_table3_creates_a_new_local_store_before_its_runs_open_it_together(tmp_path: Path) -> None:
+    """Eight runs opening a new SQLite store at once each ran MLflow's migrations and all but one failed (alembic:
+    "expected to match one row"): ``create_local_store`` migrates it first, so the runs find it at the head."""
+    import sqlite3
+
+    from palbert.tracking.store import create_local_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    create_local_store(uri)
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as db:
+        (version,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert version and {"experiments", "runs", "metrics", "params"} <= tables
+    create_local_store(uri)  # an existing store: nothing to do, no error
+    create_local_store("http://127.0.0.1:9")  # a server's store is the server's: not contacted

@@ -31,6 +31,7 @@ from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, 
 from palbert.table3.records import (RECORD_FILE, RecordError, RunRecord, StaleRecordError, collect_record,
                                     read_record)
 from palbert.table3.report import BootstrapSettings, build_table, render_markdown
+from palbert.tracking.store import create_local_store, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
     for name in recorded:
         log.info("%s: kept (record of overall %.4f)", name, recorded[name].dev["overall"])
     missing = [run for run in runs if run.name not in recorded]
+    if missing and request.train:
+        create_local_store(resolve_tracking_uri(params.tracking, root))  # before several runs open it at once
     if missing:
         plan = plan_experiments(missing, read_experiments(root), request.resume or not request.train)
         for run in missing:

@@ -115,6 +115,18 @@ def check_reachable(uri: str) -> str | None:
     return None
 
 
+def create_local_store(uri: str) -> None:
+    """Create a local store's tables now, in one process: runs that start together on a new SQLite store each run
+    MLflow's schema migrations at once, and all but one fail (alembic: "expected to match one row when updating";
+    seen with ``palbert table3 --jobs 8`` on a fresh clone). A remote store is the server's business."""
+    if is_remote(uri):
+        return
+    from mlflow import MlflowClient
+
+    with store_call(uri):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def short_reason(exc: Exception) -> str:
     """The root cause out of MLflow's nested requests/urllib3 message, e.g. ``[Errno 111] Connection refused``."""
     text = str(exc)
