@@ -20,7 +20,8 @@ from palbert.config import TABLE3_FILE, load_params, load_table3
 from palbert.errors import OutputUnwritable
 from palbert.metrics import overall, score
 from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
-from palbert.table3.experiments import ExpRecord, finished_experiment, parse_exp_show, plan_experiments
+from palbert.table3.experiments import (ExpRecord, check_experiments_kept, finished_experiment, parse_exp_show,
+                                        plan_experiments)
 from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows, threads_per_job
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
 from palbert.table3.report import (claim_verdict, claims_across_scales, mean_std, progress_line, readme_block,
@@ -536,3 +537,18 @@ def test_a_table_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_p
     scaled = dataclasses.replace(params, table3=dataclasses.replace(params.table3, scales={"tiny": SCALE}))
     with pytest.raises(OutputUnwritable, match=r"blocked \(the table's records\): .*is a file, not a folder"):
         make_table3(tmp_path, scaled, Table3Request(scale="tiny", resume=True, table_id="blocked"))
+
+
+def test_a_shallow_clone_is_refused_before_anything_is_queued(tmp_path, params):
+    """In a shallow clone DVC trained every queued run and then kept none (seen on the H200; reproduced with
+    ``git clone --depth 1``): the table refuses to start there instead of losing the runs to MLflow."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for step in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "one"], ["commit", "-q", "--allow-empty", "-m", "two"]):
+        subprocess.run(git + step, cwd=origin, check=True)
+    subprocess.run(["git", "clone", "-q", "--depth", "1", origin.as_uri(), str(tmp_path / "shallow")], check=True)
+    check_experiments_kept(origin)  # a full history: fine
+    scaled = dataclasses.replace(params, table3=dataclasses.replace(params.table3, scales={"tiny": SCALE}))
+    with pytest.raises(Table3Error, match=r"shallow git clone, where DVC keeps no experiments.*Nothing was queued"):
+        make_table3(tmp_path / "shallow", scaled, Table3Request(rows=["0"], seeds=[1], scale="tiny", table_id="t"))

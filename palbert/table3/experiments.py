@@ -106,6 +106,17 @@ def _dvc(root: Path, args: Sequence[str], capture: bool = False) -> subprocess.C
     return result
 
 
+def check_experiments_kept(root: Path) -> None:
+    """Refuse a shallow clone: there ``dvc exp run --queue`` trains every run and then keeps none of them (no
+    experiment ref; ``dvc exp show`` lists nothing and says nothing; DVC 3.67, seen on a GPU machine and
+    reproduced with ``git clone --depth 1``), so hours of training would be found only in MLflow."""
+    result = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=root, capture_output=True, text=True)
+    if result.returncode == 0 and result.stdout.strip() == "true":
+        raise Table3Error(f"{root} is a shallow git clone, where DVC keeps no experiments: every run would train and "
+                          "then be missing from `dvc exp show`. Fetch the history first (`git fetch --unshallow`) "
+                          "or clone without --depth. Nothing was queued.")
+
+
 def read_experiments(root: Path) -> dict[str, list[ExpRecord]]:
     """The experiments of every commit (``dvc exp show --json --all-commits``): a table outlives commits."""
     result = _dvc(root, ["exp", "show", "--json", "--all-commits"], capture=True)

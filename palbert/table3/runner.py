@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from palbert.atomic import check_writable, read_json_object, write_json, write_text
 from palbert.config import Params
 from palbert.table3.experiments import (
+    check_experiments_kept,
     finished_experiment,
     plan_experiments,
     queue_run,
@@ -132,6 +133,7 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
         log.info("%s: kept (record of overall %.4f)", name, recorded[name].dev["overall"])
     missing = [run for run in runs if run.name not in recorded]
     if missing and request.train:
+        check_experiments_kept(root)
         create_local_store(resolve_tracking_uri(params.tracking, root))  # before several runs open it at once
     if missing:
         plan = plan_experiments(missing, read_experiments(root), request.resume or not request.train)
