@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: this one)")
     parser.add_argument("--labels-rev", default="HEAD")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     from mlflow import MlflowClient
 
     root = find_project_root()

@@ -60,7 +60,8 @@ def log_finished_run(client, experiment_id: str, run, labels: dict, rng, tmp: Pa
     folder = tmp / run_id / "predictions"
     folder.mkdir(parents=True)
     predicted = {"sst": np.where(rng.random(len(labels["sst"][1])) < 0.6, labels["sst"][1], 0),
-                 "para": labels["para"][1], "sts": (labels["sts"][1] + rng.normal(0, 1, len(labels["sts"][1]))).round(4)}
+                 "para": labels["para"][1],
+                 "sts": (labels["sts"][1] + rng.normal(0, 1, len(labels["sts"][1]))).round(4)}
     for task, (ids, _) in labels.items():
         body = "".join(f"{i},{p:.4f}\n" if task == "sts" else f"{i},{int(p)}\n" for i, p in zip(ids, predicted[task]))
         (folder / f"{task}-dev.csv").write_text("id,prediction\n" + body, encoding="utf-8")

@@ -545,7 +545,7 @@ def test_a_shallow_clone_is_refused_before_anything_is_queued(tmp_path, params):
     origin = tmp_path / "origin"
     origin.mkdir()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    for step in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "one"], ["commit", "-q", "--allow-empty", "-m", "two"]):
+    for step in (["init", "-q"], *(["commit", "-q", "--allow-empty", "-m", m] for m in ("one", "two"))):
         subprocess.run(git + step, cwd=origin, check=True)
     subprocess.run(["git", "clone", "-q", "--depth", "1", origin.as_uri(), str(tmp_path / "shallow")], check=True)
     check_experiments_kept(origin)  # a full history: fine

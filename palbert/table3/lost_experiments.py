@@ -109,7 +109,8 @@ def record_lost_experiments(folder: Path, runs: Sequence[PlannedRun], scale_name
             raise Table3Error(f"MLflow run {run_id} ({run.name}) trained with other settings than planned: {problem}")
         summary = {**mlflow_summary(client, run_id), **logs[run_id], "machine": dict(machine)}
         dev = summary.pop("dev")
-        commit = mlflow_run.data.tags.get("dvc_exp_baseline_rev") or mlflow_run.data.tags.get("mlflow.source.git.commit")
+        tags = mlflow_run.data.tags
+        commit = tags.get("dvc_exp_baseline_rev") or tags.get("mlflow.source.git.commit")
         written.append(write_run_record(folder / run.folder, run, scale_name, client, run_id, labels, summary, dev,
                                         code_commit=commit,
                                         dvc_experiment={"name": run.name, "rev": None}))
