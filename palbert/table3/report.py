@@ -282,7 +282,7 @@ def render_markdown(table: Mapping[str, Any]) -> str:
         f"Scale `{scale.get('name')}`: every row with {', '.join(f'`{k}={v}`' for k, v in scale.get('overrides', {}).items()) or 'params.yaml as it is'}. "
         f"Dev examples: {', '.join(f'{task} {n}' for task, n in table['dev_examples'].items())}. "
         f"{table['records']} run(s) ({', '.join(f'{n} {p}' for p, n in table['precision'].items())}; "
-        f"{', '.join(f'{n} on a {m}' for m, n in table['machines'].items())}), "
+        f"{', '.join(f'{n} on {m}' for m, n in table['machines'].items())}), "
         f"{table['train_wall_s_total'] / 3600:.1f} h of training in all; code {', '.join(table['code_commits'])}.",
         "",
         f"Each cell: mean ± standard deviation over {'/'.join(map(str, seeds)) or 'no'} seed(s), the paper's number "
