@@ -9,16 +9,22 @@ DVC facts this relies on (DVC 3.67):
 - ``-S`` values go through Hydra's override grammar (``plan.hydra_value``).
 - Queued experiments run in ``.dvc/tmp/exps/<tmp>/`` with ``DVC_ROOT`` set to the real repository, which
   ``palbert.paths.find_project_root`` uses, so their MLflow runs land in the project's store.
+- A queue entry whose worker died (killed with the session, or a task taken by a worker in its 10 s idle
+  shutdown: seen here once in ~30 back-to-back queue-and-run cycles, and once in a CI run of the table3
+  end-to-end test; treeverse/dvc#10398, #10427) stays "Running" for ever, and ``--run-all`` follows it for
+  ever. Hence ``wait_for_workers_to_exit`` before queueing and the stall watch in ``run_queue``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from palbert.config import ParamsError, params_from_dict
 from palbert.metrics import DEV_METRICS
@@ -27,6 +33,12 @@ from palbert.table3.plan import PlannedRun, Table3Error
 log = logging.getLogger(__name__)
 
 DEV_METRICS_FILE = "metrics/dev.json"
+#: where dvc-task keeps one JSON per queue worker process ({"pid": ..., "returncode": ...})
+QUEUE_WORKER_INFO = ".dvc/tmp/exps/celery"
+WORKER_EXIT_WAIT_S = 60.0  # a DVC queue worker exits 10 s after the queue empties
+STALL_CHECK_S = 30.0  # how often ``run_queue`` looks for live workers
+STALL_CHECKS = 2  # consecutive looks with no live worker that make a stall
+STALL_RETRIES = 2
 
 
 @dataclass
@@ -182,15 +194,114 @@ def queue_run(root: Path, run: PlannedRun, force: bool, threads: int = 0) -> Non
     log.debug("%s", result.stdout.strip())
 
 
-def run_queue(root: Path, jobs: int) -> None:
+def requeue_run(root: Path, run: PlannedRun, threads: int = 0) -> None:
+    """Queue a run again after its entry failed or went stale (``--force`` only when a finished one exists)."""
+    force = any(record.has_ref for record in read_experiments(root).get(run.name, ()))
+    queue_run(root, run, force, threads)
+
+
+def live_queue_workers(root: Path) -> list[int]:
+    """PIDs of this repository's DVC queue workers that still run, read from dvc-task's process files (a
+    passive look: ``dvc queue status`` would broadcast to the workers)."""
+    pids = []
+    for info_file in sorted((root / QUEUE_WORKER_INFO).glob("dvc-exp-worker-*.json")):
+        try:
+            info = json.loads(info_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # being rewritten by its worker: the next look reads it
+        pid = info.get("pid")
+        if isinstance(pid, int) and info.get("returncode") is None and _is_queue_worker(pid):
+            pids.append(pid)
+    return pids
+
+
+def _is_queue_worker(pid: int) -> bool:
+    """The PID runs and (where /proc says) is a queue worker, not a later process that reused the number."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        return b"queue-worker" in cmdline.read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc (macOS): trust the PID
+    except OSError:
+        return True
+
+
+def wait_for_workers_to_exit(root: Path, timeout_s: float = WORKER_EXIT_WAIT_S) -> None:
+    """Queue only after the last batch's workers are gone: one in its idle shutdown can take a new task and
+    never run it. Workers still busy after ``timeout_s`` (someone's own ``dvc queue start``) are left be."""
+    deadline = time.monotonic() + timeout_s
+    while (pids := live_queue_workers(root)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if pids:
+        log.warning("DVC queue workers %s still run after %.0f s; queueing beside them",
+                    ", ".join(map(str, pids)), timeout_s)
+
+
+def run_queue(root: Path, jobs: int, requeue: Mapping[str, Callable[[], None]] | None = None,
+              check_s: float = STALL_CHECK_S, retries: int = STALL_RETRIES) -> None:
     """Run every queued experiment in the foreground, its log streamed to the terminal.
 
     ``--run-all`` also runs experiments someone else queued in this repository.
     Its exit status says nothing about failures: the caller checks the results.
+    When no worker is left while it still waits (a dead "Running" entry), the stale entries are marked
+    failed (``dvc queue kill``), queued again through ``requeue`` (name -> callable) and run again, at most
+    ``retries`` times; a stale entry not in ``requeue`` is named in the error.
     """
     if jobs < 1:
         raise Table3Error(f"--jobs must be >= 1, got {jobs}")
-    _dvc(root, ["exp", "run", "--run-all", "--jobs", str(jobs)])
+    for attempt in range(retries + 1):
+        if not _run_all_watched(root, jobs, check_s):
+            return
+        running = sorted(name for name, records in read_experiments(root).items()
+                         if any(record.state == "running" for record in records))
+        if running:
+            _dvc(root, ["queue", "kill", *running], capture=True)
+        log.warning("the DVC queue stalled: no worker left while %s still showed as running; marked failed "
+                    "(`dvc queue kill`), queued again and run again (retry %d of %d)",
+                    ", ".join(running) or "nothing", attempt + 1, retries)
+        unknown = [name for name in running if name not in (requeue or {})]
+        if unknown:
+            raise Table3Error(f"the DVC queue stalled on {', '.join(unknown)} (left running by a worker that is "
+                              "gone); they are marked failed: queue them again (palbert table3 --resume does)")
+        for name in running:
+            requeue[name]()  # type: ignore[index]
+    raise Table3Error(f"the DVC queue stalled {retries + 1} times in a row (no worker left while experiments "
+                      f"waited); see {root / QUEUE_WORKER_INFO}/dvc-exp-worker-1.out")
+
+
+def _run_all_watched(root: Path, jobs: int, check_s: float) -> bool:
+    """``dvc exp run --run-all``; True when it was stopped because no queue worker was left for
+    ``STALL_CHECKS`` looks in a row (it would have waited for ever), False when it ended by itself."""
+    command = ["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)]
+    log.debug("running %s", " ".join(command))
+    try:
+        process = subprocess.Popen(command, cwd=root)
+    except FileNotFoundError:
+        raise Table3Error("`dvc` is not on PATH: activate the project's environment") from None
+    idle_looks = 0
+    try:
+        while True:
+            try:
+                returncode = process.wait(timeout=check_s)
+                break
+            except subprocess.TimeoutExpired:
+                idle_looks = 0 if live_queue_workers(root) else idle_looks + 1
+                if idle_looks >= STALL_CHECKS:
+                    process.terminate()
+                    process.wait()
+                    return True
+    except BaseException:
+        process.terminate()  # Ctrl+C: the experiments go on in their workers, as with DVC's own follower
+        raise
+    if returncode != 0:
+        raise Table3Error(f"`{' '.join(command)}` failed (exit {returncode}): see the output above")
+    return False
 
 
 def finished_experiment(run: PlannedRun, existing: Mapping[str, Sequence[ExpRecord]]) -> ExpRecord:

@@ -11,6 +11,7 @@ no longer has is named and run again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from palbert.table3.experiments import (
     plan_experiments,
     queue_run,
     read_experiments,
+    requeue_run,
     run_queue,
+    wait_for_workers_to_exit,
 )
 from palbert.table3.figures import write_figures
 from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows, threads_per_job
@@ -145,18 +148,21 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
             left = [run.name for run in missing if run.name not in plan.finished]
             if left:
                 log.info("no record yet (not trained now): %s", ", ".join(left))
-        elif plan.pending:
+        threads = threads_per_job(request.jobs, os.cpu_count())
+        requeue = {run.name: functools.partial(requeue_run, root, run, threads) for run in missing}
+        if request.train and plan.pending:
             log.info("waiting for %s, already in the DVC queue", ", ".join(plan.pending))
-            run_queue(root, request.jobs)
+            run_queue(root, request.jobs, requeue)
             _record_batch(root, folder, [run for run in missing if run.name in plan.pending], request.scale)
         to_run = plan.to_queue if request.train else []
         for start in range(0, len(to_run), request.jobs):
             batch = to_run[start : start + request.jobs]
+            wait_for_workers_to_exit(root)
             for run, force in batch:
-                queue_run(root, run, force, threads_per_job(request.jobs, os.cpu_count()))
+                queue_run(root, run, force, threads)
             log.info("running %s (%d of %d left)", ", ".join(run.name for run, _ in batch),
                      len(to_run) - start, len(to_run))
-            run_queue(root, request.jobs)
+            run_queue(root, request.jobs, requeue)
             _record_batch(root, folder, [run for run, _ in batch], request.scale)
     return rebuild_table(root, params, table_id, request.bootstrap)
 
