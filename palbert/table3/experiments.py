@@ -111,11 +111,19 @@ def _dvc(root: Path, args: Sequence[str], capture: bool = False) -> subprocess.C
     try:
         result = subprocess.run(command, cwd=root, text=True, capture_output=capture)
     except FileNotFoundError:
-        raise Table3Error("`dvc` is not on PATH: activate the project's environment") from None
+        raise _dvc_not_on_path() from None
     if result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip() if capture else "see the output above"
-        raise Table3Error(f"`{' '.join(command)}` failed (exit {result.returncode}): {detail}")
+        raise _dvc_failed(command, result.returncode, detail)
     return result
+
+
+def _dvc_not_on_path() -> Table3Error:
+    return Table3Error("`dvc` is not on PATH: activate the project's environment")
+
+
+def _dvc_failed(command: Sequence[str], returncode: int, detail: str) -> Table3Error:
+    return Table3Error(f"`{' '.join(command)}` failed (exit {returncode}): {detail}")
 
 
 def check_experiments_kept(root: Path) -> None:
@@ -262,13 +270,13 @@ def run_queue(root: Path, jobs: int, requeue: Mapping[str, Callable[[], None]] |
                          if any(record.state == "running" for record in records))
         if running:
             _dvc(root, ["queue", "kill", *running], capture=True)
-        log.warning("the DVC queue stalled: no worker left while %s still showed as running; marked failed "
-                    "(`dvc queue kill`), queued again and run again (retry %d of %d)",
-                    ", ".join(running) or "nothing", attempt + 1, retries)
         unknown = [name for name in running if name not in (requeue or {})]
         if unknown:
             raise Table3Error(f"the DVC queue stalled on {', '.join(unknown)} (left running by a worker that is "
                               "gone); they are marked failed: queue them again (palbert table3 --resume does)")
+        log.warning("the DVC queue stalled: no worker left while %s still showed as running; marked failed "
+                    "(`dvc queue kill`), queued again and run again (retry %d of %d)",
+                    ", ".join(running) or "nothing", attempt + 1, retries)
         for name in running:
             requeue[name]()  # type: ignore[index]
     raise Table3Error(f"the DVC queue stalled {retries + 1} times in a row (no worker left while experiments "
@@ -283,7 +291,7 @@ def _run_all_watched(root: Path, jobs: int, check_s: float) -> bool:
     try:
         process = subprocess.Popen(command, cwd=root)
     except FileNotFoundError:
-        raise Table3Error("`dvc` is not on PATH: activate the project's environment") from None
+        raise _dvc_not_on_path() from None
     idle_looks = 0
     try:
         while True:
@@ -300,7 +308,7 @@ def _run_all_watched(root: Path, jobs: int, check_s: float) -> bool:
         process.terminate()  # Ctrl+C: the experiments go on in their workers, as with DVC's own follower
         raise
     if returncode != 0:
-        raise Table3Error(f"`{' '.join(command)}` failed (exit {returncode}): see the output above")
+        raise _dvc_failed(command, returncode, "see the output above")
     return False
 
 
