@@ -259,7 +259,8 @@ def run_queue(root: Path, jobs: int, requeue: Mapping[str, Callable[[], None]] |
     Its exit status says nothing about failures: the caller checks the results.
     When no worker is left while it still waits (a dead "Running" entry), the stale entries are marked
     failed (``dvc queue kill``), queued again through ``requeue`` (name -> callable) and run again, at most
-    ``retries`` times; a stale entry not in ``requeue`` is named in the error.
+    ``retries`` times. A stale entry not in ``requeue`` (left by an earlier, killed run: not this batch's) is
+    only marked failed, with a warning; the caller's check of its own runs decides what happened to them.
     """
     if jobs < 1:
         raise Table3Error(f"--jobs must be >= 1, got {jobs}")
@@ -270,14 +271,18 @@ def run_queue(root: Path, jobs: int, requeue: Mapping[str, Callable[[], None]] |
                          if any(record.state == "running" for record in records))
         if running:
             _dvc(root, ["queue", "kill", *running], capture=True)
-        unknown = [name for name in running if name not in (requeue or {})]
-        if unknown:
-            raise Table3Error(f"the DVC queue stalled on {', '.join(unknown)} (left running by a worker that is "
-                              "gone); they are marked failed: queue them again (palbert table3 --resume does)")
+        ours = [name for name in running if name in (requeue or {})]
+        others = [name for name in running if name not in (requeue or {})]
+        if others:
+            log.warning("the DVC queue showed %s as running with no worker left (an earlier run that was killed?); "
+                        "marked failed (`dvc queue kill`), not queued again: not a run of this batch",
+                        ", ".join(others))
+        if not ours:
+            return
         log.warning("the DVC queue stalled: no worker left while %s still showed as running; marked failed "
                     "(`dvc queue kill`), queued again and run again (retry %d of %d)",
-                    ", ".join(running) or "nothing", attempt + 1, retries)
-        for name in running:
+                    ", ".join(ours), attempt + 1, retries)
+        for name in ours:
             requeue[name]()  # type: ignore[index]
     raise Table3Error(f"the DVC queue stalled {retries + 1} times in a row (no worker left while experiments "
                       f"waited); see {root / QUEUE_WORKER_INFO}/dvc-exp-worker-1.out")
