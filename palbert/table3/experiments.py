@@ -267,8 +267,12 @@ def run_queue(root: Path, jobs: int, requeue: Mapping[str, Callable[[], None]] |
     for attempt in range(retries + 1):
         if not _run_all_watched(root, jobs, check_s):
             return
-        running = sorted(name for name, records in read_experiments(root).items()
+        if live_queue_workers(root):  # a worker came up after all (a slow start on a busy machine): follow it
+            continue
+        experiments = read_experiments(root)
+        running = sorted(name for name, records in experiments.items()
                          if any(record.state == "running" for record in records))
+        queued = any(record.state == "queued" for records in experiments.values() for record in records)
         if running:
             _dvc(root, ["queue", "kill", *running], capture=True)
         ours = [name for name in running if name in (requeue or {})]
@@ -278,6 +282,8 @@ def run_queue(root: Path, jobs: int, requeue: Mapping[str, Callable[[], None]] |
                         "marked failed (`dvc queue kill`), not queued again: not a run of this batch",
                         ", ".join(others))
         if not ours:
+            if queued:  # runs still waiting for a worker: follow the queue again
+                continue
             return
         log.warning("the DVC queue stalled: no worker left while %s still showed as running; marked failed "
                     "(`dvc queue kill`), queued again and run again (retry %d of %d)",
