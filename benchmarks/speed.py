@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--interop-threads", type=int, default=0, help="torch.set_num_interop_threads (0: default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the memory probes report GPU memory)")
     parser.add_argument("--verbose", action="store_true", help="print every timed job's seconds")
-    parser.add_argument("--compile", action="store_true", help="also time palbert bf16 under torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time palbert (params.yaml's defaults) under torch.compile")
     parser.add_argument("--fused-qkv", action="store_true",
                         help="also time palbert with one Q, K, V product instead of three (the fusion's A/B)")
     add_common_arguments(parser, "speed.json")

@@ -20,8 +20,8 @@ from palbert.config import TABLE3_FILE, load_params, load_table3
 from palbert.errors import OutputUnwritable
 from palbert.metrics import overall, score
 from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
-from palbert.table3.experiments import (ExpRecord, check_experiments_kept, finished_experiment, parse_exp_show,
-                                        plan_experiments)
+from palbert.table3.experiments import (ExpRecord, check_experiments_kept, experiment_baselines, finished_experiment,
+                                        parse_exp_show, plan_experiments, read_experiments)
 from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows, threads_per_job
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
 from palbert.table3.report import (claim_verdict, claims_across_scales, mean_std, progress_line, readme_block,
@@ -164,6 +164,24 @@ def test_parse_exp_show():
     ok, failed = found["t3-0-s1"][0], found["t3-0-s2"][0]
     assert ok.complete and ok.table_id == "t3-a" and ok.baseline == "b" * 40
     assert not failed.complete and failed.state == "failed" and failed.log_file == "/y.out"
+
+
+def test_experiments_are_read_for_head_and_every_commit_that_has_some(tmp_path: Path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    commits = []
+    for name in ("a", "b", "c", "d"):
+        git("commit", "-q", "--allow-empty", "-m", name)
+        commits.append(git("rev-parse", "HEAD"))
+    a, b, c, head = commits
+    git("update-ref", f"refs/exps/{a[:2]}/{a[2:]}/t3-0-s1", head)  # a finished experiment of commit a
+    git("update-ref", "refs/exps/exec/EXEC_BASELINE", c)  # DVC's own bookkeeping: no experiment's baseline
+    git("update-ref", "--create-reflog", "-m", f"commit: dvc-exp:{'e' * 40}:{b}:t3-0-s2", "refs/exps/celery/stash",
+        head)  # queued on commit b
+    assert experiment_baselines(tmp_path) == [head, a, b]
 
 
 def test_resume_uses_finished_experiments_of_the_same_table_and_settings(params):
@@ -484,6 +502,9 @@ def test_table3_end_to_end_in_a_clone(tmp_path: Path):
         subprocess.run(["git", "add", "results"], cwd=clone, check=True)
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "records"],
                        cwd=clone, check=True)
+        kept = read_experiments(clone)  # now they are experiments of an older commit, still found
+        assert {name: [r.state for r in kept[name]] for name in kept if name.startswith("t3-")} == {
+            name: ["success"] for name in ("t3-0-s1", "t3-0-s2", "t3-BP1-s1", "t3-BP1-s2")}
         second = tmp_path / "second"
         subprocess.run(["git", "clone", "-q", str(clone), str(second)], check=True)
         (second / "results/table3/t3-e2e/table.json").unlink()

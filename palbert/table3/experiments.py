@@ -13,6 +13,9 @@ DVC facts this relies on (DVC 3.67):
   shutdown: seen here once in ~30 back-to-back queue-and-run cycles, and once in a CI run of the table3
   end-to-end test; treeverse/dvc#10398, #10427) stays "Running" for ever, and ``--run-all`` follows it for
   ever. Hence ``wait_for_workers_to_exit`` before queueing and the stall watch in ``run_queue``.
+- A finished experiment is the git ref ``refs/exps/<baseline[:2]>/<baseline[2:]>/<name>``; a queued or failed
+  one an entry of the stash ``refs/exps/celery/stash`` / ``failed`` whose message names its baseline.
+  ``dvc exp show --rev B`` lists B's experiments, finished, queued, running and failed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -39,6 +43,10 @@ WORKER_EXIT_WAIT_S = 60.0  # a DVC queue worker exits 10 s after the queue empti
 STALL_CHECK_S = 30.0  # how often ``run_queue`` looks for live workers
 STALL_CHECKS = 2  # consecutive looks with no live worker that make a stall
 STALL_RETRIES = 2
+#: DVC's layout of experiment refs and of its queue's stash entries (dvc/repo/experiments/refs.py, stash.py)
+EXP_REF = re.compile(r"^refs/exps/(?P<prefix>[0-9a-f]{2})/(?P<rest>[0-9a-f]{38})/[^/]+$")
+QUEUE_STASHES = ("refs/exps/celery/stash", "refs/exps/celery/failed")
+STASH_MESSAGE = re.compile(r"\bdvc-exp:[0-9a-f]+:(?P<baseline>[0-9a-f]{40})\b")  # reflog subject "commit: dvc-exp:..."
 
 
 @dataclass
@@ -137,9 +145,33 @@ def check_experiments_kept(root: Path) -> None:
                           "or clone without --depth. Nothing was queued.")
 
 
+def experiment_baselines(root: Path) -> list[str]:
+    """HEAD and every commit that has an experiment: finished ones (refs ``refs/exps/<sha[:2]>/<sha[2:]>/<name>``),
+    queued and failed queue entries (their stash messages ``dvc-exp:<rev>:<baseline>:<name>``).
+
+    Why not ``--all-commits``: it reads every commit's params and metrics, ~20-70 s at 329 commits here and growing
+    with the history, and the runner reads the experiments before and after every batch."""
+    def git(*args: str) -> list[str]:
+        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return result.stdout.splitlines() if result.returncode == 0 else []  # a stash that never existed: none
+
+    baselines = dict.fromkeys(git("rev-parse", "HEAD"))
+    for ref in git("for-each-ref", "--format=%(refname)", "refs/exps"):
+        match = EXP_REF.match(ref)
+        if match:
+            baselines[match["prefix"] + match["rest"]] = None
+    for stash in QUEUE_STASHES:
+        for message in git("log", "-g", "--format=%gs", stash, "--"):
+            match = STASH_MESSAGE.search(message)
+            if match:
+                baselines[match["baseline"]] = None
+    return list(baselines)
+
+
 def read_experiments(root: Path) -> dict[str, list[ExpRecord]]:
-    """The experiments of every commit (``dvc exp show --json --all-commits``): a table outlives commits."""
-    result = _dvc(root, ["exp", "show", "--json", "--all-commits"], capture=True)
+    """The experiments of every commit that has some (``experiment_baselines``): a table outlives commits."""
+    revs = [arg for baseline in experiment_baselines(root) for arg in ("--rev", baseline)]
+    result = _dvc(root, ["exp", "show", "--json", *revs], capture=True)
     try:
         data = json.loads(result.stdout or "[]")
     except json.JSONDecodeError as exc:
