@@ -134,12 +134,17 @@ def _dvc_failed(command: Sequence[str], returncode: int, detail: str) -> Table3E
     return Table3Error(f"`{' '.join(command)}` failed (exit {returncode}): {detail}")
 
 
+def _git_lines(root: Path, *args: str) -> list[str]:
+    """A git command's output lines; none when it fails (not a repository, a ref that does not exist)."""
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    return result.stdout.splitlines() if result.returncode == 0 else []
+
+
 def check_experiments_kept(root: Path) -> None:
     """Refuse a shallow clone: there ``dvc exp run --queue`` trains every run and then keeps none of them (no
     experiment ref; ``dvc exp show`` lists nothing and says nothing; DVC 3.67, seen on a GPU machine and
     reproduced with ``git clone --depth 1``), so hours of training would be found only in MLflow."""
-    result = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=root, capture_output=True, text=True)
-    if result.returncode == 0 and result.stdout.strip() == "true":
+    if _git_lines(root, "rev-parse", "--is-shallow-repository") == ["true"]:
         raise Table3Error(f"{root} is a shallow git clone, where DVC keeps no experiments: every run would train and "
                           "then be missing from `dvc exp show`. Fetch the history first (`git fetch --unshallow`) "
                           "or clone without --depth. Nothing was queued.")
@@ -151,17 +156,13 @@ def experiment_baselines(root: Path) -> list[str]:
 
     Why not ``--all-commits``: it reads every commit's params and metrics, ~20-70 s at 329 commits here and growing
     with the history, and the runner reads the experiments before and after every batch."""
-    def git(*args: str) -> list[str]:
-        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return result.stdout.splitlines() if result.returncode == 0 else []  # a stash that never existed: none
-
-    baselines = dict.fromkeys(git("rev-parse", "HEAD"))
-    for ref in git("for-each-ref", "--format=%(refname)", "refs/exps"):
+    baselines = dict.fromkeys(_git_lines(root, "rev-parse", "HEAD"))
+    for ref in _git_lines(root, "for-each-ref", "--format=%(refname)", "refs/exps"):
         match = EXP_REF.match(ref)
         if match:
             baselines[match["prefix"] + match["rest"]] = None
     for stash in QUEUE_STASHES:
-        for message in git("log", "-g", "--format=%gs", stash, "--"):
+        for message in _git_lines(root, "log", "-g", "--format=%gs", stash, "--"):  # a stash never made: none
             match = STASH_MESSAGE.search(message)
             if match:
                 baselines[match["baseline"]] = None
