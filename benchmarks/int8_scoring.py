@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from palbert.data.prepared import PreparedSplit, TokenizedTexts  # noqa: E402
-from palbert.evaluate import dev_metrics, load_eval_splits, predict_split  # noqa: E402
+from palbert.scoring import dev_metrics, load_eval_splits, predict_split  # noqa: E402
 from palbert.predict import Predictor  # noqa: E402
 
 PRECISIONS = ("fp32", "int8")

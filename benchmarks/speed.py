@@ -61,7 +61,7 @@ from palbert.data.prepare import tokenize  # noqa: E402
 from palbert.data.prepared import PreparedSplit  # noqa: E402
 from palbert.data.readers import RawSplit, read_split  # noqa: E402
 from palbert.data.sources import raw_file  # noqa: E402
-from palbert.evaluate import EvalSettings, predict_split  # noqa: E402
+from palbert.scoring import EvalSettings, predict_split  # noqa: E402
 from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402
 from palbert.model.attention import set_fused_qkv  # noqa: E402
 from palbert.precision import resolve_precision  # noqa: E402

@@ -437,7 +437,7 @@ def load_params(path: str | Path = PARAMS) -> Params:
     Every error is one line naming the file (and line or key), with how to restore the file, because
     ``dvc exp run -S`` writes its values into it.
     """
-    from palbert.pretrained_source import check_pretrained  # it imports this module
+    from palbert.encoder_source import check_pretrained  # it imports this module
 
     path = Path(path)
     raw = _read_yaml(path)

@@ -2,7 +2,7 @@
 every dev/test file present, and all of it (with the model as an MLflow Model) added to the training's MLflow run.
 
 Beside ``palbert.train.loop``, the train stage's recipe: both sit above tracking (layer 6), which the scoring of
-``palbert.evaluate`` (layer 3) must not import.
+``palbert.scoring`` (layer 3) must not import.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from palbert.atomic import check_writable, write_json
 from palbert.config import Params
 from palbert.data.batching import SpecialTokens
 from palbert.data.prepared import read_meta
-from palbert.evaluate import (
+from palbert.scoring import (
     EvalSettings,
     SplitPredictions,
     dev_metrics,
@@ -36,7 +36,7 @@ from palbert.registry import Registration
 from palbert.settings_guard import SettingsGuard, load_guarded
 from palbert.tracking import Tracker, open_run
 
-log = logging.getLogger("palbert.evaluate")
+log = logging.getLogger("palbert.scoring")
 
 
 @dataclass

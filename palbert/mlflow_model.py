@@ -6,7 +6,7 @@ columns ``task`` (sst | para | sts), ``sentence1`` and, for the pair tasks, ``se
 has one ``prediction`` per row (sst: class 0..4, para: 0/1, sts: similarity 0..5), computed by the same
 ``Predictor`` as ``palbert predict`` and the ``evaluate`` stage.
 
-It is logged as a "model from code" (MLflow runs ``palbert/mlflow_model_code.py`` to build it), not as a
+It is logged as a "model from code" (MLflow runs ``palbert/pyfunc_script.py`` to build it), not as a
 pickled Python object: like ``models/best`` itself, loading it runs no pickle. The palbert package travels
 inside the model (``code/palbert``, MLflow's ``code_paths``) and ``requirements.txt`` pins what it imports
 (versions from the package index), so the model serves from its artifacts alone, in another folder or on
@@ -47,7 +47,7 @@ ARTIFACT_PATH = "model"
 MODEL_DIR_ARTIFACT = "palbert_model"
 TASK, FIRST, SECOND, PREDICTION = "task", "sentence1", "sentence2", "prediction"
 #: The file MLflow runs to build the pyfunc (``mlflow.models.set_model``).
-CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")
+CODE_FILE = Path(__file__).with_name("pyfunc_script.py")
 #: What the pyfunc and the bundled palbert import at prediction time, pinned to the versions it was logged with.
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy",
                 "scikit-learn", "pyyaml", "tqdm")

@@ -17,7 +17,7 @@ from palbert.config import INT8
 from palbert.data.batching import SpecialTokens
 from palbert.data.prepare import tokenize
 from palbert.data.prepared import PreparedSplit
-from palbert.evaluate import EvalSettings, predict_split
+from palbert.scoring import EvalSettings, predict_split
 from palbert.model import MultitaskBert, load_model
 from palbert.precision import default_device, resolve_precision
 from palbert.quantize import quantize_linear_int8

@@ -112,7 +112,7 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
 def _dev_predictions(model: torch.nn.Module, prepared: Path, device: torch.device, ctx) -> dict[str, np.ndarray]:
     from palbert.data.batching import SpecialTokens
     from palbert.data.prepared import read_meta
-    from palbert.evaluate import EvalSettings, load_eval_splits, predict_split
+    from palbert.scoring import EvalSettings, load_eval_splits, predict_split
 
     meta = read_meta(prepared, "sst")
     settings = EvalSettings(pair_encoding="joint", max_length=meta["max_length"], batch_size=16, device=device,

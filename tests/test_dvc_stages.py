@@ -78,8 +78,8 @@ def _paths(entries: list) -> list[str]:
     return [next(iter(entry)) if isinstance(entry, dict) else str(entry) for entry in entries]
 
 
-#: Code a stage depends on without importing it: MLflow copies mlflow_model_code.py into the logged model.
-NOT_IMPORTED = {"evaluate": {"palbert/mlflow_model_code.py"}}
+#: Code a stage depends on without importing it: MLflow copies pyfunc_script.py into the logged model.
+NOT_IMPORTED = {"evaluate": {"palbert/pyfunc_script.py"}}
 #: The pin of the embedded encoder's package (its weights and tokenizer are installed, not in the repository).
 ENCODER_PIN = "requirements-encoder.txt"
 

@@ -18,16 +18,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert", "palbert.errors", "palbert.paths", "palbert.atomic", "palbert.logs", "palbert.tasks",
      "palbert.precision", "palbert.stop_signals"),
     # 1 settings: params, where the pretrained BERT comes from, what machine this is
-    ("palbert.pretrained_source", "palbert.config", "palbert.machine", "palbert.settings_guard"),
+    ("palbert.encoder_source", "palbert.config", "palbert.machine", "palbert.settings_guard"),
     # 2 data, metrics, the process runtime
     ("palbert.data", "palbert.data.prepared", "palbert.data.readers", "palbert.data.sources", "palbert.data.prepare",
      "palbert.data.report", "palbert.data.batching", "palbert.metrics", "palbert.distributed"),
     # 3 the model, scoring a model, figures of a run
     ("palbert.model", "palbert.model.attention", "palbert.model.pal", "palbert.model.encoder", "palbert.model.heads",
-     "palbert.model.pretrained", "palbert.model.multitask", "palbert.model.io", "palbert.evaluate", "palbert.plots",
+     "palbert.model.pretrained_weights", "palbert.model.multitask", "palbert.model.io", "palbert.scoring", "palbert.plots",
      "palbert.quantize"),
     # 4 a trained model on new text, as the CLI and as an MLflow Model
-    ("palbert.predict", "palbert.mlflow_model", "palbert.mlflow_model_code", "palbert.model_card", "palbert.registry"),
+    ("palbert.predict", "palbert.mlflow_model", "palbert.pyfunc_script", "palbert.model_card", "palbert.registry"),
     # 5 experiment tracking: the store, what a run says about itself, the run
     ("palbert.tracking", "palbert.tracking.store", "palbert.tracking.tags", "palbert.tracking.tracker"),
     # 6 training, evaluating a trained run (the stages' recipes), the Table 3 runner, the stage runner

@@ -24,7 +24,7 @@ from palbert.data.prepared import PreparedSplit, load_prepared, load_split, read
 from palbert.data.readers import DataError
 from palbert.data.report import write_data_report
 from palbert.data.sources import RAW_FILES, fetch, raw_file
-from palbert.pretrained_source import load_tokenizer
+from palbert.encoder_source import load_tokenizer
 
 MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_mirror = pytest.mark.skipif(not (MIRROR / "cs224n").is_dir(), reason="data mirror ../shared/data not present")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from palbert.evaluate import shard_indices
+from palbert.scoring import shard_indices
 from palbert.train.streams import IndexStream
 
 

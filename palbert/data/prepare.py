@@ -22,7 +22,7 @@ from palbert.data.prepared import META_FILE, STATS_FILE, PreparedSplit, Tokenize
 from palbert.data.readers import UNDECODABLE_BYTES, DataError, RawSplit, read_split
 from palbert.data.sources import RAW_FILES, is_required, not_a_file
 from palbert.paths import PARAMS, PREPARED, RAW
-from palbert.pretrained_source import load_tokenizer
+from palbert.encoder_source import load_tokenizer
 from palbert.settings_guard import load_guarded
 from palbert.tasks import DATASETS, dataset_spec
 

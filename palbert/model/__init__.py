@@ -5,7 +5,7 @@ from palbert.model.heads import PAIR_TASKS, RelationalLayer, TaskHeads
 from palbert.model.io import ModelLoadError, load_model, save_model
 from palbert.model.multitask import MultitaskBert, TaskOutput
 from palbert.model.pal import ProjectedAttention
-from palbert.model.pretrained import load_pretrained_bert, load_tokenizer, resolve_pretrained
+from palbert.model.pretrained_weights import load_pretrained_bert, load_tokenizer, resolve_pretrained
 
 __all__ = [
     "PAIR_TASKS",

@@ -31,7 +31,7 @@ from palbert.errors import ModelLoadError  # noqa: F401 - raised here, caught by
 from palbert.atomic import atomic_dir, read_json_object
 from palbert.config import ParamsError, params_from_dict
 from palbert.model.multitask import MultitaskBert
-from palbert.pretrained_source import bert_config_problem
+from palbert.encoder_source import bert_config_problem
 
 log = logging.getLogger(__name__)
 

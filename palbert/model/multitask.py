@@ -20,7 +20,7 @@ from palbert.config import ModelParams
 from palbert.model.encoder import PalBertModel, mean_pool
 from palbert.model.heads import TaskHeads
 from palbert.tasks import PAIR_TASKS, TASK_SPECS, TASKS
-from palbert.model.pretrained import load_pretrained_bert
+from palbert.model.pretrained_weights import load_pretrained_bert
 
 if TYPE_CHECKING:
     from palbert.data.batching import EncoderInputs, TaskBatch

@@ -30,7 +30,7 @@ from palbert.config import DATASET_TASK, DATASETS, TASK_DATASET, TASKS, Params, 
 from palbert.data.batching import SpecialTokens, TaskBatch, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared, read_meta
 from palbert.errors import OutOfMemory, Terminated
-from palbert.evaluate import EvalSettings, dev_metrics, load_eval_splits, predict_split
+from palbert.scoring import EvalSettings, dev_metrics, load_eval_splits, predict_split
 from palbert.logs import ProgressBar
 from palbert.model import MultitaskBert, load_tokenizer, save_model
 from palbert.model_card import write_model_card

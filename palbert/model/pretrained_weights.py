@@ -1,6 +1,6 @@
-"""Loading a pretrained BERT: its tokenizer, and its config and weights for ``MultitaskBert``.
+"""Building the model from a pretrained BERT: its config and weights for ``MultitaskBert`` (the tokenizer is re-exported).
 
-One resolver (``palbert.pretrained_source``) so that the data stage (tokenizer) and the model (weights)
+One resolver (``palbert.encoder_source``) so that the data stage (tokenizer) and the model (weights)
 always read the same checkpoint, and so that the default works offline from the installed package.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from palbert.pretrained_source import (
+from palbert.encoder_source import (
     EMBEDDED,
     PretrainedError,
     bert_config_problem,
