@@ -66,7 +66,8 @@ from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # n
 from palbert.model.attention import set_fused_qkv  # noqa: E402
 from palbert.precision import resolve_precision  # noqa: E402
 from palbert.tasks import DATASET_TASK, TASK_DATASET, TASK_SPECS, dataset_spec  # noqa: E402
-from palbert.train.loop import make_optimizer, train_step  # noqa: E402
+from palbert.train.loop import train_step  # noqa: E402
+from palbert.train.run import make_optimizer  # noqa: E402
 from palbert.train.losses import task_loss  # noqa: E402
 from palbert.train.schedule import make_scheduler  # noqa: E402
 from palbert.train.streams import IndexStream  # noqa: E402

@@ -80,7 +80,8 @@ def _train_steps(params, prepared: Path, device: torch.device, rank: int, world_
     from palbert.data.batching import SpecialTokens, make_batch
     from palbert.data.prepared import load_prepared, read_meta
     from palbert.model import MultitaskBert
-    from palbert.train.loop import make_optimizer, make_streams, train_step
+    from palbert.train.loop import train_step
+    from palbert.train.run import make_optimizer, make_streams
     from palbert.train.schedule import make_scheduler
 
     torch.manual_seed(params.train.seed)
@@ -201,7 +202,7 @@ def _plan_worker(rank: int, world_size: int, port: int, out_dir: str, prepared: 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from palbert.distributed import init_distributed, shutdown_distributed
-    from palbert.train.loop import load_training_data, make_streams
+    from palbert.train.run import load_training_data, make_streams
     from palbert.train.sampling import dataset_batch_sizes, make_task_sampler
     from palbert.train.streams import IndexStream
 
@@ -240,7 +241,7 @@ def _plan_params(bert_dir: Path):
 
 
 def test_every_rank_draws_the_same_task_and_a_disjoint_shard(tmp_path, tiny_prepared, tiny_bert_dir):
-    from palbert.train.loop import stream_seed
+    from palbert.train.run import stream_seed
     from palbert.train.sampling import dataset_batch_sizes
     from palbert.train.streams import IndexStream
 

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert.tracking", "palbert.tracking.store", "palbert.tracking.tags", "palbert.tracking.tracker"),
     # 6 training, evaluating a trained run (the stages' recipes), the Table 3 runner, the stage runner
     ("palbert.evaluate_stage", "palbert.train", "palbert.train.streams", "palbert.train.schedule", "palbert.train.sampling",
-     "palbert.train.losses", "palbert.train.checkpoint", "palbert.train.divergence", "palbert.train.loop",
+     "palbert.train.losses", "palbert.train.checkpoint", "palbert.train.divergence", "palbert.train.run", "palbert.train.loop",
      "palbert.table3", "palbert.table3.plan", "palbert.table3.experiments", "palbert.table3.records",
      "palbert.table3.lost_experiments",
      "palbert.table3.report", "palbert.table3.figures", "palbert.table3.runner", "palbert.stage"),
