@@ -1,7 +1,7 @@
 """Where a training step's time goes, and a scoring pass's: a per-op profile against the matmul ceiling.
 
-Why: issue 23 asks for training and scoring at >= 70% of the machine's plain matmul peak, or a profile that
-says why not. ``speed.py`` gives the whole step's rate; this splits it. Every aten operator's own (self) time
+Why: ``speed.py`` gives a whole step's rate as a fraction of the machine's plain matmul peak; where that fraction
+is low, this profile says why, by splitting the step. Every aten operator's own (self) time
 is put in one category (matrix products, fused attention, layer norm, activation and dropout, other
 elementwise and copies, the optimizer, embeddings), the time outside any operator (Python, the autograd
 engine, the profiler itself) is what is left of the wall time, and the matrix products' own rate is set

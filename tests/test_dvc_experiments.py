@@ -1,5 +1,5 @@
-"""`dvc exp apply` of finished queued experiments leaves a workspace that `dvc status` calls up to date (issue 21
-item 6), with the real dvc on a copy of the project, the tiny BERT and a few steps."""
+"""`dvc exp apply` of finished queued experiments leaves a workspace that `dvc status` calls up to date (the
+train stage's checkpoints/ is no out, so there is nothing to restore), with the real dvc on a copy of the project, the tiny BERT and a few steps."""
 
 from __future__ import annotations
 

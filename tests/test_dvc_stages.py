@@ -131,7 +131,7 @@ def test_dvc_yaml_names_the_files_of_palbert_paths():
     assert f"{paths.PREPARED}/sst" in outs["prepare@sst"]
     assert {str(paths.DATA_REPORT), str(paths.LABEL_DISTRIBUTION)} <= outs["data_report"]
     assert {str(p) for p in (paths.BEST_MODEL, paths.TRAIN_SUMMARY, paths.TRAIN_PLOTS)} <= outs["train"]
-    # scratch state, no out: `dvc exp apply` could not restore it (issue 21 item 6); DVC leaves it for resuming
+    # scratch state, no out: `dvc exp apply` could not restore it; DVC leaves it for resuming
     assert str(paths.CHECKPOINTS) not in {out for stage_outs in outs.values() for out in stage_outs}
     assert str(paths.PREDICTIONS) in outs["evaluate"]
     metrics = {m for stage in stages.values() for m in _paths(stage.get("metrics", []))}

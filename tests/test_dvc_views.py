@@ -100,7 +100,7 @@ def test_exp_show_leads_with_the_dev_scores(project):
 
 
 def test_the_readmes_exp_show_recipe_fits_a_terminal_with_the_scores_and_changed_params(project):
-    """Issue 21 item 5: params.yaml holds only run knobs (no table3 catalogue cell), and the README's recipe shows
+    """params.yaml holds only run knobs (no table3 catalogue cell), and the README's recipe shows
     the four scores beside the params that differ, in 120 columns."""
     header = dvc(project, "exp", "show", "--csv").splitlines()[0].split(",")
     assert not any(column.startswith("table3") for column in header)

@@ -1,5 +1,5 @@
 """Mistakes a tired user or a real export makes: each works, or fails in one line naming the file, line
-(or key) and the fix, and nothing already written is lost. One test per class of input (issue 13)."""
+(or key) and the fix, and nothing already written is lost. One test per class of input."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
-# ------------------------------------------------------------------ model.pretrained (item 1)
+# ------------------------------------------------------------------ model.pretrained
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_a_hub_id_that_cannot_be_loaded_is_one_line(tmp_path):
     assert "cannot load the tokenizer of 'no-such-org/no-such-bert'" in line and "needs the network" in line
 
 
-# ------------------------------------------------------------------ a damaged saved model (item 5)
+# ------------------------------------------------------------------ a damaged saved model
 
 
 @pytest.mark.parametrize("change, message", [
@@ -128,7 +128,7 @@ def test_a_saved_model_with_an_absurd_size_is_refused_before_allocating(tmp_path
 
 
 def test_a_bad_value_tells_how_to_restore_params_yaml(tmp_path):
-    """Item 7: `dvc exp run -S` writes into params.yaml, so the error says how to undo it."""
+    """`dvc exp run -S` writes into params.yaml, so the error says how to undo it."""
     path = write_params(tmp_path, train={"lr": "fast"})
     with pytest.raises(ParamsError) as error:
         load_params(path)
@@ -233,7 +233,7 @@ def test_an_unclosed_quote_is_a_bad_row_not_a_silent_merge(tmp_path):
 
 
 def test_an_over_long_field_is_a_counted_bad_row_under_skip(tmp_path):
-    """Item 3: csv's own limit used to stop the whole stage; now the row is skipped and the limit named."""
+    """A field over csv's own size limit skips its row and names the limit, instead of stopping the whole stage."""
     content = lines("id\tsentence\tsentiment", "a\t" + "x" * 200_000 + "\t4", "b\tBad .\t0")
     split = read_sst(tmp_path, content, "skip")
     assert split.ids == ["b"] and split.skipped == {FIELD_TOO_LONG: 1}
@@ -253,7 +253,7 @@ def test_snli_bom_blank_lines_crlf_and_an_over_long_sentence(tmp_path):
     assert split.ids == ["p1"] and split.skipped == {FIELD_TOO_LONG: 1}
 
 
-# ------------------------------------------------------------------ empty and mostly-bad splits (item 2)
+# ------------------------------------------------------------------ empty and mostly-bad splits
 
 
 def write_sst(raw: Path, train: list[str], dev: list[str] = SST_ROWS) -> None:
@@ -308,7 +308,7 @@ def test_a_mirror_file_with_converted_line_ends_is_one_line_saying_why(tmp_path)
     assert not (tmp_path / "raw/sst/ids-sst-train.csv").exists()
 
 
-# ------------------------------------------------------------------ a read-only MLflow store (item 5)
+# ------------------------------------------------------------------ a read-only MLflow store
 
 
 def _make_read_only(path: Path) -> bool:
@@ -365,7 +365,7 @@ def test_a_project_path_with_spaces_holds_the_mlflow_store_and_artifacts(tmp_pat
     assert len(list((root / "mlruns").rglob("note.txt"))) == 1
 
 
-# ------------------------------------------------------------------ a new run keeps the old checkpoint (item 4)
+# ------------------------------------------------------------------ a new run keeps the old checkpoint
 
 
 def test_a_new_run_that_fails_early_keeps_the_previous_checkpoint(tmp_path, monkeypatch, tiny_bert_dir, tiny_prepared):

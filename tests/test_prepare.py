@@ -315,7 +315,7 @@ def test_separate_and_single_batches_equal_hf_encoding(prepared_pairs, tokenizer
 
 
 def _hand_padded(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """The padding loop batching.py had before pad_sequence (issue 21 item 8), kept as the reference."""
+    """A plain padding loop: the reference for make_batch's pad_sequence."""
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

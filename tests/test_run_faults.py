@@ -1,4 +1,4 @@
-"""What can go wrong while a run works (issue 20): each fault stops early, in one line that says what happened
+"""What can go wrong while a run works: each fault stops early, in one line that says what happened
 and what to do, and leaves a state the next command recovers from."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from conftest import PROJECT, tiny_training_params, write_params
 from palbert.config import ParamsError, load_params
 
 
-# ------------------------------------------------------------------ item 5: what params.yaml alone can tell
+# ------------------------------------------------------------------ what params.yaml alone can tell
 
 
 @pytest.mark.parametrize("section, values, message", [
@@ -37,7 +37,7 @@ def test_every_store_mlflow_has_still_passes(tmp_path, uri):
     assert load_params(write_params(tmp_path, tracking={"uri": uri})).tracking.uri == uri
 
 
-# ------------------------------------------------------------------ item 6: smaller ones
+# ------------------------------------------------------------------ smaller faults
 
 
 def test_a_params_file_that_is_a_list_names_the_file(tmp_path):
@@ -81,7 +81,7 @@ def test_a_raw_file_that_is_no_file_is_named_not_called_missing(tmp_path, kind, 
     assert str(error.value).startswith(f"{mirror / raw.name}: a symlink to /dev/zero, not a regular file")
 
 
-# ------------------------------------------------------------------ item 2: a diverging run stops at once
+# ------------------------------------------------------------------ a diverging run stops at once
 
 
 def _train_paths(root, prepared):
@@ -133,7 +133,7 @@ def test_a_diverging_run_stops_at_the_first_nan_and_fails_its_mlflow_run(workdir
     assert run.info.status == "FAILED"
 
 
-# ------------------------------------------------------------------ item 4: SIGTERM is handled as Ctrl-C is
+# ------------------------------------------------------------------ SIGTERM is handled as Ctrl-C is
 
 
 def _stage_project(root, tiny_bert_dir, tiny_prepared, **train):
@@ -225,7 +225,7 @@ def test_sigterm_to_the_launcher_stops_every_torchrun_rank_the_same_way(tmp_path
     assert run.info.run_id == state["mlflow_run_id"] and run.info.status == "KILLED"
 
 
-# ------------------------------------------------------------------ item 3: every place a run writes, checked first
+# ------------------------------------------------------------------ every place a run writes, checked first
 
 
 def test_an_unwritable_checkpoints_folder_stops_the_run_before_any_work(workdir, tiny_bert_dir, tiny_prepared):
@@ -329,7 +329,7 @@ def test_the_evaluate_stage_checks_its_outputs_before_loading_the_model(tmp_path
         evaluate_trained_model(params_from_dict({}), paths)
 
 
-# ------------------------------------------------------------------ item 1: two `dvc exp run` in one workspace
+# ------------------------------------------------------------------ two `dvc exp run` in one workspace
 
 PAUSE = '''"""Wait until the test says go (a stage that holds DVC's lock while a second `dvc exp run` starts)."""
 import os, pathlib, time

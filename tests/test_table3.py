@@ -546,7 +546,7 @@ def test_the_readme_block_says_how_much_is_measured_and_which_verdicts_changed(t
 
 
 def test_a_table_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_path, params, labels):
-    """Found before training or rebuilding, not as a traceback at the first record (issue 20, item 6)."""
+    """Found before training or rebuilding, not as a traceback at the first record."""
     folder = write_tiny_table(tmp_path, params, labels)
     shutil.rmtree(folder / "figures", ignore_errors=True)
     (folder / "figures").write_text("not a folder", encoding="utf-8")

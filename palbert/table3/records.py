@@ -344,7 +344,7 @@ def write_run_record(folder: Path, run: PlannedRun, scale_name: str, client: Any
         "examples_per_s": summary.get("examples_per_s"),
         "world_size": summary.get("world_size"),
         "precision": summary.get("precision"),
-        # runs of older code did not describe their machine: the collector's, which ran them (same session)
+        # a train summary without a machine block (older code) gets the collector's: DVC's queue runs locally
         "machine": machine or {**describe_machine(), "described_by": "collector"},
         "collected": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
