@@ -105,11 +105,46 @@ class TrainParams:
     threads: int = field(default=0, metadata=_check(0))
     #: Log every N steps (loss, LR, examples/s) to the log and MLflow.
     log_every: int = field(default=10, metadata=_check(1))
+    # Opt-in recipe knobs beyond the paper (``OPT_IN_OFF``: their off values; a params file without them trains
+    # as before, bitwise). See docs/recipes.md.
+    #: Exponential moving average of the weights over steps (0 = off): dev scoring and the saved model use it.
+    ema_decay: float = field(default=0.0, metadata=_check(0, 1, high_open=True))
+    #: R-Drop: weight of the symmetric KL between two dropout views' predictions on classification heads
+    #: (sst, para); the second view is SimCSE's (one extra view per step when SimCSE is off).
+    rdrop_weight: float = field(default=0.0, metadata=_check(0))
+    #: Learning rate of the heads and PALs as a multiple of ``lr`` (the encoder's).
+    head_lr_multiplier: float = field(default=1.0, metadata=_check(0, None, low_open=True))
+    #: Layer-wise LR decay: encoder layer k of L trains at ``lr * layer_lr_decay ** (L - k)``, the embeddings at
+    #: ``lr * layer_lr_decay ** L`` (1 = one rate for the whole encoder).
+    layer_lr_decay: float = field(default=1.0, metadata=_check(0, 1, low_open=True))
+    #: Label smoothing of the cross-entropy tasks (sst).
+    label_smoothing: float = field(default=0.0, metadata=_check(0, 1, high_open=True))
 
 
 @dataclass
 class EvaluateParams:
     batch_size: int = field(default=128, metadata=_check(1))
+    #: STS score = (1 - w) * the model's score + w * 5 * the pretrained (not fine-tuned) encoder's cosine
+    #: similarity of the two sentences, clamped to 0..5 (0 = off). Dev scoring and prediction files use it.
+    sts_cosine_blend: float = field(default=0.0, metadata=_check(0, 1))
+    #: Also write ``predictions/<task>-<split>-scores.csv``: sst's class probabilities, para's probability of a
+    #: paraphrase, sts's raw score, beside the label where the split has one.
+    save_scores: bool = False
+
+
+#: The opt-in knobs and their off values. A knob at its off value is left out of ``result_settings`` so that
+#: checkpoints and Table 3 records of runs from before the knob existed still match the settings they ran with.
+OPT_IN_OFF: dict[str, dict[str, Any]] = {
+    "train": {"ema_decay": 0.0, "rdrop_weight": 0.0, "head_lr_multiplier": 1.0, "layer_lr_decay": 1.0,
+              "label_smoothing": 0.0},
+    "evaluate": {"sts_cosine_blend": 0.0},
+}
+#: Settings that change what is written, never a score.
+NOT_RESULT_SETTINGS = {"evaluate": ("save_scores",)}
+#: Every key a params file may leave out (params.yaml does: its committed reference run predates them).
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
+    section: (*OPT_IN_OFF.get(section, {}), *NOT_RESULT_SETTINGS.get(section, ()))
+    for section in {**OPT_IN_OFF, **NOT_RESULT_SETTINGS}}
 
 
 @dataclass
@@ -145,6 +180,12 @@ class Table3Row:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: The paper's dev numbers for this row: sst, para, sts, overall.
     paper: dict[str, float] = field(default_factory=dict)
+    #: false: the row does not add one technique to the row above it, so no "vs previous row" comparison.
+    compare_previous: bool = True
+    #: true: every other row is also compared with this one (default: row 3, the paper's best, palbert's default).
+    reference: bool = False
+    #: A caveat the table prints under the row.
+    note: str = ""
 
 
 @dataclass
@@ -180,13 +221,21 @@ class Params:
     def result_settings(self) -> dict[str, Any]:
         """Every setting that shapes the trained weights and dev scores (not where files live, how often to
         log or checkpoint, how many threads or processes run it): what checkpoints and Table 3 records match on."""
-        return {
+        settings = {
             "data": {k: v for k, v in dataclasses.asdict(self.data).items() if k != "mirror"},
             "model": dataclasses.asdict(self.model),
             "train": {k: v for k, v in dataclasses.asdict(self.train).items()
                       if k not in ("checkpoint_every", "log_every", "threads")},
             "evaluate": dataclasses.asdict(self.evaluate),
         }
+        for section, knobs in OPT_IN_OFF.items():
+            for key, off in knobs.items():
+                if settings[section][key] == off:
+                    del settings[section][key]
+        for section, keys in NOT_RESULT_SETTINGS.items():
+            for key in keys:
+                settings[section].pop(key)
+        return settings
 
     def flat(self) -> dict[str, Any]:
         """``{"model.pals": True, ...}`` for MLflow; the table3 section is left out (it is not a run knob)."""
@@ -356,6 +405,8 @@ def _validate_cross_field(params: Params) -> None:
             f"model.pal_heads: {params.model.pal_heads} heads must divide model.pal_size "
             f"{params.model.pal_size}"
         )
+    if params.train.rdrop_weight > 0 and params.model.pair_encoding != "joint":
+        raise ParamsError("train.rdrop_weight: R-Drop needs model.pair_encoding: joint (one input per pair)")
     ids = [row.id for row in params.table3.rows]
     if len(set(ids)) != len(ids):
         raise ParamsError(f"table3.rows: duplicate row ids in {ids}")

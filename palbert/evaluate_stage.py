@@ -25,6 +25,7 @@ from palbert.scoring import (
     load_eval_splits,
     predict_split,
     write_predictions,
+    write_scores,
 )
 from palbert.mlflow_model import log_model
 from palbert.model import load_model
@@ -67,6 +68,8 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
                    load_eval_splits(paths.prepared, split).items()]
         for result in results:
             write_predictions(result, paths.predictions)
+            if params.evaluate.save_scores:
+                write_scores(result, paths.predictions)
         if split == "dev":
             metrics = dev_metrics(results)
             sst_dev = next((result for result in results if result.task == "sst"), None)

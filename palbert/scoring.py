@@ -18,6 +18,7 @@ import torch
 
 from palbert.atomic import write_csv
 from palbert.config import Params
+from palbert.cosine_blend import BLENDED_TASK, PretrainedCosine, blend
 from palbert.data.batching import SpecialTokens, make_batch
 from palbert.data.prepared import PreparedSplit, load_prepared
 from palbert.metrics import TASK_METRIC, overall, score
@@ -37,14 +38,19 @@ class EvalSettings:
     batch_size: int
     device: torch.device
     precision: str
+    #: ``evaluate.sts_cosine_blend`` and the pretrained encoder it needs (``palbert.cosine_blend``)
+    sts_cosine_blend: float = 0.0
+    pretrained_cosine: PretrainedCosine | None = None
 
     @classmethod
     def for_params(cls, params: Params, special: SpecialTokens, max_length: int, device: torch.device) -> EvalSettings:
         """How a run with ``params`` is scored; training's dev scoring, the evaluate stage and the speed
         benchmark must agree on it. (``Predictor`` has a saved model and no params: it builds its own.)"""
+        weight = params.evaluate.sts_cosine_blend
         return cls(pair_encoding=params.model.pair_encoding, special=special, max_length=max_length,
                    batch_size=params.evaluate.batch_size, device=device,
-                   precision=resolve_precision(params.train.precision, device))
+                   precision=resolve_precision(params.train.precision, device), sts_cosine_blend=weight,
+                   pretrained_cosine=PretrainedCosine(params.model.pretrained, device) if weight else None)
 
 
 @dataclass
@@ -54,6 +60,10 @@ class SplitPredictions:
     ids: list[str]
     predictions: np.ndarray
     labels: np.ndarray | None
+    #: The head's raw outputs (sst [N, 5] logits, para [N] logits, sts [N] unclamped scores)
+    outputs: np.ndarray | None = None
+    #: sts with ``evaluate.sts_cosine_blend``: the pretrained encoder's cosine of each pair
+    cosines: np.ndarray | None = None
 
 
 def _length_order(split: PreparedSplit, rows: np.ndarray) -> np.ndarray:
@@ -72,9 +82,10 @@ def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
 
 @torch.inference_mode()
 def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows: np.ndarray,
-                  settings: EvalSettings, show_progress: bool) -> np.ndarray:
+                  settings: EvalSettings, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
     ordered = _length_order(split, rows)
     out = np.empty(len(split), dtype=np.float64)
+    raw = np.empty((len(split), *(() if TASK_SPECS[task].outputs == 1 else (TASK_SPECS[task].outputs,))))
     chunks = [ordered[i : i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
     # delay: no bar at all for a few sentences (`palbert predict`), one after 2 s for a real split
     for chunk in ProgressBar(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress,
@@ -82,9 +93,11 @@ def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows:
         batch = make_batch(split, chunk.tolist(), task=task, pair_encoding=settings.pair_encoding,
                            special=settings.special, max_length=settings.max_length)
         with autocast(settings.precision, settings.device):
-            predictions = model.predict(batch.to(settings.device, non_blocking=True))
+            outputs = model(batch.to(settings.device, non_blocking=True)).prediction  # what model.predict maps
+            predictions = TASK_SPECS[task].predict(outputs)
         out[chunk] = predictions.float().cpu().numpy()
-    return out[rows]
+        raw[chunk] = outputs.float().cpu().numpy()
+    return out[rows], raw[rows]
 
 
 def predict_split(model: torch.nn.Module, split: PreparedSplit, task: str, settings: EvalSettings,
@@ -100,16 +113,23 @@ def predict_split(model: torch.nn.Module, split: PreparedSplit, task: str, setti
         if ctx is not None and ctx.distributed:
             rows = np.asarray(shard_indices(len(split), ctx.rank, ctx.world_size), dtype=np.int64)
             mine = _predict_rows(model, split, task, rows, settings, progress and ctx.is_main)
-            shards = ctx.all_gather_objects((rows, mine))
+            shards = ctx.all_gather_objects((rows, *mine))
             predictions = np.empty(len(split), dtype=np.float64)
-            for shard_rows, shard_predictions in shards:
+            outputs = np.empty((len(split), *mine[1].shape[1:]))
+            for shard_rows, shard_predictions, shard_outputs in shards:
                 predictions[shard_rows] = shard_predictions
+                outputs[shard_rows] = shard_outputs
         else:
-            predictions = _predict_rows(model, split, task, np.arange(len(split)), settings, progress)
+            predictions, outputs = _predict_rows(model, split, task, np.arange(len(split)), settings, progress)
     finally:
         model.train(was_training)
+    cosines = None
+    if task == BLENDED_TASK and settings.sts_cosine_blend and settings.pretrained_cosine is not None:
+        cosines = settings.pretrained_cosine.similarities(split, settings.special, settings.max_length,
+                                                          settings.batch_size, settings.precision)
+        predictions = blend(predictions, cosines, settings.sts_cosine_blend)
     return SplitPredictions(task=task, split=split.split, ids=[str(i) for i in split.ids],
-                            predictions=predictions, labels=split.labels)
+                            predictions=predictions, labels=split.labels, outputs=outputs, cosines=cosines)
 
 
 def load_eval_splits(prepared_root: Path, split: str) -> dict[str, PreparedSplit]:
@@ -142,4 +162,34 @@ def write_predictions(result: SplitPredictions, folder: Path) -> Path:
     spec = TASK_SPECS[result.task]
     write_csv(path, ["id", "prediction"],
               ([row_id, spec.format(value)] for row_id, value in zip(result.ids, result.predictions)))
+    return path
+
+
+def _probabilities(task: str, outputs: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Column names and values of a head's outputs as a researcher reuses them: class probabilities of a
+    cross-entropy head, the positive class's probability of a binary one, the raw score of a regression."""
+    kind = TASK_SPECS[task].loss
+    if kind == "cross_entropy":
+        shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        return [f"p_{c}" for c in range(outputs.shape[1])], shifted / shifted.sum(axis=1, keepdims=True)
+    if kind == "binary_cross_entropy":
+        return ["p_1"], (1.0 / (1.0 + np.exp(-outputs)))[:, None]
+    return ["score"], outputs[:, None]
+
+
+def write_scores(result: SplitPredictions, folder: Path) -> Path:
+    """``predictions/<task>-<split>-scores.csv`` (``evaluate.save_scores``): ``id``, ``label`` (dev), the head's
+    probabilities or raw score (``_probabilities``), and sts's pretrained cosine when the blend used it."""
+    if result.outputs is None:
+        raise ValueError(f"{result.task}-{result.split}: no head outputs to write")
+    names, values = _probabilities(result.task, result.outputs)
+    columns = ["id", *(["label"] if result.labels is not None else []), *names]
+    if result.cosines is not None:
+        columns.append("pretrained_cosine")
+        values = np.column_stack([values, result.cosines])
+    path = folder / f"{result.task}-{result.split}-scores.csv"
+    labels = [None] * len(result.ids) if result.labels is None else [TASK_SPECS[result.task].format(v)
+                                                                      for v in result.labels]
+    write_csv(path, columns, ([row_id, *([label] if label is not None else []), *(f"{v:.6g}" for v in row)]
+                              for row_id, label, row in zip(result.ids, labels, values)))
     return path

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 class TaskOutput:
     prediction: Tensor  # sst logits [B, 5]; para logit [B]; sts score [B]
     embedding: Tensor  # sentence embedding of batch.inputs (before head dropout) [B, H]
-    embedding_again: Tensor | None = None  # a second dropout pass of batch.inputs, when simcse=True
+    embedding_again: Tensor | None = None  # a second dropout pass of batch.inputs, when simcse or rdrop
+    prediction_again: Tensor | None = None  # the head on embedding_again (its own head dropout), when rdrop
 
 
 def with_encoder_dropout(config: BertConfig, dropout: float) -> BertConfig:
@@ -87,9 +88,13 @@ class MultitaskBert(nn.Module):
             return mean_pool(output.last_hidden_state, inputs.attention_mask)
         return output.pooler_output
 
-    def forward(self, batch: "TaskBatch", simcse: bool = False) -> TaskOutput:
+    def forward(self, batch: "TaskBatch", simcse: bool = False, rdrop: bool = False) -> TaskOutput:
+        """``simcse``: also the second dropout view's embedding; ``rdrop``: also the head's prediction on it
+        (R-Drop, joint or single-sentence inputs only)."""
         task = batch.task
-        if simcse:
+        if rdrop and task in PAIR_TASKS and self.params.pair_encoding == "separate":
+            raise ValueError("R-Drop needs pair_encoding=joint: a separate pair has a second input to view twice")
+        if simcse or rdrop:
             # Both SimCSE views in one pass over the batch stacked on itself: dropout draws per row, so the
             # two halves are two independent dropout views, at the cost of one larger (faster) forward.
             inputs = batch.inputs
@@ -104,7 +109,9 @@ class MultitaskBert(nn.Module):
                 raise ValueError(f"task {task!r} with pair_encoding=separate needs batch.inputs_b (sentence 2)")
             features = torch.cat([features, self.head_dropout(self.encode(batch.inputs_b, task))], dim=-1)
         prediction = self.heads(task, features)
-        return TaskOutput(prediction=prediction, embedding=embedding, embedding_again=embedding_again)
+        prediction_again = self.heads(task, self.head_dropout(embedding_again)) if rdrop else None
+        return TaskOutput(prediction=prediction, embedding=embedding, embedding_again=embedding_again,
+                          prediction_again=prediction_again)
 
     @torch.no_grad()
     def predict(self, batch: "TaskBatch") -> Tensor:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 LATEST = "latest"
+#: The moving average of the weights (``train.ema_decay``), beside the trained weights.
+AVERAGED = "averaged.safetensors"
 
 
 def fingerprint(params: Params, data_meta: dict[str, Any]) -> str:
@@ -54,12 +56,16 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rng_states: list[torch.Tensor],
     state: dict[str, Any],
+    averaged: Any = None,
 ) -> Path:
-    """Write ``root/latest`` atomically (rank 0 only; ``rng_states`` holds every rank's RNG state)."""
+    """Write ``root/latest`` atomically (rank 0 only; ``rng_states`` holds every rank's RNG state; ``averaged``,
+    a ``train.averaging.WeightAverage``, into ``averaged.safetensors``)."""
     target = root / LATEST
     with atomic_dir(target) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
+        if averaged is not None:
+            save_file(averaged.state_dict(), str(tmp / AVERAGED))
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states},
             tmp / "optimizer.pt",
@@ -85,6 +91,7 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    averaged: Any = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Restore model, optimizer and scheduler in place; return the state and the saved RNG states.
 
@@ -94,6 +101,8 @@ def load_checkpoint(
     folder = root / LATEST
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        if averaged is not None:
+            averaged.load_state_dict(load_file(str(folder / AVERAGED)))
         extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])

@@ -41,7 +41,7 @@ from palbert.scoring import dev_metrics, predict_split
 from palbert.settings_guard import SettingsGuard, load_guarded
 from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, Tracker, open_run, parameter_counts
 from palbert.train import checkpoint, divergence
-from palbert.train.losses import simcse_loss, task_loss
+from palbert.train.losses import rdrop_loss, simcse_loss, task_loss, uses_rdrop
 from palbert.train.run import Run, RunState, TrainPaths, set_up
 
 __all__ = ["Run", "RunState", "TrainPaths", "set_up", "train", "train_stage"]
@@ -138,6 +138,8 @@ def train_epoch(run: Run, tracker: Tracker, progress: ProgressBar, window: LossW
                               run.ctx.device)
         except torch.OutOfMemoryError:
             raise OutOfMemory(_out_of_memory(batch, state, params, run.ctx.device, run.paths)) from None
+        if run.averaged is not None:
+            run.averaged.update(run.model)
         task_loss_value = loss.task.item()
         simcse_value = None if loss.simcse is None else loss.simcse.item()
         divergence.check_loss(  # stop at the first NaN, before a checkpoint could keep it
@@ -168,16 +170,20 @@ class StepLoss:
 def train_step(model: torch.nn.Module, batch: TaskBatch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, settings: TrainParams, precision: str,
                device: torch.device) -> StepLoss:
-    """One optimizer step on one task's batch: task loss (+ weighted SimCSE), backward, AdamW, LR step."""
+    """One optimizer step on one task's batch: task loss (+ weighted SimCSE, + weighted R-Drop), backward, AdamW,
+    LR step."""
+    rdrop = settings.rdrop_weight > 0 and uses_rdrop(batch.task)
     with autocast(precision, device):
-        output = model(batch, simcse=settings.simcse)
-    supervised = task_loss(batch.task, output.prediction, batch.labels)
+        output = model(batch, simcse=settings.simcse, rdrop=True) if rdrop else model(batch, simcse=settings.simcse)
+    supervised = task_loss(batch.task, output.prediction, batch.labels, settings.label_smoothing)
     contrastive = None
     loss = supervised
     if settings.simcse:
         contrastive = simcse_loss(output.embedding.float(), output.embedding_again.float(),
                                   settings.simcse_temperature)
         loss = supervised + settings.simcse_weight * contrastive
+    if rdrop:
+        loss = loss + settings.rdrop_weight * rdrop_loss(batch.task, output.prediction, output.prediction_again)
     loss.backward()
     optimizer.step()
     scheduler.step()
@@ -235,7 +241,8 @@ def score_epoch(run: Run, tracker: Tracker) -> None:
     if ctx.is_main:
         log.info("epoch %d: scoring dev (%s)", state.epoch,
                  ", ".join(f"{task} {len(split)} rows" for task, split in run.dev_splits.items()))
-    results = [predict_split(run.model, split, task, run.eval_settings, ctx, progress=False)
+    scored = run.model if run.averaged is None else run.averaged.model  # ``train.ema_decay``: the average
+    results = [predict_split(scored, split, task, run.eval_settings, ctx, progress=False)
                for task, split in run.dev_splits.items()]
     dev = dev_metrics(results) if ctx.is_main else {}
     if ctx.is_main:
@@ -245,7 +252,7 @@ def score_epoch(run: Run, tracker: Tracker) -> None:
         score = dev.get("overall", -math.inf)
         if score > state.best_overall:
             state.best_overall, state.best_epoch = score, state.epoch
-            save_model(run.model, run.tokenizer, run.paths.checkpoints / "best")
+            save_model(scored, run.tokenizer, run.paths.checkpoints / "best")
     state.best_overall, state.best_epoch = ctx.broadcast_object((state.best_overall, state.best_epoch))
     state.scoring_s += time.perf_counter() - scoring_started
 
@@ -265,7 +272,8 @@ def _save_checkpoint(run: Run) -> None:
     if ctx.is_main:
         snapshot = dataclasses.asdict(state) | {"elapsed_s": state.elapsed_s + time.perf_counter() - run.started}
         checkpoint.save_checkpoint(paths.checkpoints, model=run.model, optimizer=run.optimizer,
-                                   scheduler=run.scheduler, rng_states=rng_states, state=snapshot)
+                                   scheduler=run.scheduler, rng_states=rng_states, state=snapshot,
+                                   averaged=run.averaged)
         if state.best_epoch == 0:  # no best model of this run yet: a best/ there is an earlier run's
             shutil.rmtree(paths.checkpoints / "best", ignore_errors=True)
         if guard is not None and not state.complete:

@@ -17,14 +17,45 @@ LOSSES = {
 }
 
 
-def task_loss(task: str, prediction: Tensor, labels: Tensor) -> Tensor:
+def task_loss(task: str, prediction: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Mean loss of a batch: sst cross-entropy on [B, 5] logits, para BCE on [B] logits, sts MSE on [B].
 
-    The prediction is cast to float32 so the loss is the same under bf16 autocast.
+    The prediction is cast to float32 so the loss is the same under bf16 autocast. ``label_smoothing``
+    (``train.label_smoothing``) applies to the cross-entropy tasks only; 0 is the plain loss, bitwise.
     """
     if task not in TASK_SPECS:
         raise ValueError(f"unknown task {task!r}: expected {', '.join(TASKS)}")
-    return LOSSES[TASK_SPECS[task].loss](prediction.float(), labels)
+    kind = TASK_SPECS[task].loss
+    if label_smoothing and kind == "cross_entropy":
+        return F.cross_entropy(prediction.float(), labels.long(), label_smoothing=label_smoothing)
+    return LOSSES[kind](prediction.float(), labels)
+
+
+def _class_log_probabilities(logits: Tensor, kind: str) -> Tensor:
+    """[B, C] log-probabilities of a classification head's raw output (a [B] logit: two classes)."""
+    if kind == "binary_cross_entropy":
+        return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=-1)
+    return F.log_softmax(logits, dim=-1)
+
+
+#: The task losses whose heads R-Drop regularises: classifiers, whose outputs are distributions.
+RDROP_LOSSES = ("cross_entropy", "binary_cross_entropy")
+
+
+def uses_rdrop(task: str) -> bool:
+    return TASK_SPECS[task].loss in RDROP_LOSSES
+
+
+def rdrop_loss(task: str, prediction: Tensor, prediction_again: Tensor) -> Tensor:
+    """R-Drop (Liang et al. 2021): the symmetric KL divergence between the class distributions of two dropout
+    views of the same batch, averaged over rows (sst: 5 classes; para: paraphrase or not)."""
+    kind = TASK_SPECS[task].loss
+    if kind not in RDROP_LOSSES:
+        raise ValueError(f"R-Drop needs a classification task, not {task!r} ({kind})")
+    p = _class_log_probabilities(prediction.float(), kind)
+    q = _class_log_probabilities(prediction_again.float(), kind)
+    return 0.5 * (F.kl_div(p, q, reduction="batchmean", log_target=True)
+                  + F.kl_div(q, p, reduction="batchmean", log_target=True))
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -26,8 +26,9 @@ from palbert.paths import BEST_MODEL, CHECKPOINTS, PREPARED, TRAIN_PLOTS, TRAIN_
 from palbert.scoring import EvalSettings, load_eval_splits
 from palbert.settings_guard import SettingsGuard
 from palbert.train import checkpoint
+from palbert.train.averaging import WeightAverage, make_weight_average
 from palbert.train.sampling import TaskSampler, dataset_batch_sizes, make_task_sampler
-from palbert.train.schedule import make_scheduler
+from palbert.train.schedule import make_scheduler, parameter_groups
 from palbert.train.streams import IndexStream
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Run:
     streams: dict[str, IndexStream]
     state: RunState
     started: float = 0.0  # ``time.perf_counter()`` when this process began training (the checkpoints' elapsed time)
+    averaged: WeightAverage | None = None  # ``train.ema_decay``: the weights dev scoring and the saved model use
 
     @property
     def precision(self) -> str:
@@ -134,6 +136,7 @@ def set_up(params: Params, paths: TrainPaths, guard: SettingsGuard | None) -> Ru
     if ctx.is_main:
         check_free_space(paths.checkpoints, checkpoint.checkpoint_bytes(model), "a checkpoint of this model")
     optimizer = make_optimizer(model, params)
+    averaged = make_weight_average(model, params.train.ema_decay)
     sampler = make_task_sampler(
         params.train.sampling,
         sizes={ds: len(split) for ds, split in train_splits.items()},
@@ -150,7 +153,8 @@ def set_up(params: Params, paths: TrainPaths, guard: SettingsGuard | None) -> Ru
     streams = make_streams(train_splits, batch_sizes, params.train.seed, ctx.rank, ctx.world_size)
     if saved is not None:
         saved_state, rng_states = checkpoint.load_checkpoint(paths.checkpoints, model=model,
-                                                             optimizer=optimizer, scheduler=scheduler)
+                                                             optimizer=optimizer, scheduler=scheduler,
+                                                             averaged=averaged)
         state = RunState(**saved_state)
         for ds, stream in streams.items():
             stream.load_state_dict(state.streams[ds])
@@ -169,7 +173,7 @@ def set_up(params: Params, paths: TrainPaths, guard: SettingsGuard | None) -> Ru
                dev_splits=dev_splits, special=special, max_length=max_length,
                eval_settings=EvalSettings.for_params(params, special, max_length, device), model=model,
                ddp_model=ddp_model, tokenizer=tokenizer, report=report, optimizer=optimizer, scheduler=scheduler,
-               sampler=sampler, total_steps=total_steps, streams=streams, state=state)
+               sampler=sampler, total_steps=total_steps, streams=streams, state=state, averaged=averaged)
 
 
 def training_datasets(params: Params) -> list[str]:
@@ -196,7 +200,7 @@ def load_training_data(params: Params, prepared_root: Path) -> tuple[dict[str, P
 
 def make_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.AdamW:
     """AdamW (paper 5.3); the fused kernel where this PyTorch has one for the device."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = parameter_groups(model, params.train)  # one group, or one per rate (train.layer_lr_decay, ...)
     kwargs: dict[str, Any] = dict(lr=params.train.lr, betas=(params.train.beta1, params.train.beta2),
                                   weight_decay=params.train.weight_decay)
     try:
