@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 3 the model, scoring a model, figures of a run
     ("palbert.model", "palbert.model.attention", "palbert.model.pal", "palbert.model.encoder", "palbert.model.heads",
      "palbert.model.pretrained_weights", "palbert.model.multitask", "palbert.model.io", "palbert.scoring", "palbert.plots",
-     "palbert.quantize"),
+     "palbert.quantize", "palbert.cosine_blend"),
     # 4 a trained model on new text, as the CLI and as an MLflow Model
     ("palbert.predict", "palbert.mlflow_model", "palbert.pyfunc_script", "palbert.model_card", "palbert.registry"),
     # 5 experiment tracking: the store, what a run says about itself, the run
@@ -33,9 +33,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 6 training, evaluating a trained run (the stages' recipes), the Table 3 runner, the stage runner
     ("palbert.evaluate_stage", "palbert.train", "palbert.train.streams", "palbert.train.schedule", "palbert.train.sampling",
      "palbert.train.losses", "palbert.train.checkpoint", "palbert.train.divergence", "palbert.train.run", "palbert.train.loop",
+     "palbert.train.averaging",
      "palbert.table3", "palbert.table3.plan", "palbert.table3.experiments", "palbert.table3.records",
      "palbert.table3.lost_experiments",
-     "palbert.table3.report", "palbert.table3.figures", "palbert.table3.runner", "palbert.stage"),
+     "palbert.table3.report", "palbert.table3.verdicts", "palbert.table3.figures", "palbert.table3.runner", "palbert.stage"),
     # 7 the command line
     ("palbert.cli",),
 )

@@ -24,8 +24,8 @@ from palbert.table3.experiments import (ExpRecord, check_experiments_kept, exper
                                         parse_exp_show, plan_experiments, read_experiments)
 from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows, threads_per_job
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
-from palbert.table3.report import (claim_verdict, claims_across_scales, mean_std, progress_line, readme_block,
-                                   render_markdown, replace_marked_block, rows_table)
+from palbert.table3.report import (MARGIN, claim_verdict, claims_across_scales, mean_std, progress_line, readme_block,
+                                   render_markdown, replace_marked_block, rows_table, verdict)
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("sst", "para", "sts")
@@ -52,17 +52,32 @@ def test_mean_std_over_seeds():
     assert mean_std([0.5]) == (0.5, None)  # one seed: spread unknown, not 0
 
 
-def test_a_claim_holds_is_reversed_or_cannot_be_told():
-    def delta(low, high):
-        return {"difference": (low + high) / 2, "low": low, "high": high, "excludes_zero": low > 0 or high < 0}
-    assert claim_verdict("better", delta(0.01, 0.03)) == "holds"
-    assert claim_verdict("better", delta(-0.03, -0.01)) == "reversed"
-    assert claim_verdict("worse", delta(-0.03, -0.01)) == "holds"
-    assert claim_verdict("worse", delta(0.01, 0.03)) == "reversed"
-    assert claim_verdict("worse", delta(-0.02, 0.01)) == "within noise"
-    assert claim_verdict("no change", delta(-0.02, 0.01)) == "holds"
-    assert claim_verdict("no change", delta(-0.02, -0.01)) == "does not hold (worse)"
-    assert claim_verdict("no change", delta(0.01, 0.02)) == "does not hold (better)"
+def _delta(low, high):
+    return {"difference": (low + high) / 2, "low": low, "high": high, "excludes_zero": low > 0 or high < 0}
+
+
+def test_a_difference_is_a_difference_equivalent_or_inconclusive():
+    assert MARGIN == 0.005
+    assert verdict(_delta(0.001, 0.004)) == "better"  # excludes 0, however small
+    assert verdict(_delta(-0.03, -0.01)) == "worse"
+    assert verdict(_delta(-0.004, 0.0049)) == "equivalent"  # inside ±0.005: no difference that matters
+    assert verdict(_delta(-0.010, 0.007)) == "inconclusive"  # contains 0 but reaches past the margin
+    assert verdict(_delta(-0.002, 0.006)) == "inconclusive"
+    assert verdict(_delta(-0.010, 0.007), margin=0.02) == "equivalent"
+
+
+def test_a_claim_holds_is_reversed_does_not_hold_or_is_inconclusive():
+    assert claim_verdict("better", _delta(0.01, 0.03)) == "holds"
+    assert claim_verdict("better", _delta(-0.03, -0.01)) == "reversed"
+    assert claim_verdict("worse", _delta(-0.03, -0.01)) == "holds"
+    assert claim_verdict("worse", _delta(0.01, 0.03)) == "reversed"
+    assert claim_verdict("worse", _delta(-0.02, 0.01)) == "inconclusive"
+    assert claim_verdict("better", _delta(-0.003, 0.004)) == "does not hold (equivalent)"
+    assert claim_verdict("no change", _delta(-0.003, 0.004)) == "holds"
+    # STLR's full-scale interval: it contains 0 but does not rule out the paper's +0.006
+    assert claim_verdict("no change", _delta(-0.010, 0.007)) == "inconclusive"
+    assert claim_verdict("no change", _delta(-0.02, -0.01)) == "does not hold (worse)"
+    assert claim_verdict("no change", _delta(0.01, 0.02)) == "does not hold (better)"
 
 
 def test_hydra_values():
@@ -229,7 +244,7 @@ def fake_predictions(rng: np.random.Generator, labels: dict[str, np.ndarray], ri
 
 
 def fake_record(folder: Path, run: PlannedRun, labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray],
-                scale_name: str = "tiny") -> None:
+                scale_name: str = "tiny", precision: str = "fp32") -> None:
     """A record as ``collect_record`` writes it, from predictions made up here instead of a training run."""
     ids = {task: np.asarray([f"{task}{i:03d}" for i in range(len(labels[task]))]) for task in TASKS}
     dev = {f"{task}_{'pearson' if task == 'sts' else 'acc'}": score(task, predictions[task], labels[task])
@@ -246,7 +261,7 @@ def fake_record(folder: Path, run: PlannedRun, labels: dict[str, np.ndarray], pr
         "format": RECORD_FORMAT, "table_id": run.table_id, "row": run.row, "seed": run.seed,
         "scale": {"name": scale_name, "overrides": run.scale}, "overrides": run.row_overrides,
         "settings": run.settings(), "code_commit": "c" * 40, "dev": dev, "best_epoch": 1,
-        "dev_per_epoch": [{"epoch": 1, **dev}], "train_wall_s": 10.0, "precision": "fp32",
+        "dev_per_epoch": [{"epoch": 1, **dev}], "train_wall_s": 10.0, "precision": precision,
         "machine": {"cores": 2, "cpu_bf16": False, "gpu": None}}, tables)
 
 
@@ -326,8 +341,8 @@ def test_the_table_is_rebuilt_from_records(tmp_path, params, labels):
     assert "- row BP1 vs row 3: Δ overall" in markdown and ": worse (paper: -0.009)." in markdown
     assert "- row 3 vs row BP1" not in markdown  # each pair of rows is said once
     verdicts = {item["claim"]: item["verdict"] for item in table["claims"]}
-    # rows 4-6 unmeasured: their claims wait; PALs: 0.5 -> 0.6 on 190 dev examples and 2 seeds is within noise
-    assert verdicts == {"PALs help": "within noise", "annealed sampling helps": "within noise",
+    # rows 4-6 unmeasured: their claims wait; PALs: 0.5 -> 0.6 on 190 dev examples and 2 seeds cannot be told
+    assert verdicts == {"PALs help": "inconclusive", "annealed sampling helps": "inconclusive",
                         "unsupervised SimCSE helps": "holds"}
     assert rows["1"]["vs_previous"]["excludes_zero"] is False
     assert "| PALs help | 1 vs 0 | +0.157 |" in markdown and "| STLR changes nothing | 5 vs 4 | | | not measured yet |" in markdown

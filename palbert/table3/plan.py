@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from palbert.config import Params, Table3Row, apply_overrides, params_from_dict, params_to_dict
+from palbert.config import OPTIONAL_KEYS, Params, Table3Row, apply_overrides, params_from_dict, params_to_dict
 
 NAME_PREFIX = "t3"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -44,6 +44,17 @@ def hydra_value(value: Any) -> str:
     raise Table3Error(f"cannot pass {value!r} ({type(value).__name__}) as a -S value")
 
 
+def _scale_left(scale: Mapping[str, Any], row_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The scale's overrides but those the row sets itself."""
+    return {key: value for key, value in scale.items() if key not in row_overrides}
+
+
+def _opt_in(dotted: str) -> bool:
+    """An opt-in key (``config.OPTIONAL_KEYS``): params.yaml need not have it, so ``-S`` adds it (Hydra's ``++``)."""
+    section, _, key = dotted.partition(".")
+    return key in OPTIONAL_KEYS.get(section, ())
+
+
 def select_rows(rows: Sequence[Table3Row], wanted: Sequence[str] | None) -> list[Table3Row]:
     """The rows named in ``wanted`` (all when None), in the table's order, so 'previous row' is the paper's."""
     known = [row.id for row in rows]
@@ -68,8 +79,8 @@ class PlannedRun:
 
     @property
     def overrides(self) -> dict[str, Any]:
-        """Everything the run sets: row, scale, seed."""
-        return {**self.row_overrides, **self.scale, "train.seed": self.seed}
+        """Everything the run sets: scale, row (a key both set is the row's), seed."""
+        return {**self.row_overrides, **_scale_left(self.scale, self.row_overrides), "train.seed": self.seed}
 
     @property
     def name(self) -> str:
@@ -89,7 +100,7 @@ class PlannedRun:
         tags = {"tracking.table3_id": self.table_id, "tracking.table3_row": self.row}
         args: list[str] = []
         for key, value in {**self.overrides, **tags, **({"train.threads": threads} if threads else {})}.items():
-            args += ["-S", f"{key}={hydra_value(value)}"]
+            args += ["-S", f"{'++' if _opt_in(key) else ''}{key}={hydra_value(value)}"]
         return args
 
     def queue_command(self, force: bool = False, threads: int = 0) -> list[str]:
@@ -126,7 +137,8 @@ def plan_runs(base: Params, rows: Sequence[Table3Row], seeds: Sequence[int], tab
     runs = []
     for seed in seeds:
         for row in rows:
-            overrides = {**row.overrides, **scale, "train.seed": int(seed)}
+            # a row that sets a key of the scale keeps its own value (e.g. more steps for a cheaper step)
+            overrides = {**row.overrides, **_scale_left(scale, row.overrides), "train.seed": int(seed)}
             params = params_from_dict(apply_overrides(raw, overrides))
             runs.append(PlannedRun(table_id=table_id, row=row.id, seed=int(seed), row_overrides=dict(row.overrides),
                                    scale=dict(scale), params=params))

@@ -23,6 +23,10 @@ from palbert.config import Table3Row
 from palbert.tasks import TASK_SPECS, TASKS
 from palbert.metrics import DEV_METRICS, RowBootstrap, bootstrap_rows
 from palbert.table3.records import RecordError, RunRecord
+from palbert.table3.verdicts import MARGIN, MARKS, PAPER_CLAIMS, PaperClaim, claim_verdict, verdict, verdict_words
+
+__all__ = ["MARGIN", "PAPER_CLAIMS", "claim_verdict", "verdict", "verdict_words", "build_table", "render_markdown",
+           "readme_block", "rows_table", "claims_table", "claims_across_scales"]
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +36,9 @@ def paper_key(metric: str) -> str:
     return next((task for task, spec in TASK_SPECS.items() if spec.metric == metric), metric)
 
 
-#: Every row is also compared with this one: the paper's best model (BP1 + SimCSE), palbert's default.
+#: Every row is also compared with this one unless a row of the catalogue says ``reference: true``: the paper's
+#: best model (BP1 + SimCSE), palbert's default.
 REFERENCE_ROW = "3"
-
-
-@dataclass(frozen=True)
-class PaperClaim:
-    """One of the paper's six conclusions: adding ``row``'s technique to ``other`` made dev overall ``expects``."""
-    claim: str
-    row: str
-    other: str
-    expects: str  # "better", "worse", or "no change"
-
-
-#: The paper's reading of Table 3 (its section 5), each as the pair of rows that tests it.
-PAPER_CLAIMS: tuple[PaperClaim, ...] = (
-    PaperClaim("PALs help", "1", "0", "better"),
-    PaperClaim("annealed sampling helps", "BP1", "1", "better"),
-    PaperClaim("unsupervised SimCSE helps", "3", "BP1", "better"),
-    PaperClaim("extra datasets hurt", "4", "3", "worse"),
-    PaperClaim("STLR changes nothing", "5", "4", "no change"),
-    PaperClaim("the relational layer hurts", "6", "5", "worse"),
-)
-
 
 #: Decimals kept of every computed number in ``table.json``. Float sums differ in the last digits between CPU
 #: kinds (numpy's SIMD width), e.g. a bootstrap bound -0.10201405093227846 on one and ...824 on another; six
@@ -124,8 +108,43 @@ def _paper_difference(paper: Mapping[str, float], other: Mapping[str, float]) ->
 
 def _comparison(boot: RowBootstrap, row: Table3Row, other: Table3Row) -> dict[str, Any]:
     interval = boot.difference(row.id, other.id)
-    return {"row": other.id, "difference": interval.difference, "low": interval.low, "high": interval.high,
-            "excludes_zero": interval.excludes_zero, "paper_difference": _paper_difference(row.paper, other.paper)}
+    delta = {"row": other.id, "difference": interval.difference, "low": interval.low, "high": interval.high,
+             "excludes_zero": interval.excludes_zero, "paper_difference": _paper_difference(row.paper, other.paper)}
+    return {**delta, "verdict": verdict(delta)}
+
+
+def reference_row(rows: Sequence[Table3Row]) -> str:
+    """The row every other is compared with: the one marked ``reference: true``, else row 3."""
+    marked = [row.id for row in rows if row.reference]
+    if len(marked) > 1:
+        raise ValueError(f"rows {', '.join(marked)} each say reference: true; mark one")
+    return marked[0] if marked else REFERENCE_ROW
+
+
+def _bootstrap(records: Mapping[str, Sequence[RunRecord]],
+               settings: BootstrapSettings) -> tuple[RowBootstrap, dict[str, np.ndarray]]:
+    systems, labels = aligned_systems(records)
+    return bootstrap_rows(systems, labels, resamples=settings.resamples, seed=settings.seed,
+                          confidence=settings.confidence), labels
+
+
+def claims_of_one_precision(rows: Sequence[Table3Row], measured: Mapping[str, Sequence[RunRecord]],
+                            settings: BootstrapSettings) -> dict[str, Any] | None:
+    """Where the runs mix precisions (bf16 on a GPU, fp32 on CPUs): the paper's claims again from the runs of the
+    commonest precision alone, so that a reader sees whether the mix moves a verdict. None for one precision."""
+    precision = lambda record: str(record.data.get("precision"))  # noqa: E731
+    counts = Counter(precision(record) for runs in measured.values() for record in runs)
+    if len(counts) < 2:
+        return None
+    kept, _ = counts.most_common(1)[0]
+    subset = {row: [r for r in runs if precision(r) == kept] for row, runs in measured.items()}
+    subset = {row: runs for row, runs in subset.items() if runs}
+    boot, _ = _bootstrap(subset, settings)
+    by_id = {row.id: row for row in rows}
+    return {"precision": kept, "records": sum(map(len, subset.values())),
+            "seeds": sorted({r.seed for runs in subset.values() for r in runs}),
+            "claims": [_claim(boot, claim, by_id) for claim in PAPER_CLAIMS
+                       if claim.row in subset and claim.other in subset]}
 
 
 def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRecord]], table_id: str,
@@ -134,12 +153,9 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
     """``table.json``: per row the seed mean ± std of each metric with its interval, the paper's number,
     and the overall difference to the previous measured row and to row 3, each with its interval."""
     measured = {row.id: list(records.get(row.id, ())) for row in rows if records.get(row.id)}
-    boot = None
-    if measured:
-        systems, labels = aligned_systems(measured)
-        boot = bootstrap_rows(systems, labels, resamples=settings.resamples, seed=settings.seed,
-                              confidence=settings.confidence)
+    boot, labels = _bootstrap(measured, settings) if measured else (None, {})
     by_id = {row.id: row for row in rows}
+    reference = by_id.get(reference_row(rows))
     out_rows, previous = [], None
     for row in rows:
         runs = sorted(measured.get(row.id, []), key=lambda record: record.seed)
@@ -157,12 +173,13 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
             low, high = boot.interval(row.id, metric)
             entry[metric] = {"mean": mean, "std": std, "values": values, "low": low, "high": high,
                              "paper": row.paper.get(paper_key(metric))}
-        entry["vs_previous"] = None if previous is None else _comparison(boot, row, previous)
-        reference = by_id.get(REFERENCE_ROW)
+        entry["vs_previous"] = (None if previous is None or not row.compare_previous
+                                else _comparison(boot, row, previous))
         entry["vs_reference"] = (_comparison(boot, row, reference)
                                  if reference is not None and reference.id in measured and row.id != reference.id else None)
         entry["precision"] = dict(Counter(str(record.data.get("precision")) for record in runs))
         entry["train_wall_s"] = [record.data.get("train_wall_s") for record in runs]
+        entry["note"] = row.note
         out_rows.append(entry)
         previous = row
     claims = [_claim(boot, claim, by_id) for claim in PAPER_CLAIMS
@@ -170,6 +187,8 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
     all_records = [record for runs in measured.values() for record in runs]
     return rounded({
         "table3_id": table_id,
+        "reference": None if reference is None else reference.id,
+        "margin": MARGIN,
         "mlflow_filter": f"tags.table3_id = '{table_id}'",
         "scale": dict(scale),
         "records": len(all_records),
@@ -182,6 +201,7 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
         "excluded": [{"path": path, "reason": reason} for path, reason in excluded],
         "rows": out_rows,
         "claims": claims,
+        "claims_one_precision": claims_of_one_precision(rows, measured, settings) if claims else None,
     })
 
 
@@ -217,31 +237,13 @@ def _delta(delta: Mapping[str, Any] | None) -> str:
     if delta is None:
         return "–"
     paper = "" if delta["paper_difference"] is None else f" (paper {delta['paper_difference']:+.3f})"
-    return f"{_interval(delta)}{' *' if delta['excludes_zero'] else ''}{paper}"
-
-
-def verdict(delta: Mapping[str, Any]) -> str:
-    """What a difference says, in words: larger than the noise of dev examples and seeds, or not."""
-    if not delta["excludes_zero"]:
-        return "within noise"
-    return "better" if delta["difference"] > 0 else "worse"
-
-
-def claim_verdict(expects: str, delta: Mapping[str, Any]) -> str:
-    """Whether this table bears a paper claim out: holds, reversed (the interval says the opposite), or within
-    noise (the interval includes 0, so this table cannot tell); "no change" holds exactly when within noise."""
-    measured = verdict(delta)
-    if expects == "no change":
-        return "holds" if measured == "within noise" else f"does not hold ({measured})"
-    if measured == "within noise":
-        return measured
-    return "holds" if measured == expects else "reversed"
+    return f"{_interval(delta)}{MARKS[verdict(delta)]}{paper}"
 
 
 def rows_table(table: Mapping[str, Any]) -> list[str]:
     """The table itself, one line per row of table3.yaml; the README (or docs/table3.md) shows these same lines."""
     columns = ["row", "model", "seeds", *(TASK_SPECS[task].column for task in TASKS), "overall",
-               "Δ overall vs previous row", "Δ overall vs row 3"]
+               "Δ overall vs previous row", f"Δ overall vs row {table.get('reference') or REFERENCE_ROW}"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table["rows"]:
         if not row["measured"]:
@@ -270,6 +272,11 @@ def claims_table(table: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def notes(table: Mapping[str, Any]) -> list[str]:
+    """The rows' caveats, one line each."""
+    return [f"- Row {row['id']}: {row['note']}" for row in table["rows"] if row.get("note")]
+
+
 def render_markdown(table: Mapping[str, Any]) -> str:
     """``table.md``: the table, the paper's claims with verdicts, then each difference in words."""
     confidence = table["bootstrap"]["confidence"]
@@ -287,10 +294,13 @@ def render_markdown(table: Mapping[str, Any]) -> str:
         "",
         f"Each cell: mean ± standard deviation over {'/'.join(map(str, seeds)) or 'no'} seed(s), the paper's number "
         f"(BERT-base) in parentheses. Δ: overall minus the other row's, with a {confidence:.0%} bootstrap interval "
-        f"({table['bootstrap']['resamples']} resamples over dev examples and seeds); * the interval excludes 0.",
+        f"({table['bootstrap']['resamples']} resamples over dev examples and seeds). {verdict_words(table)}",
         "",
     ]
-    lines += rows_table(table) + [""] + claims_table(table) + [""]
+    lines += rows_table(table) + [""] + (notes(table) + [""] if notes(table) else [])
+    lines += claims_table(table) + [""]
+    if table.get("claims_one_precision"):
+        lines += [one_precision_words(table), "", *claims_of_one_precision_table(table), ""]
     said: set[frozenset[str]] = set()  # each pair of rows once: "BP1 vs 3" is also "3 vs its previous row"
     for row in measured:
         for key in ("vs_previous", "vs_reference"):
@@ -350,19 +360,57 @@ def readme_block(table: Mapping[str, Any], other: Mapping[str, Any], seeds: Sequ
         f"[`{folder}/`]({folder}/table.md); the same rows at the reduced scale (1/6 of the training, an equal-cost "
         f"comparison): [{other_doc}]({other_doc}).",
         "",
-        "Mean ± standard deviation over the seeds, the paper's BERT-base number in parentheses; Δ: overall minus the "
-        f"other row's, with its {table['bootstrap']['confidence']:.0%} bootstrap interval "
-        f"({table['bootstrap']['resamples']} resamples over dev examples and seeds), * where it excludes 0:",
+        f"{mix_line(table)}Mean ± standard deviation over the seeds, the paper's BERT-base number in parentheses; Δ: "
+        f"overall minus the other row's, with its {table['bootstrap']['confidence']:.0%} bootstrap interval "
+        f"({table['bootstrap']['resamples']} resamples over dev examples and seeds). {verdict_words(table)}",
         "",
         *rows_table(table),
         "",
-        "The paper's six claims, each a pair of rows: **holds** when the interval lies on the paper's side of 0, "
-        "**reversed** on the other side, **within noise** when it contains 0 (\"STLR changes nothing\" holds "
-        f"then); beside it the verdict at the {other['scale'].get('name')} scale:",
+        *(notes(table) + [""] if notes(table) else []),
+        "The paper's six claims, each a pair of rows: **holds** when the interval lies on the claim's side of 0 "
+        "(for \"STLR changes nothing\": inside the margin), **reversed** on the other side, **does not hold** when "
+        "the interval rules out the claimed effect (inside the margin) or, for \"no change\", shows one, "
+        f"**inconclusive** otherwise; beside it the verdict at the {other['scale'].get('name')} scale:",
         "",
         *claims_across_scales(table, other),
     ]
+    alone = table.get("claims_one_precision")
+    if alone:
+        lines += ["", one_precision_words(table), "", *claims_of_one_precision_table(table)]
     return "\n".join(lines) + "\n"
+
+
+def mix_line(table: Mapping[str, Any]) -> str:
+    """A sentence saying that the table mixes machines or precisions, when it does (empty otherwise)."""
+    if len(table["precision"]) < 2 and len(table["machines"]) < 2:
+        return ""
+    kinds, precisions = len(table["machines"]), len(table["precision"])
+    return (f"The runs mix {kinds} machine kind{'s' * (kinds != 1)} and {precisions} "
+            f"precision{'s' * (precisions != 1)}: "
+            f"{', '.join(f'{n} {p}' for p, n in table['precision'].items())} "
+            f"({', '.join(f'{n} on {m}' for m, n in table['machines'].items())}). ")
+
+
+def one_precision_words(table: Mapping[str, Any]) -> str:
+    alone = table["claims_one_precision"]
+    return (f"The same claims from the {alone['records']} {alone['precision']} runs alone (seeds "
+            f"{', '.join(map(str, alone['seeds']))}), the runs of the other precision left out:")
+
+
+def claims_of_one_precision_table(table: Mapping[str, Any]) -> list[str]:
+    """The paper's claims from one precision's runs beside their verdicts from all runs."""
+    alone = table["claims_one_precision"]
+    lines = [f"| the paper's claim | rows | {alone['precision']} runs: Δ overall, "
+             f"{table['bootstrap']['confidence']:.0%} interval | {alone['precision']} runs: verdict | "
+             "all runs: verdict | changed |", "|---|---|---|---|---|---|"]
+    everything = {item["claim"]: item for item in table.get("claims", [])}
+    for item in alone["claims"]:
+        before = everything.get(item["claim"])
+        before_verdict = before["verdict"] if before else "not measured"
+        changed = "no" if item["verdict"] == before_verdict else "**yes**"
+        lines.append(f"| {item['claim']} | {item['row']} vs {item['other']} | {_interval(item)} | "
+                     f"**{item['verdict']}** | {before_verdict} | {changed} |")
+    return lines
 
 
 def replace_marked_block(text: str, name: str, content: str) -> str:
