@@ -403,7 +403,7 @@ def summary(samples: list[Sample], reference: list[Sample] | None) -> dict[str, 
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of every path")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per path before timing")
@@ -419,39 +419,74 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fused-qkv", action="store_true",
                         help="also time palbert with one Q, K, V product instead of three (the fusion's A/B)")
     add_common_arguments(parser, "speed.json")
-    args = parser.parse_args(argv)
-    if args.interop_threads:
-        torch.set_num_interop_threads(args.interop_threads)
-    mirror = apply_common_arguments(args)
-    device = torch.device(args.device)
-    params = load_params(args.params)
-    seed = params.train.seed
-    max_length = params.data.max_length
-    began = time.perf_counter()
+    return parser.parse_args(argv)
 
-    # ---- data: the same rows for every path -----------------------------------------------------
+
+# ---- setup: the same rows and the same weights for every path ----------------------------------------
+
+
+@dataclass
+class Workload:
+    """The rows every path runs: training steps (warm-up and timed) and dev rows, with their sizes."""
+
+    tokenizer: Any
+    special: SpecialTokens
+    train: dict[str, Dataset]
+    dev: dict[str, Dataset]
+    reference_dev: dict[str, Dataset]
+    warmup_plan: list[tuple[str, list[int]]]
+    timed_plan: list[tuple[str, list[int]]]
+    train_examples: int
+    train_tokens: int
+    eval_examples: int
+    eval_tokens: int
+    reference_eval_examples: int
+    reference_eval_tokens: int
+
+
+def load_workload(args: argparse.Namespace, params: Params, mirror: Path) -> Workload:
+    max_length = params.data.max_length
     tokenizer = load_tokenizer(params.model.pretrained)
-    special = SpecialTokens.from_tokenizer(tokenizer)
     train = {ds: load_dataset(mirror, ds, "train", tokenizer, max_length) for ds in DATASETS}
     dev = {ds: load_dataset(mirror, ds, "dev", tokenizer, max_length, rows=args.eval_rows) for ds in DATASETS}
     # The reference's cost per row does not depend on the row (every row is 128 tokens), so it scores a
     # smaller random sample of the same dev files: the full sample would take most of the benchmark's time.
     reference_dev = {ds: load_dataset(mirror, ds, "dev", tokenizer, max_length, rows=args.reference_eval_rows)
                      for ds in DATASETS}
-    plan = training_plan(train, args.warmup + args.steps, params.train.batch_size, seed)
-    warmup_plan, timed_plan = plan[: args.warmup], plan[args.warmup:]
-    train_examples = sum(len(rows) for _, rows in timed_plan)
-    train_tokens = sum(train[ds].real_tokens(rows, max_length) for ds, rows in timed_plan)
-    eval_examples = sum(len(d.prepared) for d in dev.values())
-    eval_tokens = sum(d.real_tokens(list(range(len(d.prepared))), max_length) for d in dev.values())
-    reference_eval_examples = sum(len(d.prepared) for d in reference_dev.values())
-    reference_eval_tokens = sum(d.real_tokens(list(range(len(d.prepared))), max_length) for d in reference_dev.values())
+    plan = training_plan(train, args.warmup + args.steps, params.train.batch_size, params.train.seed)
+    timed_plan = plan[args.warmup:]
 
-    # ---- models (same pretrained weights; PALs and heads freshly initialised from one seed) -----------
+    def all_tokens(data: dict[str, Dataset]) -> int:
+        return sum(d.real_tokens(list(range(len(d.prepared))), max_length) for d in data.values())
+
+    return Workload(
+        tokenizer=tokenizer, special=SpecialTokens.from_tokenizer(tokenizer), train=train, dev=dev,
+        reference_dev=reference_dev, warmup_plan=plan[: args.warmup], timed_plan=timed_plan,
+        train_examples=sum(len(rows) for _, rows in timed_plan),
+        train_tokens=sum(train[ds].real_tokens(rows, max_length) for ds, rows in timed_plan),
+        eval_examples=sum(len(d.prepared) for d in dev.values()), eval_tokens=all_tokens(dev),
+        reference_eval_examples=sum(len(d.prepared) for d in reference_dev.values()),
+        reference_eval_tokens=all_tokens(reference_dev))
+
+
+@dataclass
+class Reference:
+    """The reference model with its optimizer and the shape its FLOPs are counted on."""
+
+    model: ReferenceModel
+    optimizer: torch.optim.Optimizer
+    shape: Shape
+
+
+def build_models(args: argparse.Namespace, params: Params, device: torch.device) -> tuple[Reference, list[PalbertSetup]]:
+    """The reference and palbert's variants: the same pretrained weights, PALs and heads from one seed."""
+    seed = params.train.seed
     torch.manual_seed(seed)
-    reference = ReferenceModel(resolve_pretrained(params.model.pretrained)).to(device)
-    reference.train()
-    reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=2e-5)
+    model = ReferenceModel(resolve_pretrained(params.model.pretrained)).to(device)
+    model.train()
+    config = model.bert.config
+    reference = Reference(model, torch.optim.AdamW(model.parameters(), lr=2e-5),
+                          Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers, 0))
     no_simcse = dataclasses.replace(params, train=dataclasses.replace(params.train, simcse=False))
     setups = [palbert_setup("palbert", params, device, seed)]
     if setups[0].precision != "fp32":  # where auto means fp32 (no native bf16), this would time palbert twice
@@ -466,57 +501,80 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         compiled = palbert_setup("palbert_compiled", params, device, seed)
         compiled.compiled = torch.compile(compiled.model, dynamic=True)
         setups.append(compiled)
-    config = reference.bert.config
-    reference_shape = Shape(config.hidden_size, config.intermediate_size, config.num_hidden_layers, 0)
-    # ---- warm-up (and compile time, for the compiled variant) -----------------------------------------
-    for ds, rows in warmup_plan:
-        reference_train_step(reference, reference_optimizer, tokenizer, train[ds], rows)
-    compile_seconds: dict[str, float] = {}
+    return reference, setups
+
+
+def warm_up(work: Workload, reference: Reference, setups: list[PalbertSetup], device: torch.device) -> dict[str, float]:
+    """The untimed steps of every path; each palbert variant's seconds (its compile time, when compiled)."""
+    for ds, rows in work.warmup_plan:
+        reference_train_step(reference.model, reference.optimizer, work.tokenizer, work.train[ds], rows)
+    seconds: dict[str, float] = {}
     for setup in setups:
         started = time.perf_counter()
-        for ds, rows in warmup_plan:
-            palbert_train_step(setup, train[ds], rows, special, device)
-        compile_seconds[setup.name] = time.perf_counter() - started
-    print(f"setup and warm-up: {time.perf_counter() - began:.0f} s; timing {args.repeats} repetitions ...", flush=True)
+        for ds, rows in work.warmup_plan:
+            palbert_train_step(setup, work.train[ds], rows, work.special, device)
+        seconds[setup.name] = time.perf_counter() - started
+    return seconds
 
-    # ---- interleaved repetitions -----------------------------------------------------------------------
-    # Load from other users changes within seconds, so the paths take turns at every training step and
-    # every evaluated task (the order rotating), and each path's time is the sum of its turns.
-    def reference_train(ds: str, rows: list[int]) -> float:
-        reference_train_step(reference, reference_optimizer, tokenizer, train[ds], rows)
-        return 3 * forward_flops(reference_shape, len(rows), REFERENCE_LENGTH)
 
-    def reference_eval(ds: str) -> float:
-        reference_evaluate(reference, tokenizer, reference_dev[ds])
-        n = len(reference_dev[ds].prepared)
-        return sum(forward_flops(reference_shape, min(REFERENCE_EVAL_BATCH, n - s), REFERENCE_LENGTH)
-                   for s in range(0, n, REFERENCE_EVAL_BATCH))
+# ---- timed repetitions ---------------------------------------------------------------------------------
 
-    def palbert_train(setup: PalbertSetup, ds: str, rows: list[int]) -> float:
-        return palbert_train_flops(setup, train[ds], rows, special, device)
+#: A path: a function of one unit of work (a training step's (dataset, rows), or a dev (dataset,)) that runs it
+#: and returns its FLOPs, and the dtype its FLOPs are set against.
+Paths = dict[str, tuple[Callable[..., float], str]]
 
-    def palbert_eval(setup: PalbertSetup, ds: str) -> float:
-        return palbert_score_flops(setup, dev[ds], special, device)
 
-    train_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_train, "fp32")}
-    eval_paths: dict[str, tuple[Callable[..., float], str]] = {"reference": (reference_eval, "fp32")}
+def reference_train(work: Workload, reference: Reference, ds: str, rows: list[int]) -> float:
+    reference_train_step(reference.model, reference.optimizer, work.tokenizer, work.train[ds], rows)
+    return 3 * forward_flops(reference.shape, len(rows), REFERENCE_LENGTH)
+
+
+def reference_eval(work: Workload, reference: Reference, ds: str) -> float:
+    reference_evaluate(reference.model, work.tokenizer, work.reference_dev[ds])
+    n = len(work.reference_dev[ds].prepared)
+    return sum(forward_flops(reference.shape, min(REFERENCE_EVAL_BATCH, n - s), REFERENCE_LENGTH)
+               for s in range(0, n, REFERENCE_EVAL_BATCH))
+
+
+def palbert_train(work: Workload, setup: PalbertSetup, device: torch.device, ds: str, rows: list[int]) -> float:
+    return palbert_train_flops(setup, work.train[ds], rows, work.special, device)
+
+
+def palbert_eval(work: Workload, setup: PalbertSetup, device: torch.device, ds: str) -> float:
+    return palbert_score_flops(setup, work.dev[ds], work.special, device)
+
+
+def timed_paths(work: Workload, reference: Reference, setups: list[PalbertSetup], device: torch.device) -> tuple[Paths, Paths]:
+    """The training paths and the scoring paths, the reference first."""
+    train_paths: Paths = {"reference": (partial(reference_train, work, reference), "fp32")}
+    eval_paths: Paths = {"reference": (partial(reference_eval, work, reference), "fp32")}
     for setup in setups:
-        train_paths[setup.name] = (partial(palbert_train, setup), setup.precision)
+        train_paths[setup.name] = (partial(palbert_train, work, setup, device), setup.precision)
         if setup.name in ("palbert", "palbert_fp32", "palbert_fused_qkv"):  # SimCSE and compile do not change it
-            eval_paths[setup.name] = (partial(palbert_eval, setup), setup.precision)
+            eval_paths[setup.name] = (partial(palbert_eval, work, setup, device), setup.precision)
+    return train_paths, eval_paths
 
-    def take_turns(paths: dict[str, tuple[Callable[..., float], str]], units: list[tuple], turn: int,
-                   seconds: dict[str, float], flops: dict[str, float]) -> None:
-        names = list(paths)
-        for u, unit in enumerate(units):
-            shift = (turn + u) % len(names)
-            for name in names[shift:] + names[:shift]:
-                synchronize(device)
-                started = time.perf_counter()
-                flops[name] += paths[name][0](*unit)
-                synchronize(device)
-                seconds[name] += time.perf_counter() - started
 
+def take_turns(paths: Paths, units: list[tuple], turn: int, device: torch.device,
+               seconds: dict[str, float], flops: dict[str, float]) -> None:
+    """Every path runs every unit, the paths' order rotating per unit and per turn; seconds and FLOPs add up."""
+    names = list(paths)
+    for u, unit in enumerate(units):
+        shift = (turn + u) % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            started = time.perf_counter()
+            flops[name] += paths[name][0](*unit)
+            synchronize(device)
+            seconds[name] += time.perf_counter() - started
+
+
+def time_repetitions(args: argparse.Namespace, work: Workload, train_paths: Paths, eval_paths: Paths,
+                     device: torch.device, began: float) -> tuple[dict[str, list[Sample]], dict[str, list[float]]]:
+    """Each path's Sample per repetition, and the plain matmul rate of each dtype run, per repetition.
+
+    Load from other users changes within seconds, so the paths take turns at every training step and every
+    evaluated task (the order rotating), and each path's time is the sum of its turns."""
     results: dict[str, list[Sample]] = defaultdict(list)
     # Only the dtypes the paths run: on a CPU without native bf16 (auto -> fp32) a bf16 matmul is emulated,
     # slow, and would take most of every repetition while no path uses it.
@@ -526,43 +584,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rate = {precision: matmul_rate(MATMUL_DTYPES[precision], device) for precision in rates}
         for dtype, value in rate.items():
             rates[dtype].append(value)
-        for phase, paths, units in (("train", train_paths, timed_plan), ("eval", eval_paths, [(ds,) for ds in DATASETS])):
+        for phase, paths, units in (("train", train_paths, work.timed_plan), ("eval", eval_paths, [(ds,) for ds in DATASETS])):
             seconds: dict[str, float] = defaultdict(float)
             flops: dict[str, float] = defaultdict(float)
-            take_turns(paths, units, repeat, seconds, flops)
+            take_turns(paths, units, repeat, device, seconds, flops)
             for name, (_, precision) in paths.items():
                 if phase == "train":
-                    examples, tokens = train_examples, train_tokens
+                    examples, tokens = work.train_examples, work.train_tokens
                 elif name == "reference":
-                    examples, tokens = reference_eval_examples, reference_eval_tokens
+                    examples, tokens = work.reference_eval_examples, work.reference_eval_tokens
                 else:
-                    examples, tokens = eval_examples, eval_tokens
+                    examples, tokens = work.eval_examples, work.eval_tokens
                 results[f"{phase}/{name}"].append(Sample(seconds[name], examples, tokens, flops[name], rate[precision]))
                 if args.verbose:
                     print(f"    {phase}/{name}: {seconds[name]:.2f} s", flush=True)
         print(f"  repetition {repeat + 1}/{args.repeats} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    return results, rates
 
-    memory = {}
+
+def measure_peak_memory(args: argparse.Namespace, device: torch.device, mirror: Path) -> dict[str, Any]:
+    """GPU: the peak allocated by all paths; CPU: fresh processes' peak RSS running the longest batches."""
     if device.type == "cuda":
-        memory = {"gpu_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30}
-    elif args.memory_steps:
-        memory = {kind: measure_memory(kind, mirror, args.params, args.memory_steps) for kind in ("palbert", "reference")}
+        return {"gpu_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    if args.memory_steps:
+        return {kind: measure_memory(kind, mirror, args.params, args.memory_steps) for kind in ("palbert", "reference")}
+    return {}
 
-    # ---- report -----------------------------------------------------------------------------------------
+
+# ---- report --------------------------------------------------------------------------------------------
+
+
+def build_report(argv: list[str] | None, args: argparse.Namespace, params: Params, device: torch.device,
+                 work: Workload, results: dict[str, list[Sample]], rates: dict[str, list[float]],
+                 warmup_seconds: dict[str, float], memory: dict[str, Any], began: float) -> dict[str, Any]:
     report: dict[str, Any] = {
         **run_facts(argv),
         "settings": {"repeats": args.repeats, "warmup_steps": args.warmup, "train_steps": args.steps,
-                     "train_batch": params.train.batch_size, "train_examples": train_examples,
-                     "train_real_tokens": train_tokens, "eval_rows_per_task": args.eval_rows,
+                     "train_batch": params.train.batch_size, "train_examples": work.train_examples,
+                     "train_real_tokens": work.train_tokens, "eval_rows_per_task": args.eval_rows,
                      "reference_eval_rows_per_task": args.reference_eval_rows,
-                     "reference_eval_examples": reference_eval_examples,
-                     "eval_examples": eval_examples, "eval_real_tokens": eval_tokens,
+                     "reference_eval_examples": work.reference_eval_examples,
+                     "eval_examples": work.eval_examples, "eval_real_tokens": work.eval_tokens,
                      "reference_eval_batch": REFERENCE_EVAL_BATCH, "palbert_eval_batch": params.evaluate.batch_size,
                      "precision_auto": resolve_precision(params.train.precision, device)},
         "matmul_gflops": {k: {"median": statistics.median(v) / 1e9, "min": min(v) / 1e9, "max": max(v) / 1e9}
                           for k, v in rates.items()},
         "results": {},
-        "warmup_seconds": compile_seconds,
+        "warmup_seconds": warmup_seconds,
         "peak_rss_gib": {"benchmark_process": _peak_rss_gib(),
                          **{k: v["peak_rss_gib"] for k, v in memory.items() if isinstance(v, dict)}},
         "gpu_peak_allocated_gib": memory.get("gpu_peak_allocated_gib"),
@@ -573,13 +641,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reference_samples = None if name.endswith("/reference") else results[f"{phase}/reference"]
         report["results"][name] = summary(samples, reference_samples)
     if args.compile:
-        eager = statistics.median(results["train/palbert"][i].seconds for i in range(args.repeats)) / args.steps
-        compiled_step = statistics.median(results["train/palbert_compiled"][i].seconds for i in range(args.repeats)) / args.steps
-        overhead = compile_seconds["palbert_compiled"] - compile_seconds["palbert"]
-        gain = eager - compiled_step
-        report["compile"] = {"extra_warmup_seconds": overhead, "eager_step_s": eager, "compiled_step_s": compiled_step,
-                             "payback_steps": overhead / gain if gain > 0 else None,
-                             "pays_back_in_default_run": gain > 0 and overhead / gain < DEFAULT_RUN_STEPS}
+        report["compile"] = compile_payback(args, results, warmup_seconds)
+    return report
+
+
+def compile_payback(args: argparse.Namespace, results: dict[str, list[Sample]],
+                    warmup_seconds: dict[str, float]) -> dict[str, Any]:
+    """torch.compile's extra warm-up against the time it saves per step: after how many steps it pays back."""
+    eager = statistics.median(results["train/palbert"][i].seconds for i in range(args.repeats)) / args.steps
+    compiled_step = statistics.median(results["train/palbert_compiled"][i].seconds for i in range(args.repeats)) / args.steps
+    overhead = warmup_seconds["palbert_compiled"] - warmup_seconds["palbert"]
+    gain = eager - compiled_step
+    return {"extra_warmup_seconds": overhead, "eager_step_s": eager, "compiled_step_s": compiled_step,
+            "payback_steps": overhead / gain if gain > 0 else None,
+            "pays_back_in_default_run": gain > 0 and overhead / gain < DEFAULT_RUN_STEPS}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The recipe: set up the rows and models, warm up, time interleaved repetitions, report."""
+    args = parse_arguments(argv)
+    if args.interop_threads:
+        torch.set_num_interop_threads(args.interop_threads)
+    mirror = apply_common_arguments(args)
+    device = torch.device(args.device)
+    params = load_params(args.params)
+    began = time.perf_counter()
+    work = load_workload(args, params, mirror)
+    reference, setups = build_models(args, params, device)
+    warmup_seconds = warm_up(work, reference, setups, device)
+    print(f"setup and warm-up: {time.perf_counter() - began:.0f} s; timing {args.repeats} repetitions ...", flush=True)
+    results, rates = time_repetitions(args, work, *timed_paths(work, reference, setups, device), device, began)
+    memory = measure_peak_memory(args, device, mirror)
+    report = build_report(argv, args, params, device, work, results, rates, warmup_seconds, memory, began)
     print_table(report)
     write_report(report, args.out)
     return report
