@@ -198,6 +198,7 @@ class Params:
         return out
 
 
+#: URI schemes MLflow ships a tracking store for (``mlflow.tracking._tracking_service.utils``); SQLAlchemy
 #: schemes may name a driver (``postgresql+psycopg2``). Anything else fails only when the run starts logging.
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks",
                     "databricks-uc", "uc")

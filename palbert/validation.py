@@ -186,6 +186,3 @@ def validate(schema: type[T], raw: Any, prefix: tuple = ()) -> T:
         first = errors[0]
         key = _dotted(prefix + first["loc"]) or "params"
         raise ParamsError(f"{key}: {_reason(first, schema, prefix)}") from None
-
-
-#: URI schemes MLflow ships a tracking store for (``mlflow.tracking._tracking_service.utils``); SQLAlchemy
