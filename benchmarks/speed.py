@@ -55,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from palbert.config import Params, load_params  # noqa: E402
+from palbert.config import Params  # noqa: E402
+from palbert.params_file import load_params  # noqa: E402
 from palbert.data.batching import SpecialTokens, TaskBatch, encoded_lengths, make_batch  # noqa: E402
 from palbert.data.prepare import tokenize  # noqa: E402
 from palbert.data.prepared import PreparedSplit  # noqa: E402

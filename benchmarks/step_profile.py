@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py, the siblin
 
 import speed  # noqa: E402
 
-from palbert.config import load_params  # noqa: E402
+from palbert.params_file import load_params  # noqa: E402
 from palbert.data.batching import SpecialTokens  # noqa: E402
 from palbert.model import load_tokenizer  # noqa: E402
 from palbert.model.attention import set_fused_qkv  # noqa: E402

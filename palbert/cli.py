@@ -96,7 +96,7 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
 def run_table3(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from palbert.config import TABLE3_FILE, load_params, load_table3
+    from palbert.params_file import TABLE3_FILE, load_params, load_table3
     from palbert.table3 import BootstrapSettings, Table3Error, Table3Request, make_table3, rebuild_table
     from palbert.table3.report import render_markdown
     from palbert.table3.runner import table_folder
@@ -211,7 +211,7 @@ def add_check_params(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check_params(args: argparse.Namespace) -> int:
-    from palbert.config import load_params
+    from palbert.params_file import load_params
 
     for key, value in load_params(args.path).flat().items():
         print(f"{key} = {value!r}")

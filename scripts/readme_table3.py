@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from palbert.atomic import write_text
-from palbert.config import TABLE3_FILE, load_params, load_table3
+from palbert.params_file import TABLE3_FILE, load_params, load_table3
 from palbert.table3.report import readme_block, replace_marked_block
 
 ROOT = Path(__file__).resolve().parents[1]

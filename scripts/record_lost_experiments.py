@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from palbert.config import TABLE3_FILE, load_params, load_table3
+from palbert.params_file import TABLE3_FILE, load_params, load_table3
 from palbert.paths import PARAMS, find_project_root
 from palbert.table3.lost_experiments import read_machine, record_lost_experiments, summaries_from_logs
 from palbert.table3.plan import plan_runs

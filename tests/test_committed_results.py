@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from palbert import paths
-from palbert.config import TABLE3_FILE, load_params, load_table3
+from palbert.params_file import TABLE3_FILE, load_params, load_table3
 from palbert.metrics import DEV_METRICS, overall
 from palbert.table3 import rebuild_table
 from palbert.table3.report import TABLE_DECIMALS, claims_across_scales, claims_table, replace_marked_block, rows_table

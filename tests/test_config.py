@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from palbert.config import (TABLE3_FILE, ParamsError, apply_overrides, load_params, load_table3, params_from_dict,
-                            params_to_dict)
+from palbert.config import ParamsError, apply_overrides, params_from_dict, params_to_dict
+from palbert.params_file import TABLE3_FILE, load_params, load_table3
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +91,46 @@ def test_flat_params_for_mlflow():
     flat = load_params(ROOT / "params.yaml").flat()
     assert flat["model.pals"] is True and flat["train.sampling"] == "annealed"
     assert not any(k.startswith("table3") for k in flat)
+
+
+@pytest.mark.parametrize(("raw", "hint"), [
+    ({"train": {"lrr": 1e-3}}, "train.lrr: unknown key; did you mean 'train.lr'?"),
+    ({"train": {"pals": False}}, "train.pals: unknown key; did you mean 'model.pals'?"),
+    ({"trian": {}}, "trian: unknown key; did you mean 'train'?"),
+    ({"table3": {"rows": [{"id": "0", "name": "x", "overide": {}}]}},
+     "table3.rows[0].overide: unknown key; did you mean 'table3.rows[0].overrides'?"),
+])
+def test_an_unknown_key_names_the_closest_known_one(raw, hint):
+    with pytest.raises(ParamsError) as error:
+        params_from_dict(raw)
+    assert str(error.value).startswith(hint) and "\n" not in str(error.value)
+
+
+def test_an_unknown_override_key_names_the_closest_and_nothing_close_guesses_nothing():
+    with pytest.raises(ParamsError, match=r"train.lrr: unknown key; did you mean 'train.lr'\?"):
+        apply_overrides(params_to_dict(params_from_dict({}), include_table3=False), {"train.lrr": 1e-3})
+    with pytest.raises(ParamsError, match=r"trian.lr: unknown key; did you mean 'train.lr'\?"):
+        apply_overrides(params_to_dict(params_from_dict({}), include_table3=False), {"trian.lr": 1e-3})
+    with pytest.raises(ParamsError, match=r"^train.zzz: unknown key \(known keys under train: seed, "):
+        params_from_dict({"train": {"zzz": 1}})  # nothing close: no guess
+
+
+def test_an_older_params_file_keeps_the_defaults_and_scalars_read_as_written():
+    """A key a params file lacks (written before the key existed) keeps its default; numbers and booleans in
+    quotes read as numbers and booleans, empty values as empty, and a bad one names its key."""
+    params = params_from_dict({"train": {"lr": " 3e-4 ", "epochs": "2", "steps_per_epoch": 4.0, "simcse": "False"},
+                               "data": {"extra": None, "mirror": None}, "evaluate": None})
+    assert (params.train.lr, params.train.epochs, params.train.steps_per_epoch) == (3e-4, 2, 4)
+    assert params.train.simcse is False and params.train.batch_size == 16 and params.evaluate.batch_size == 128
+    assert params.data.extra == [] and params.data.mirror == ""
+    for raw, message in [({"train": {"epochs": True}}, "train.epochs: expected an integer, got the boolean True"),
+                         ({"train": {"lr": float("nan")}}, "train.lr: expected a finite number, got nan"),
+                         ({"train": {"epochs": "2.5"}}, "train.epochs: expected an integer, got '2.5'"),
+                         ({"model": {"pals": 1}}, "model.pals: expected true or false, got 1"),
+                         ({"data": {"extra": ["snli", "snli"]}}, "data.extra: duplicate entries in ['snli', 'snli']"),
+                         ({"data": {"max_length": 1000}}, "data.max_length: must be <= 512, got 1000"),
+                         ({"train": 3}, "train: expected a mapping, got 3"),
+                         ({"table3": {"rows": [{"name": "x"}]}}, "table3.rows[0].id: required key is missing")]:
+        with pytest.raises(ParamsError) as error:
+            params_from_dict(raw)
+        assert str(error.value) == message

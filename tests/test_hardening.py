@@ -17,7 +17,8 @@ import yaml
 
 from conftest import (MIRROR, PROJECT, make_tiny_bert, needs_mirror, project_env, tiny_training_params,
                       write_params)
-from palbert.config import ParamsError, load_params, params_from_dict
+from palbert.config import ParamsError, params_from_dict
+from palbert.params_file import load_params
 from palbert.data.prepare import prepare_dataset
 from palbert.data.readers import FIELD_TOO_LONG, MAX_FIELD_CHARS, DataError, read_snli, read_tsv
 

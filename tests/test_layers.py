@@ -18,7 +18,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert", "palbert.errors", "palbert.paths", "palbert.atomic", "palbert.logs", "palbert.tasks",
      "palbert.precision", "palbert.stop_signals"),
     # 1 settings: params, where the pretrained BERT comes from, what machine this is
-    ("palbert.encoder_source", "palbert.config", "palbert.machine", "palbert.settings_guard"),
+    ("palbert.encoder_source", "palbert.validation", "palbert.config", "palbert.params_file", "palbert.machine",
+     "palbert.settings_guard"),
     # 2 data, metrics, the process runtime
     ("palbert.data", "palbert.data.prepared", "palbert.data.readers", "palbert.data.sources", "palbert.data.prepare",
      "palbert.data.report", "palbert.data.batching", "palbert.metrics", "palbert.distributed"),

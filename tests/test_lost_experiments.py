@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from palbert.config import TABLE3_FILE, load_params, load_table3
+from palbert.params_file import TABLE3_FILE, load_params, load_table3
 from palbert.metrics import DEV_METRICS, overall, score
 from palbert.table3.lost_experiments import (logged_settings_problem, record_lost_experiments, summaries_from_logs,
                                              summary_from_log)

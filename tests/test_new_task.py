@@ -107,7 +107,7 @@ def prepared(tmp_path, tiny_prepared) -> Path:
 
 
 def test_a_fourth_task_trains_evaluates_and_enters_table3(toy_task, prepared, tmp_path, tiny_bert_dir, monkeypatch):
-    from palbert.config import TABLE3_FILE, load_params, load_table3
+    from palbert.params_file import TABLE3_FILE, load_params, load_table3
     from palbert.data.prepared import load_prepared
     from palbert.metrics import overall, score
     from palbert.mlflow_model import input_example, meaning, metadata

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from palbert.config import OPT_IN_OFF, load_params, load_table3
+from palbert.config import OPT_IN_OFF
+from palbert.params_file import load_params, load_table3
 from palbert.table3 import rebuild_table
 from palbert.table3.plan import plan_runs, select_rows
 from test_table3 import REPO, fake_predictions, fake_record, labels, params  # noqa: F401 - fixtures

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from conftest import PROJECT, tiny_training_params, write_params
-from palbert.config import ParamsError, load_params
+from palbert.config import ParamsError
+from palbert.params_file import load_params
 
 
 # ------------------------------------------------------------------ what params.yaml alone can tell
@@ -427,7 +428,8 @@ def test_params_yaml_changed_mid_training_stops_at_the_next_checkpoint_keeping_i
     import json
 
     import palbert.train.loop as loop
-    from palbert.config import load_params, params_to_dict
+    from palbert.config import params_to_dict
+    from palbert.params_file import load_params
     from palbert.errors import SettingsChanged
     from palbert.settings_guard import SettingsGuard
 

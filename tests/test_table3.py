@@ -16,7 +16,7 @@ import pytest
 
 from conftest import copy_project
 from palbert.cli import build_parser
-from palbert.config import TABLE3_FILE, load_params, load_table3
+from palbert.params_file import TABLE3_FILE, load_params, load_table3
 from palbert.errors import OutputUnwritable
 from palbert.metrics import overall, score
 from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
