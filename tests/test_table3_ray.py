@@ -70,6 +70,19 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def add_node(cluster, tries: int = 3) -> None:
+    """A worker node of one CPU. Ray gives a raylet 30 s to register, which a machine busy with other work can
+    miss: such a start is tried again."""
+    for attempt in range(tries):
+        try:
+            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
+            cluster.wait_for_nodes()
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for a slow raylet start
+            if "timed out during startup" not in str(exc) or attempt == tries - 1:
+                raise
+
+
 @pytest.fixture
 def cluster(short_tmp: Path, monkeypatch) -> Iterator:
     """A head (no CPU for runs: every run goes to a worker node) and one worker node of one CPU."""
@@ -80,8 +93,7 @@ def cluster(short_tmp: Path, monkeypatch) -> Iterator:
         "num_cpus": 0, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False,
         "temp_dir": str(short_tmp / "ray")})
     try:
-        made.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
-        made.wait_for_nodes()
+        add_node(made)
         yield made
     finally:
         made.shutdown()
@@ -208,8 +220,7 @@ def test_fractional_gpus_pack_eight_runs_on_one_logical_gpu(short_tmp: Path, mon
 def test_a_tiny_table_on_two_nodes_and_a_failing_run(project: Path, cluster):
     """Two good runs and one whose stage fails: the failure is reported at once with its log tail and not run
     again; the good runs' records land, checked, in the table; MLflow has one finished run each, tagged."""
-    cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
-    cluster.wait_for_nodes()
+    add_node(cluster)
     result = run_table3(project, "--rows", "0,BP1,broken", "--seeds", "1", "--table-id", "two", "--jobs", "3",
                         "--address", cluster.address)
     out = result.stdout + result.stderr
@@ -244,7 +255,7 @@ def test_a_node_removed_mid_run_runs_it_again_elsewhere_with_one_record(project:
             (worker,) = [node for node in cluster.worker_nodes]
             cluster.remove_node(worker, allow_graceful=False)
             wait_for(lambda: not stage_processes(project), 60, "the lost node's stages to stop")
-            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
+            add_node(cluster)
             assert driver.wait(timeout=900) == 0
         finally:
             if driver.poll() is None:
