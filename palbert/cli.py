@@ -85,7 +85,7 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
                         help="also set train.steps_per_epoch for every run")
     parser.add_argument("--subset", type=_non_negative, default=None,
                         help="also set data.subset for every run: a seeded random sample of N rows of every split")
-    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default now: kept for scripts
+    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # accepted: valid records are always kept
     parser.add_argument("--rerun-changed", action="store_true",
                         help="also run again the records whose row is now defined differently (without it such "
                              "records stop the command, nothing is written)")

@@ -435,3 +435,19 @@ def test_a_table_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_p
     scaled = dataclasses.replace(params, table3=dataclasses.replace(params.table3, scales={"tiny": SCALE}))
     with pytest.raises(OutputUnwritable, match=r"blocked \(the table's records\): .*is a file, not a folder"):
         make_table3(tmp_path, scaled, Table3Request(scale="tiny", table_id="blocked"))
+
+
+def test_a_task_names_its_mlflow_run_and_tags_its_node_and_attempt(params, monkeypatch):
+    """The training run of a Table 3 task is called t3-<row>-s<seed> and tagged with its node and attempt."""
+    from palbert.table3.task import run_params
+    from palbert.tracking.tags import RUN_TAGS_ENV, default_run_name, run_tags
+
+    (run,) = runs_of(params, ["BP1"], [2])
+    written = run_params(run, threads=2)
+    assert written["train"]["threads"] == 2 and written["train"]["seed"] == 2
+    assert (written["tracking"]["table3_id"], written["tracking"]["table3_row"]) == ("t3-test", "BP1")
+    monkeypatch.setenv(RUN_TAGS_ENV, json.dumps({"table3_run": run.name, "node": "host:ab12", "attempt": 2}))
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = run_tags(run.params, REPO)
+    assert (tags["node"], tags["attempt"], tags["seed"]) == ("host:ab12", "2", "2")
+    assert default_run_name(tags) == "t3-BP1-s2"
