@@ -451,3 +451,25 @@ def test_a_task_names_its_mlflow_run_and_tags_its_node_and_attempt(params, monke
     tags = run_tags(run.params, REPO)
     assert (tags["node"], tags["attempt"], tags["seed"]) == ("host:ab12", "2", "2")
     assert default_run_name(tags) == "t3-BP1-s2"
+
+
+def test_a_returned_record_is_checked_before_it_moves_into_the_table(tmp_path, params, labels):
+    """The driver is the only writer of the table's folder: a run's files land there whole and checked, or not at
+    all (what was there stays)."""
+    from palbert.table3.runner import accept_record
+
+    (run,) = runs_of(params, ["BP1"], [1], table_id="tiny")
+    fake_record(tmp_path / "made", run, labels, fake_predictions(np.random.default_rng(1), labels, 0.7))
+    made = tmp_path / "made" / run.folder
+    files = {str(path.relative_to(made)): path.read_bytes() for path in made.rglob("*") if path.is_file()}
+    folder = tmp_path / "table"
+    record = accept_record(folder, run, files, SCALE)
+    assert record.folder == folder / "BP1-s1" and (folder / "BP1-s1" / "curves.csv.gz").read_bytes() == files["curves.csv.gz"]
+    edited = json.loads(files["record.json"])
+    edited["dev"]["overall"] = 0.99
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    with pytest.raises(RecordError, match="its dev block disagrees"):
+        accept_record(folder, run, {**files, "record.json": json.dumps(edited).encode()}, SCALE)
+    with pytest.raises(Table3Error, match="outside its record"):
+        accept_record(folder, run, {**files, "../escape": b"x"}, SCALE)
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before

@@ -12,14 +12,11 @@ settings the row no longer gives is refused unless ``rerun_stale``.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from palbert.atomic import check_writable, read_json_object, write_json, write_text
+from palbert.atomic import atomic_dir, check_writable, read_json_object, write_json, write_text
 from palbert.config import Params
 from palbert.table3.executor import ExecutorSettings, connected, execute
 from palbert.table3.figures import write_figures
@@ -140,9 +137,8 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
 def accept_record(folder: Path, run: PlannedRun, files: Mapping[str, bytes], scale: Mapping[str, Any]) -> RunRecord:
     """Check a run's returned record files in a hidden folder beside the table, then move them in with one rename:
     a record in the table's folder is always whole and checked."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run.folder}.", suffix=".incoming", dir=folder))
-    try:
+    final = folder / run.folder
+    with atomic_dir(final) as tmp:  # a refused record raises here: nothing replaces what was there
         for name, data in files.items():
             target = (tmp / name).resolve()
             if not target.is_relative_to(tmp.resolve()):
@@ -150,18 +146,7 @@ def accept_record(folder: Path, run: PlannedRun, files: Mapping[str, bytes], sca
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         read_record(tmp, run, scale)
-        final = folder / run.folder
-        if final.exists():  # a damaged or stale record that this run replaces
-            old = folder / f".{run.folder}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        return read_record(final, run, scale)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return read_record(final, run, scale)
 
 
 def rebuild_table(root: Path, params: Params, table_id: str,
