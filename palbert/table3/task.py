@@ -176,8 +176,8 @@ def mark_earlier_attempts(uri: str, key: str, attempt: int) -> None:
     for experiment in client.search_experiments():
         for found in client.search_runs([experiment.experiment_id], filter_string=f"tags.{TAG_RUN_KEY} = '{key}'"):
             client.set_tag(found.info.run_id, TAG_RETRIED, f"yes: attempt {attempt} runs it again")
-            if found.info.status == "RUNNING":
-                client.set_terminated(found.info.run_id, status="KILLED")
+            # KILLED whatever the stopped stage wrote last: only the last attempt's run counts as finished
+            client.set_terminated(found.info.run_id, status="KILLED")
 
 
 def new_run_key() -> str:
