@@ -37,6 +37,20 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -52,9 +66,9 @@ def _non_negative(text: str) -> int:
 def add_table3(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "table3",
-        help="reproduce the paper's Table 3 (rows x seeds as DVC experiments) into results/table3/<table-id>/",
-        description="Run every selected Table 3 row x seed that has no record yet as a DVC experiment "
-                    "(t3-<row>-s<seed>), write a record of each finished run to results/table3/<table-id>/"
+        help="reproduce the paper's Table 3 (rows x seeds as Ray tasks) into results/table3/<table-id>/",
+        description="Run every selected Table 3 row x seed that has no record yet as a Ray task (the "
+                    "pipeline's stages at HEAD, t3-<row>-s<seed> in MLflow), write a record of each finished run to results/table3/<table-id>/"
                     "<row>-s<seed>/, and rebuild table.md, table.json and figures/ there from the records: "
                     "mean ± std over seeds, the paper's numbers, and each row's overall difference to the "
                     "previous row and to row 3 with a 95%% bootstrap interval over dev examples and seeds.",
@@ -71,23 +85,36 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
                         help="also set train.steps_per_epoch for every run")
     parser.add_argument("--subset", type=_non_negative, default=None,
                         help="also set data.subset for every run: a seeded random sample of N rows of every split")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep valid records (and record finished experiments); run only what is missing")
+    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # accepted: valid records are always kept
     parser.add_argument("--rerun-changed", action="store_true",
-                        help="with --resume: also run again the records whose row params.yaml now defines "
-                             "differently (without it such records stop the command, nothing is written)")
-    parser.add_argument("--collect", action="store_true",
-                        help="no training: record the experiments that finished (e.g. a queue run by hand), then "
-                             "rebuild the table")
+                        help="also run again the records whose row is now defined differently (without it such "
+                             "records stop the command, nothing is written)")
     parser.add_argument("--rebuild", action="store_true",
-                        help="no training, no DVC, no MLflow: rebuild table.md, table.json and figures/ from the "
+                        help="no training, no Ray, no MLflow: rebuild table.md, table.json and figures/ from the "
                              "committed records")
-    parser.add_argument("--jobs", "-j", type=_positive, default=1, help="experiments run at a time")
+    parser.add_argument("--drop-unreadable", action="store_true",
+                        help="with --rebuild: leave out records that cannot be read (without it they stop the "
+                             "rebuild, nothing is written)")
+    parser.add_argument("--jobs", "-j", type=_positive, default=1, help="runs at a time (default: %(default)s)")
+    parser.add_argument("--address", default=None, metavar="HOST:PORT|auto",
+                        help="run on this Ray cluster (default: a private Ray instance on this machine)")
+    parser.add_argument("--cpus-per-run", type=_positive_float, default=1.0,
+                        help="CPUs each run holds, also its intra-op threads (default: %(default)s)")
+    parser.add_argument("--gpus-per-run", type=_non_negative_float, default=0.0,
+                        help="GPUs each run holds; fractional packs runs on one GPU, e.g. 0.125: 8 per GPU "
+                             "(default: %(default)s)")
+    parser.add_argument("--tracking-uri", default="",
+                        help="the MLflow store every node logs to (default: tracking.uri, else "
+                             "$MLFLOW_TRACKING_URI, else the project's mlflow.db)")
+    parser.add_argument("--node-cache", default="~/.cache/palbert/table3", metavar="DIR",
+                        help="on each node: prepared data (a DVC cache), run workspaces and logs "
+                             "(default: %(default)s)")
     parser.add_argument("--table-id", default=None,
                         help="folder under results/table3/ and MLflow tag table3_id (default: the scale's name)")
     parser.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples")
     parser.add_argument("--params", type=Path, default=None,
-                        help="the params every row starts from (default: params.yaml in the project root)")
+                        help="the params every row starts from (default: params.yaml as committed at HEAD, which "
+                             "is the commit every run checks out)")
     parser.add_argument("--catalogue", type=Path, default=None,
                         help="the Table 3 rows, seeds and scales (default: table3.yaml in the project root)")
     parser.set_defaults(handler=run_table3)
@@ -95,15 +122,19 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
 
 def run_table3(args: argparse.Namespace) -> int:
     import dataclasses
+    import os
 
     from palbert.params_file import TABLE3_FILE, load_params, load_table3
     from palbert.table3 import BootstrapSettings, Table3Error, Table3Request, make_table3, rebuild_table
     from palbert.table3.report import render_markdown
+    from palbert.table3.executor import ExecutorSettings
+    from palbert.table3.plan import committed_params
     from palbert.table3.runner import table_folder
     from palbert.paths import find_project_root
 
     root = find_project_root()
-    params = load_table3(args.catalogue or root / TABLE3_FILE, load_params(args.params or root / PARAMS))
+    params = load_table3(args.catalogue or root / TABLE3_FILE,
+                         load_params(args.params) if args.params else committed_params(root))
     shrink = {key: value for key, value in (("train.epochs", args.epochs), ("train.steps_per_epoch",
               args.steps_per_epoch), ("data.subset", args.subset)) if value is not None}
     scale_name = args.scale
@@ -117,13 +148,15 @@ def run_table3(args: argparse.Namespace) -> int:
     bootstrap = BootstrapSettings(resamples=args.resamples)
     if args.rebuild:
         table_id = args.table_id or args.scale
-        table = rebuild_table(root, params, table_id, bootstrap)
+        table = rebuild_table(root, params, table_id, bootstrap, drop_unreadable=args.drop_unreadable)
     else:
         table_id = args.table_id or scale_name
         table = make_table3(root, params, Table3Request(
-            rows=args.rows, seeds=args.seeds, scale=scale_name, resume=args.resume, train=not args.collect,
-            jobs=args.jobs, rerun_stale=args.rerun_changed,
-            table_id=table_id, bootstrap=bootstrap))
+            rows=args.rows, seeds=args.seeds, scale=scale_name, rerun_stale=args.rerun_changed,
+            table_id=table_id, tracking_uri=args.tracking_uri, bootstrap=bootstrap,
+            executor=ExecutorSettings(address=args.address, jobs=args.jobs, cpus_per_run=args.cpus_per_run,
+                                      gpus_per_run=args.gpus_per_run, node_cache=args.node_cache,
+                                      mirror=os.environ.get("PALBERT_DATA_MIRROR", ""))))
     print(render_markdown(table))
     folder = table_folder(root, table_id).relative_to(root)
     print(f"Written: {folder}/table.md, table.json, figures/. MLflow UI filter: {table['mlflow_filter']}")
@@ -268,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
-        log.error("interrupted (queued DVC experiments may still be running: `dvc queue status`)")
+        log.error("interrupted: runs in progress stop with it; the same command again keeps every finished record")
         return 130
 
 

@@ -35,9 +35,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("palbert.evaluate_stage", "palbert.train", "palbert.train.streams", "palbert.train.schedule", "palbert.train.sampling",
      "palbert.train.losses", "palbert.train.checkpoint", "palbert.train.divergence", "palbert.train.run", "palbert.train.loop",
      "palbert.train.averaging",
-     "palbert.table3", "palbert.table3.plan", "palbert.table3.experiments", "palbert.table3.records",
-     "palbert.table3.lost_experiments",
-     "palbert.table3.report", "palbert.table3.verdicts", "palbert.table3.figures", "palbert.table3.runner", "palbert.stage"),
+     "palbert.table3", "palbert.table3.plan", "palbert.table3.records", "palbert.table3.task",
+     "palbert.table3.executor", "palbert.table3.report", "palbert.table3.verdicts", "palbert.table3.figures",
+     "palbert.table3.runner", "palbert.stage"),
     # 7 the command line
     ("palbert.cli",),
 )

@@ -1,4 +1,4 @@
-"""``palbert table3``: planning, DVC experiments, results records, the table rebuilt from records, end to end."""
+"""``palbert table3``: planning, results records, the table rebuilt from records (runs through Ray: test_table3_ray)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,7 @@ from palbert.params_file import TABLE3_FILE, load_params, load_table3
 from palbert.errors import OutputUnwritable
 from palbert.metrics import overall, score
 from palbert.table3 import Table3Error, Table3Request, make_table3, rebuild_table
-from palbert.table3.experiments import (ExpRecord, check_experiments_kept, experiment_baselines, finished_experiment,
-                                        parse_exp_show, plan_experiments, read_experiments)
-from palbert.table3.plan import PlannedRun, hydra_value, plan_runs, select_rows, threads_per_job
+from palbert.table3.plan import PlannedRun, committed_params, hydra_value, plan_runs, select_rows
 from palbert.table3.records import RECORD_FORMAT, RecordError, read_record, write_csv_gz, write_record
 from palbert.table3.report import (MARGIN, claim_verdict, claims_across_scales, mean_std, progress_line, readme_block,
                                    render_markdown, replace_marked_block, rows_table, verdict)
@@ -91,17 +90,14 @@ def test_hydra_values():
 def test_a_run_is_its_row_its_scale_and_its_seed(params):
     (run,) = runs_of(params, ["BP1"], [2])
     assert (run.name, run.folder) == ("t3-BP1-s2", "BP1-s2")
-    args = run.queue_command()
-    assert args[:6] == ["dvc", "exp", "run", "--queue", "--name", "t3-BP1-s2"]
-    pairs = [args[i + 1] for i in range(6, len(args), 2)]
+    args = run.exp_run_command()  # the same run by hand, as one DVC experiment
+    assert args[:5] == ["dvc", "exp", "run", "--name", "t3-BP1-s2"]
+    pairs = [args[i + 1] for i in range(5, len(args), 2)]
     assert pairs[:7] == ["model.pals=true", "model.pair_encoding='joint'", "train.sampling='annealed'",
                          "train.simcse=false", "data.extra=[]", "train.schedule='constant'",
                          "model.relational_layer=false"]
     assert pairs[7:] == ["train.epochs=1", "train.steps_per_epoch=3", "train.seed=2",
                          "tracking.table3_id='t3-test'", "tracking.table3_row='BP1'"]
-    threaded = run.queue_command(threads=1)  # --jobs 2 on 2 cores: one thread each, not a setting of the result
-    assert threaded[:len(args)] == args and threaded[len(args):] == ["-S", "train.threads=1"]
-    assert [threads_per_job(jobs, 2) for jobs in (1, 2, 3)] == [0, 1, 1] and threads_per_job(2, 16) == 8
     settings = run.settings()
     assert settings["train"]["epochs"] == 1 and settings["train"]["seed"] == 2 and not settings["train"]["simcse"]
     assert "mirror" not in settings["data"] and "checkpoint_every" not in settings["train"]
@@ -138,95 +134,14 @@ def test_cli_arguments():
     assert (args.scale, args.rows, args.seeds, args.resume, args.jobs, args.table_id) == (
         "reduced", ["0", "BP1"], [1, 2], True, 2, "mine")
     assert build_parser().parse_args(["table3", "--rebuild"]).rebuild
+    ray_args = build_parser().parse_args(["table3", "--address", "10.0.0.1:6379", "--cpus-per-run", "2",
+                                          "--gpus-per-run", "0.125", "--tracking-uri", "http://h:5000"])
+    assert (ray_args.address, ray_args.cpus_per_run, ray_args.gpus_per_run, ray_args.tracking_uri) == (
+        "10.0.0.1:6379", 2.0, 0.125, "http://h:5000")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["table3", "--gpus-per-run", "-1"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["table3", "--seeds", "one"])
-
-
-# --------------------------------------------------------------------------------------------
-# What DVC already has
-# --------------------------------------------------------------------------------------------
-
-
-def experiment(run: PlannedRun, state: str | None = "success", metrics: bool = True, **changes) -> ExpRecord:
-    """The ExpRecord ``dvc exp show`` gives for ``run`` (with ``changes`` to its params)."""
-    params = json.loads(json.dumps(run.params.result_settings()))
-    params["tracking"] = {"table3_id": run.table_id, "table3_row": run.row}
-    for key, value in changes.items():
-        section, name = key.split(".")
-        params.setdefault(section, {})[name] = value
-    dev = {"sst_acc": 0.3, "para_acc": 0.6, "sts_pearson": 0.1, "overall": 0.5} if metrics else None
-    return ExpRecord(name=run.name, rev="a" * 40, baseline="b" * 40, state=state, params=params, metrics=dev)
-
-
-def test_parse_exp_show():
-    show = [
-        {"rev": "workspace", "name": None, "data": {}, "experiments": None},
-        {"rev": "b" * 40, "name": "main", "data": {}, "experiments": [
-            {"name": "t3-0-s1", "executor": {"state": "success", "local": {"log": "/x.out"}}, "revs": [
-                {"rev": "c" * 40, "name": "t3-0-s1", "error": None, "data": {
-                    "timestamp": "2026-01-01T10:00:00",
-                    "params": {"params.yaml": {"data": {"tracking": {"table3_id": "t3-a", "table3_row": "0"}}}},
-                    "metrics": {"metrics/dev.json": {"data": {"sst_acc": 0.3, "para_acc": 0.6,
-                                                              "sts_pearson": 0.1, "overall": 0.5}},
-                                "metrics/train.json": {"data": {"mlflow_run_id": "abc"}}}}}]},
-            {"name": "t3-0-s2", "executor": {"state": "failed", "local": {"log": "/y.out"}}, "revs": [
-                {"rev": "d" * 40, "name": "t3-0-s2", "error": {"msg": "Experiment run failed"}, "data": {
-                    "params": {"params.yaml": {"data": {}}},
-                    "metrics": {"metrics/dev.json": {"error": {"type": "FileNotFoundError"}}}}}]},
-        ]},
-    ]
-    found = parse_exp_show(show)
-    ok, failed = found["t3-0-s1"][0], found["t3-0-s2"][0]
-    assert ok.complete and ok.table_id == "t3-a" and ok.baseline == "b" * 40
-    assert not failed.complete and failed.state == "failed" and failed.log_file == "/y.out"
-
-
-def test_experiments_are_read_for_head_and_every_commit_that_has_some(tmp_path: Path):
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    git("init", "-q")
-    commits = []
-    for name in ("a", "b", "c", "d"):
-        git("commit", "-q", "--allow-empty", "-m", name)
-        commits.append(git("rev-parse", "HEAD"))
-    a, b, c, head = commits
-    git("update-ref", f"refs/exps/{a[:2]}/{a[2:]}/t3-0-s1", head)  # a finished experiment of commit a
-    git("update-ref", "refs/exps/exec/EXEC_BASELINE", c)  # DVC's own bookkeeping: no experiment's baseline
-    git("update-ref", "--create-reflog", "-m", f"commit: dvc-exp:{'e' * 40}:{b}:t3-0-s2", "refs/exps/celery/stash",
-        head)  # queued on commit b
-    assert experiment_baselines(tmp_path) == [head, a, b]
-
-
-def test_resume_uses_finished_experiments_of_the_same_table_and_settings(params):
-    same, other_lr, other_table, failed, queued, never = runs_of(params, ["0"], [1, 2, 3, 4, 5, 6])
-    existing = {
-        same.name: [experiment(same)],
-        other_lr.name: [experiment(other_lr, **{"train.lr": 1e-3})],
-        other_table.name: [experiment(other_table, **{"tracking.table3_id": "elsewhere"})],
-        failed.name: [experiment(failed, state="failed", metrics=False)],
-        queued.name: [experiment(queued, state="queued", metrics=False)],
-    }
-    runs = [same, other_lr, other_table, failed, queued, never]
-    plan = plan_experiments(runs, existing, resume=True)
-    assert set(plan.finished) == {same.name} and set(plan.pending) == {queued.name}
-    assert [(run.name, force) for run, force in plan.to_queue] == [
-        (other_lr.name, True), (other_table.name, True),  # replace the finished experiment of that name
-        (failed.name, False), (never.name, False)]  # a failed queue entry does not block the name
-    with pytest.raises(Table3Error, match="already queued"):
-        plan_experiments(runs, existing, resume=False)
-
-
-def test_a_failed_experiment_is_named_with_its_log(params):
-    done, failed = runs_of(params, ["0"], [1, 2])
-    broken = experiment(failed, state="failed", metrics=False)
-    broken.log_file = "/repo/.dvc/tmp/exps/run/abc/abc.out"
-    assert finished_experiment(done, {done.name: [experiment(done)]}).name == done.name
-    with pytest.raises(Table3Error, match=r"t3-0-s2 failed \(log: /repo/.dvc/tmp/exps/run/abc/abc.out\)"):
-        finished_experiment(failed, {failed.name: [broken]})
-    with pytest.raises(Table3Error, match="not among the repository's experiments"):
-        finished_experiment(failed, {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,13 +270,28 @@ def test_the_table_is_rebuilt_from_records(tmp_path, params, labels):
     assert again["rows"] == table["rows"]  # the bootstrap is seeded: the same records give the same table
 
 
-def test_a_damaged_record_is_left_out_by_path(tmp_path, params, labels):
+@pytest.mark.parametrize("damage", ["truncated record.json", "emptied curves"])
+def test_a_rebuild_refuses_a_damaged_record_unless_told_to_drop_it(tmp_path, params, labels, damage):
     folder = write_tiny_table(tmp_path, params, labels)
-    (folder / "3-s2" / "curves.csv.gz").write_bytes(b"")
-    table = rebuild_table(tmp_path, params, "tiny")
+    rebuild_table(tmp_path, params, "tiny")
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    if damage == "truncated record.json":
+        record = folder / "3-s2" / "record.json"
+        record.write_bytes(record.read_bytes()[:200])
+        reason = "not valid JSON|an interrupted copy"
+    else:
+        (folder / "3-s2" / "curves.csv.gz").write_bytes(b"")
+        reason = "checksum"
+    damaged = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    with pytest.raises(Table3Error, match=rf"1 record\(s\) cannot be read.*3-s2.*({reason}).*--drop-unreadable.*"
+                                          r"Nothing was written"):
+        rebuild_table(tmp_path, params, "tiny")
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == damaged
+    assert len(damaged) == len(before)
+    table = rebuild_table(tmp_path, params, "tiny", drop_unreadable=True)
     assert {row["id"]: row["seeds"] for row in table["rows"] if row["measured"]}["3"] == [1]
     (excluded,) = table["excluded"]
-    assert excluded["path"] == "results/table3/tiny/3-s2" and "checksum" in excluded["reason"]
+    assert excluded["path"] == "results/table3/tiny/3-s2" and re.search(reason, excluded["reason"])
     assert "`results/table3/tiny/3-s2`" in (folder / "table.md").read_text(encoding="utf-8")
 
 
@@ -373,7 +303,9 @@ def test_a_record_whose_dev_block_was_edited_is_left_out_by_path(tmp_path, param
     data = json.loads(record.read_text(encoding="utf-8"))
     data["dev"]["overall"] = 0.990
     record.write_text(json.dumps(data), encoding="utf-8")
-    table = rebuild_table(tmp_path, params, "tiny")
+    with pytest.raises(Table3Error, match="1-s2.*its dev block disagrees"):
+        rebuild_table(tmp_path, params, "tiny")
+    table = rebuild_table(tmp_path, params, "tiny", drop_unreadable=True)
     assert {row["id"]: row["seeds"] for row in table["rows"] if row["measured"]}["1"] == [1]
     (excluded,) = table["excluded"]
     assert excluded["path"] == "results/table3/tiny/1-s2"
@@ -384,40 +316,62 @@ def test_a_record_whose_dev_block_was_edited_is_left_out_by_path(tmp_path, param
         read_record(folder / "1-s2", run)
 
 
-@pytest.mark.parametrize("change", ["workspace params", "row redefined", "row removed"])
-def test_a_rebuild_never_drops_records_for_the_workspace_params(tmp_path, params, labels, change):
+def test_a_rebuild_does_not_depend_on_the_workspace_params(tmp_path, params, labels):
     """After `dvc exp run -S data.subset=200` the workspace's params.yaml gives every row other settings: the
-    rebuild stops, says why, and leaves the committed table as it was."""
+    records still hold their own rows' settings, so the rebuild writes the same table; a run refuses to keep
+    them (it would train with the changed params), unless told to run them again."""
     folder = write_tiny_table(tmp_path, params, labels)
     rebuild_table(tmp_path, params, "tiny")
     before = {name: (folder / name).read_bytes() for name in ("table.md", "table.json")}
-    if change == "workspace params":
-        changed = dataclasses.replace(params, data=dataclasses.replace(params.data, subset=200))
-        expected = r"8 record\(s\) no longer match the workspace's params.yaml.*data.subset: 0 in the record, 200 now"
-    elif change == "row redefined":
+    changed = dataclasses.replace(params, data=dataclasses.replace(params.data, subset=200))
+    rebuild_table(tmp_path, changed, "tiny")
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    request = Table3Request(scale="tiny", table_id="tiny")
+    changed = dataclasses.replace(changed, table3=dataclasses.replace(changed.table3, scales={"tiny": SCALE}))
+    with pytest.raises(Table3Error, match=r"8 record\(s\) no longer match their row, so they would run again.*"
+                                          r"data.subset: 0 in the record, 200 now.*rerun with --rerun-changed"):
+        make_table3(tmp_path, changed, request)
+
+
+def test_committed_params_are_the_base_of_every_run(tmp_path):
+    """`dvc exp run -S` leaves its values in the workspace's params.yaml; runs check out HEAD, so HEAD's file."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    subprocess.run(git + ["add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-qm", "p"], cwd=tmp_path, check=True)
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("subset: 0 ", "subset: 200 "))
+    assert load_params(tmp_path / "params.yaml").data.subset == 200
+    assert committed_params(tmp_path).data.subset == 0
+
+
+@pytest.mark.parametrize("change", ["row redefined", "row removed"])
+def test_a_rebuild_refuses_records_that_disagree_with_their_row(tmp_path, params, labels, change):
+    folder = write_tiny_table(tmp_path, params, labels)
+    rebuild_table(tmp_path, params, "tiny")
+    before = {name: (folder / name).read_bytes() for name in ("table.md", "table.json")}
+    if change == "row redefined":
         rows = [dataclasses.replace(row, overrides={**row.overrides, "train.lr": 1e-4}) if row.id == "BP1" else row
                 for row in params.table3.rows]
         changed = dataclasses.replace(params, table3=dataclasses.replace(params.table3, rows=rows))
-        expected = r"2 record\(s\) no longer match.*BP1-s1 .*ran with other settings than row BP1 has now"
+        expected = r"2 record\(s\) no longer match their row.*BP1-s1 .*disagree with row BP1.*train.lr"
     else:
         rows = [row for row in params.table3.rows if row.id != "0"]
         changed = dataclasses.replace(params, table3=dataclasses.replace(params.table3, rows=rows))
-        expected = r"2 record\(s\) no longer match.*0-s1 \(not a row x seed of table3.yaml\)"
-    with pytest.raises(Table3Error, match=expected + r".*git checkout params.yaml.*Nothing was written"):
+        expected = r"2 record\(s\) no longer match their row.*0-s1 \(not a row x seed of table3.yaml\)"
+    with pytest.raises(Table3Error, match=expected + r".*git checkout params.yaml table3.yaml.*Nothing was written"):
         rebuild_table(tmp_path, changed, "tiny")
     assert {name: (folder / name).read_bytes() for name in before} == before
-    if change != "row removed":  # --resume would run them again: it refuses too, unless told to
-        request = Table3Request(scale="tiny", resume=True, table_id="tiny")
-        changed = dataclasses.replace(changed, table3=dataclasses.replace(changed.table3, scales={"tiny": SCALE}))
-        with pytest.raises(Table3Error, match=r"they would run again.*rerun with --rerun-changed"):
-            make_table3(tmp_path, changed, request)
 
 
 def test_records_of_another_scale_never_mix(tmp_path, params, labels):
     folder = write_tiny_table(tmp_path, params, labels)
     (run,) = runs_of(params, ["4"], [1], table_id="tiny", scale={"train.epochs": 2})
     fake_record(folder, run, labels, fake_predictions(np.random.default_rng(3), labels, 0.8), scale_name="other")
-    table = rebuild_table(tmp_path, params, "tiny")
+    with pytest.raises(Table3Error, match="4-s1.*not this table's"):
+        rebuild_table(tmp_path, params, "tiny")
+    table = rebuild_table(tmp_path, params, "tiny", drop_unreadable=True)
     assert not {row["id"]: row for row in table["rows"]}["4"]["measured"]
     assert any(item["path"].endswith("4-s1") and "not this table's" in item["reason"] for item in table["excluded"])
 
@@ -425,6 +379,7 @@ def test_records_of_another_scale_never_mix(tmp_path, params, labels):
 def test_a_fresh_clone_rebuilds_the_table_without_training_dvc_or_mlflow(tmp_path, params, labels):
     """What a user gets from `git clone`: committed records; `palbert table3 --rebuild` needs nothing else."""
     clone = copy_project(tmp_path / "clone")
+    shutil.rmtree(clone / "results/table3/reduced")  # the committed reduced table, of another scale than these
     write_tiny_table(clone, params, labels, table_id="reduced")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "PYTHONPATH")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"  # the venv: python, no training
@@ -439,100 +394,6 @@ def test_a_fresh_clone_rebuilds_the_table_without_training_dvc_or_mlflow(tmp_pat
     missing = subprocess.run([sys.executable, "-m", "palbert.cli", "table3", "--rebuild", "--scale", "reduced"],
                              cwd=clone, env=env, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "results/table3/reduced: no records" in missing.stderr
-
-
-# --------------------------------------------------------------------------------------------
-# End to end: a real tiny table in a temporary clone, then rebuilt in a clone of that clone
-# --------------------------------------------------------------------------------------------
-
-
-def _clean_env(mirror: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "PALBERT_PROJECT_ROOT", "DVC_ROOT", "DVC_EXP_NAME",
-                        "DVC_EXP_BASELINE_REV", "RANK", "WORLD_SIZE", "PYTHONPATH")}
-    env["PALBERT_DATA_MIRROR"] = str(mirror)  # stages run as `python -m stages.<name>`: each workspace its own code
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-@pytest.mark.e2e
-def test_table3_end_to_end_in_a_clone(tmp_path: Path):
-    mirror = (REPO / ".." / "shared" / "data").resolve()
-    if not mirror.is_dir():
-        pytest.skip(f"no data mirror at {mirror}")
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
-    env = _clean_env(mirror)
-    # Two rows, one seed (not the default one): each experiment costs ~70 s of DVC, python and MLflow set-up on
-    # the slowest CPU kind, and the seed loop and the two-seed statistics are tested without training above.
-    command = [sys.executable, "-m", "palbert.cli", "table3", "--rows", "0,BP1", "--seeds", "2",
-               "--epochs", "1", "--steps-per-epoch", "3", "--subset", "64", "--table-id", "t3-e2e",
-               "--resamples", "200"]
-    folder = clone / "results" / "table3" / "t3-e2e"
-    try:
-        result = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True, timeout=1500)
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
-
-        assert sorted(p.name for p in folder.iterdir()) == ["0-s2", "BP1-s2", "figures",
-                                                             "table.json", "table.md"]
-        record = json.loads((folder / "BP1-s2" / "record.json").read_text())
-        assert (record["row"], record["seed"], record["code_commit"]) == ("BP1", 2, head)
-        assert record["scale"]["overrides"] == {"train.epochs": 1, "train.steps_per_epoch": 3, "data.subset": 64}
-        assert record["settings"]["train"]["seed"] == 2 and record["precision"] in ("bf16", "fp32")
-        assert record["machine"]["torch"] and record["train_wall_s"] > 0 and record["dvc_experiment"]["name"] == "t3-BP1-s2"
-        assert len(record["dev_per_epoch"]) == 1 and record["best_epoch"] == 1
-        assert sorted(record["files"]) == ["curves.csv.gz", "predictions/para-dev.csv.gz", "predictions/sst-dev.csv.gz",
-                                           "predictions/sst-test.csv.gz", "predictions/sts-dev.csv.gz",
-                                           "predictions/sts-test.csv.gz"]
-        table = json.loads((folder / "table.json").read_text())
-        assert [row["id"] for row in table["rows"] if row["measured"]] == ["0", "BP1"]
-        assert table["dev_examples"] == {"sst": 64, "para": 64, "sts": 64}
-        bp1 = next(row for row in table["rows"] if row["id"] == "BP1")
-        assert bp1["seeds"] == [2] and bp1["overall"]["std"] is None and bp1["overall"]["values"] == pytest.approx(
-            [json.loads((folder / "BP1-s2" / "record.json").read_text())["dev"]["overall"]],
-            abs=0.6e-6)  # table.json keeps 6 decimals
-        assert bp1["vs_previous"]["row"] == "0" and bp1["vs_previous"]["low"] <= bp1["vs_previous"]["high"]
-        assert "| BP1 | + annealed sampling | 1 |" in (folder / "table.md").read_text()
-
-        # The queued runs logged to the clone's own store, with the table's tags.
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("palbert")
-        runs = client.search_runs([experiment.experiment_id], filter_string="tags.table3_id = 't3-e2e'")
-        assert sorted((r.data.tags["table3_row"], r.data.tags["seed"], r.data.tags.get("dvc_exp_name"))
-                      for r in runs) == [("0", "2", "t3-0-s2"), ("BP1", "2", "t3-BP1-s2")]
-
-        # --resume: valid records kept; a damaged one is named and recorded again from its experiment.
-        (folder / "0-s2" / "curves.csv.gz").write_bytes(b"truncated")
-        resumed = subprocess.run([*command, "--resume"], cwd=clone, env=env, capture_output=True, text=True,
-                                 timeout=900)
-        assert resumed.returncode == 0, resumed.stderr[-4000:]
-        assert resumed.stderr.count(": kept (record of overall") == 1 and "queued t3-" not in resumed.stderr
-        assert "0-s2: curves.csv.gz: does not match its checksum" in resumed.stderr
-        assert "t3-0-s2: finished experiment without a record: recording it" in resumed.stderr
-        assert json.loads((folder / "table.json").read_text())["rows"] == table["rows"]
-
-        # A clone of the committed records rebuilds the same table with no DVC experiment and no MLflow store.
-        subprocess.run(["git", "add", "results"], cwd=clone, check=True)
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "records"],
-                       cwd=clone, check=True)
-        kept = read_experiments(clone)  # now they are experiments of an older commit, still found
-        assert {name: [r.state for r in kept[name]] for name in kept if name.startswith("t3-")} == {
-            name: ["success"] for name in ("t3-0-s2", "t3-BP1-s2")}
-        second = tmp_path / "second"
-        subprocess.run(["git", "clone", "-q", str(clone), str(second)], check=True)
-        (second / "results/table3/t3-e2e/table.json").unlink()
-        rebuilt = subprocess.run([sys.executable, "-m", "palbert.cli", "table3", "--rebuild", "--table-id", "t3-e2e",
-                                  "--resamples", "200"], cwd=second, env=env, capture_output=True, text=True,
-                                 timeout=300)
-        assert rebuilt.returncode == 0, rebuilt.stderr[-4000:]
-        assert json.loads((second / "results/table3/t3-e2e/table.json").read_text())["rows"] == table["rows"]
-        assert not (second / "mlflow.db").exists()
-    finally:
-        subprocess.run(["dvc", "queue", "stop"], cwd=clone, env=env, capture_output=True, timeout=120)
-        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_the_readme_block_says_how_much_is_measured_and_which_verdicts_changed(tmp_path, params, labels):
@@ -573,19 +434,42 @@ def test_a_table_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_p
     blocked.write_text("a file where the table's folder goes", encoding="utf-8")
     scaled = dataclasses.replace(params, table3=dataclasses.replace(params.table3, scales={"tiny": SCALE}))
     with pytest.raises(OutputUnwritable, match=r"blocked \(the table's records\): .*is a file, not a folder"):
-        make_table3(tmp_path, scaled, Table3Request(scale="tiny", resume=True, table_id="blocked"))
+        make_table3(tmp_path, scaled, Table3Request(scale="tiny", table_id="blocked"))
 
 
-def test_a_shallow_clone_is_refused_before_anything_is_queued(tmp_path, params):
-    """In a shallow clone DVC trained every queued run and then kept none (seen on the H200; reproduced with
-    ``git clone --depth 1``): the table refuses to start there instead of losing the runs to MLflow."""
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    for step in (["init", "-q"], *(["commit", "-q", "--allow-empty", "-m", m] for m in ("one", "two"))):
-        subprocess.run(git + step, cwd=origin, check=True)
-    subprocess.run(["git", "clone", "-q", "--depth", "1", origin.as_uri(), str(tmp_path / "shallow")], check=True)
-    check_experiments_kept(origin)  # a full history: fine
-    scaled = dataclasses.replace(params, table3=dataclasses.replace(params.table3, scales={"tiny": SCALE}))
-    with pytest.raises(Table3Error, match=r"shallow git clone, where DVC keeps no experiments.*Nothing was queued"):
-        make_table3(tmp_path / "shallow", scaled, Table3Request(rows=["0"], seeds=[1], scale="tiny", table_id="t"))
+def test_a_task_names_its_mlflow_run_and_tags_its_node_and_attempt(params, monkeypatch):
+    """The training run of a Table 3 task is called t3-<row>-s<seed> and tagged with its node and attempt."""
+    from palbert.table3.task import run_params
+    from palbert.tracking.tags import RUN_TAGS_ENV, default_run_name, run_tags
+
+    (run,) = runs_of(params, ["BP1"], [2])
+    written = run_params(run, threads=2)
+    assert written["train"]["threads"] == 2 and written["train"]["seed"] == 2
+    assert (written["tracking"]["table3_id"], written["tracking"]["table3_row"]) == ("t3-test", "BP1")
+    monkeypatch.setenv(RUN_TAGS_ENV, json.dumps({"table3_run": run.name, "node": "host:ab12", "attempt": 2}))
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = run_tags(run.params, REPO)
+    assert (tags["node"], tags["attempt"], tags["seed"]) == ("host:ab12", "2", "2")
+    assert default_run_name(tags) == "t3-BP1-s2"
+
+
+def test_a_returned_record_is_checked_before_it_moves_into_the_table(tmp_path, params, labels):
+    """The driver is the only writer of the table's folder: a run's files land there whole and checked, or not at
+    all (what was there stays)."""
+    from palbert.table3.runner import accept_record
+
+    (run,) = runs_of(params, ["BP1"], [1], table_id="tiny")
+    fake_record(tmp_path / "made", run, labels, fake_predictions(np.random.default_rng(1), labels, 0.7))
+    made = tmp_path / "made" / run.folder
+    files = {str(path.relative_to(made)): path.read_bytes() for path in made.rglob("*") if path.is_file()}
+    folder = tmp_path / "table"
+    record = accept_record(folder, run, files, SCALE)
+    assert record.folder == folder / "BP1-s1" and (folder / "BP1-s1" / "curves.csv.gz").read_bytes() == files["curves.csv.gz"]
+    edited = json.loads(files["record.json"])
+    edited["dev"]["overall"] = 0.99
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    with pytest.raises(RecordError, match="its dev block disagrees"):
+        accept_record(folder, run, {**files, "record.json": json.dumps(edited).encode()}, SCALE)
+    with pytest.raises(Table3Error, match="outside its record"):
+        accept_record(folder, run, {**files, "../escape": b"x"}, SCALE)
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before

@@ -1,8 +1,8 @@
-"""Table 3 of the paper, measured: rows x seeds as DVC experiments, results records, the table and figures.
+"""Table 3 of the paper, measured: rows x seeds as Ray tasks, results records, the table and figures.
 
-``plan`` (what runs), ``experiments`` (DVC's queue and ``dvc exp show``), ``records`` (one committed
-folder per finished run), ``report`` (table.json / table.md from records), ``figures``, ``runner`` (the
-command). The statistics live in ``palbert.metrics``.
+``plan`` (what runs, with which settings), ``task`` (one run in a private workspace on any node), ``executor``
+(Ray: where and how many at once), ``records`` (one committed folder per finished run), ``report``
+(table.json / table.md from records), ``figures``, ``runner`` (the command). The statistics live in ``palbert.metrics``.
 """
 
 from palbert.table3.plan import Table3Error

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from palbert.config import OPTIONAL_KEYS, Params, Table3Row, apply_overrides, params_from_dict, params_to_dict
+from palbert.params_file import load_params
 
 NAME_PREFIX = "t3"
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -94,29 +98,35 @@ class PlannedRun:
     def settings(self) -> dict[str, Any]:
         return self.params.result_settings()
 
-    def set_param_args(self, threads: int = 0) -> list[str]:
-        """``["-S", "model.pals=false", ...]`` for ``dvc exp run``, with the tags that group the table in MLflow,
-        and ``train.threads`` when several runs share the CPU (not a result setting: records still match)."""
+    def row_differences(self, overrides: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+        """Where a record's row overrides and settings (``result_settings()``'s shape) disagree with this run's
+        row, scale and seed, whatever the other settings are."""
+        found = [f"row overrides {dict(overrides)}, not {self.row_overrides}"] if dict(overrides) != self.row_overrides else []
+        for dotted, value in self.overrides.items():
+            section, _, key = dotted.partition(".")
+            have = (settings.get(section) or {}).get(key, "<absent>")
+            if have != value:
+                found.append(f"{dotted}: {have!r} in the record, {value!r} in the row")
+        return found
+
+    def exp_run_command(self) -> list[str]:
+        """``dvc exp run --name t3-<row>-s<seed> -S ...``: this run by hand, as one DVC experiment in the workspace."""
+        command = ["dvc", "exp", "run", "--name", self.name]
         tags = {"tracking.table3_id": self.table_id, "tracking.table3_row": self.row}
-        args: list[str] = []
-        for key, value in {**self.overrides, **tags, **({"train.threads": threads} if threads else {})}.items():
-            args += ["-S", f"{'++' if _opt_in(key) else ''}{key}={hydra_value(value)}"]
-        return args
-
-    def queue_command(self, force: bool = False, threads: int = 0) -> list[str]:
-        command = ["dvc", "exp", "run", "--queue", "--name", self.name]
-        if force:
-            command.append("--force")
-        return command + self.set_param_args(threads)
+        for key, value in {**self.overrides, **tags}.items():
+            command += ["-S", f"{'++' if _opt_in(key) else ''}{key}={hydra_value(value)}"]
+        return command
 
 
-def threads_per_job(jobs: int, cpus: int | None) -> int:
-    """Intra-op threads for each of ``jobs`` runs at once on ``cpus`` cores (0: PyTorch's default, for one job).
-
-    PyTorch's default is every core for each process, so two runs at once would oversubscribe the CPU; two
-    runs of one thread each train 1.41x as many examples per second as one of two threads on a 2-core
-    AVX512-BF16 machine (docs/results/cpu-threads-no-amx.txt)."""
-    return 0 if jobs <= 1 else max(1, (cpus or 1) // jobs)
+def committed_params(root: Path) -> Params:
+    """``params.yaml`` as committed at HEAD, the base of every run: each run checks out HEAD, and ``dvc exp run -S``
+    leaves its values in the workspace's copy. Outside git: the workspace's file."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True)
+    if shown.returncode != 0:
+        return load_params(root / "params.yaml")
+    with tempfile.TemporaryDirectory(prefix="palbert-committed-") as tmp:
+        (Path(tmp) / "params.yaml").write_bytes(shown.stdout)
+        return load_params(Path(tmp) / "params.yaml")
 
 
 def plan_runs(base: Params, rows: Sequence[Table3Row], seeds: Sequence[int], table_id: str,

@@ -21,11 +21,7 @@ import datetime as dt
 import gzip
 import hashlib
 import io
-import json
 import logging
-import os
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -36,7 +32,6 @@ from palbert.atomic import atomic_dir, read_json_object, write_json
 from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS, TASK_METRIC, overall, score
-from palbert.table3.experiments import ExpRecord
 from palbert.table3.plan import PlannedRun, Table3Error
 
 log = logging.getLogger(__name__)
@@ -141,8 +136,11 @@ class RunRecord:
         return [(int(step), series, float(value)) for step, series, value in rows]
 
 
-def read_record(folder: Path, run: PlannedRun | None = None, scale: Mapping[str, Any] | None = None) -> RunRecord:
-    """A record, checked: complete files, this format, and (when given) the run's settings and scale."""
+def read_record(folder: Path, run: PlannedRun | None = None, scale: Mapping[str, Any] | None = None,
+                row_only: bool = False) -> RunRecord:
+    """A record, checked: complete files, this format, and (when given) the run's scale and settings: every one of
+    them (``run.settings()``, before a run is kept instead of trained), or (``row_only``, for a rebuild) only
+    those its row, scale and seed define, whatever the rest of ``params.yaml`` holds today."""
     path = folder / RECORD_FILE
     data = read_json_object(path, RecordError, "an interrupted copy?")
     if data.get("format") != RECORD_FORMAT:
@@ -163,7 +161,12 @@ def read_record(folder: Path, run: PlannedRun | None = None, scale: Mapping[str,
     if run is not None:
         if (data["row"], data["seed"]) != (run.row, run.seed):
             raise RecordError(f"{path}: holds row {data['row']} seed {data['seed']}, not {run.row} seed {run.seed}")
-        if data["settings"] != run.settings():
+        if row_only:
+            problems = run.row_differences(data["overrides"], data["settings"])
+            if problems:
+                raise StaleRecordError(f"{path}: its settings disagree with row {run.row} of the catalogue "
+                                       f"({'; '.join(problems[:3])})")
+        elif data["settings"] != run.settings():
             raise StaleRecordError(f"{path}: ran with other settings than row {run.row} has now "
                                    f"({_first_differences(data['settings'], run.settings())})")
     record = RunRecord(folder=folder, data=data)
@@ -220,31 +223,20 @@ def write_record(folder: Path, data: Mapping[str, Any], tables: Mapping[str, tup
 
 
 # --------------------------------------------------------------------------------------------
-# From a finished DVC experiment (and its MLflow run) to a record
+# From a finished run's workspace to a record
 # --------------------------------------------------------------------------------------------
 
 
-def load_dev_labels(root: Path, rev: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each task's dev ids and labels as experiment ``rev`` prepared them (from the DVC cache)."""
-    import dvc.api
-
+def _dev_labels(prepared: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each task's dev ids and labels as the run prepared them."""
     from palbert.data.prepared import load_prepared
 
     out = {}
-    with tempfile.TemporaryDirectory(prefix="table3-labels-") as tmp:
-        for task in TASKS:
-            dataset = TASK_DATASET[task]
-            target = Path(tmp) / dataset / "dev.npz"
-            target.parent.mkdir(parents=True)
-            try:
-                with dvc.api.open(f"data/prepared/{dataset}/dev.npz", repo=str(root), rev=rev, mode="rb") as src:
-                    target.write_bytes(src.read())
-            except Exception as exc:  # a missing cache entry or path: say which
-                raise Table3Error(f"cannot read data/prepared/{dataset}/dev.npz of experiment {rev[:7]}: {exc}") from exc
-            split = load_prepared(Path(tmp), dataset, "dev")
-            if split is None or split.labels is None:
-                raise Table3Error(f"data/prepared/{dataset}/dev.npz of {rev[:7]} has no labels")
-            out[task] = (np.asarray(split.ids).astype(str), np.asarray(split.labels))
+    for task in TASKS:
+        split = load_prepared(prepared, TASK_DATASET[task], "dev")
+        if split is None or split.labels is None:
+            raise Table3Error(f"{prepared / TASK_DATASET[task]}/dev.npz: missing or without labels")
+        out[task] = (np.asarray(split.ids).astype(str), np.asarray(split.labels))
     return out
 
 
@@ -262,69 +254,44 @@ def _read_prediction_csv(path: Path, where: str) -> dict[str, str]:
     return out
 
 
-def _train_summary(root: Path, experiment: ExpRecord) -> dict[str, Any]:
-    """The experiment's metrics/train.json as committed in its ref (``dvc exp show`` keeps only its numbers)."""
-    result = subprocess.run(["git", "show", f"{experiment.rev}:metrics/train.json"], cwd=root, capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        raise Table3Error(f"{experiment.name}: no metrics/train.json in its commit {experiment.rev[:7]}: "
-                          f"{result.stderr.strip()}")
-    return json.loads(result.stdout)
-
-
-def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRecord, scale_name: str) -> RunRecord:
-    """Write the record of ``run`` from its finished experiment: metrics from DVC, files from its MLflow run."""
-    from mlflow import MlflowClient
-
-    summary = _train_summary(root, experiment)
-    run_id, uri = summary.get("mlflow_run_id"), summary.get("tracking_uri")
-    if not run_id or not uri:
-        raise Table3Error(f"{experiment.name}: metrics/train.json names no MLflow run (Table 3 needs tracking)")
-    dev = {name: experiment.metrics[name] for name in DEV_METRICS} if experiment.metrics else {}
-    return write_run_record(folder, run, scale_name, MlflowClient(tracking_uri=uri), run_id,
-                            load_dev_labels(root, experiment.rev), summary, dev, code_commit=experiment.baseline,
-                            dvc_experiment={"name": experiment.name, "rev": experiment.rev})
-
-
-def write_run_record(folder: Path, run: PlannedRun, scale_name: str, client: Any, run_id: str,
-                     labels: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: Mapping[str, Any],
-                     dev: Mapping[str, float], code_commit: str, dvc_experiment: Mapping[str, Any]) -> RunRecord:
-    """The record of ``run``: its dev and test predictions and curves from MLflow run ``run_id``, scored against
-    ``labels``, with the training summary (``metrics/train.json``'s fields) and dev metrics given."""
-    name = dvc_experiment.get("name") or run.name
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per tiny file: noise
+def record_from_workspace(workspace: Path, folder: Path, run: PlannedRun, scale_name: str, code_commit: str,
+                          execution: Mapping[str, Any]) -> RunRecord:
+    """The record of ``run`` from the workspace its stages ran in: ``metrics/train.json`` and ``metrics/dev.json``,
+    the dev and test predictions scored against the prepared dev labels, and the training curves."""
+    summary = read_json_object(workspace / "metrics" / "train.json", Table3Error, "did the train stage run?")
+    metrics = read_json_object(workspace / "metrics" / "dev.json", Table3Error, "did the evaluate stage run?")
+    if any(not isinstance(metrics.get(name), (int, float)) for name in DEV_METRICS):
+        raise Table3Error(f"{run.name}: metrics/dev.json lacks some of {', '.join(DEV_METRICS)}")
+    labels = _dev_labels(workspace / "data" / "prepared")
     tables: dict[str, tuple[Sequence[str], list]] = {}
-    with tempfile.TemporaryDirectory(prefix="table3-record-") as tmp:
-        predictions = Path(client.download_artifacts(run_id, "predictions", tmp))
-        for task in TASKS:
-            where = f"MLflow run {run_id} ({name}) predictions/{task}-dev.csv"
-            if not (predictions / f"{task}-dev.csv").is_file():
-                raise Table3Error(f"{where} is missing")
-            predicted = _read_prediction_csv(predictions / f"{task}-dev.csv", where)
-            ids, values = labels[task]
-            missing = [i for i in ids if i not in predicted]
-            if missing or len(predicted) != len(ids):
-                raise Table3Error(f"{where}: predicted ids differ from the dev labels ({len(missing)} labelled "
-                                  f"ids missing, {len(predicted)} predicted vs {len(ids)})")
-            tables[f"predictions/{task}-dev.csv.gz"] = (
-                ["id", "prediction", "label"],
-                [[i, predicted[i], TASK_SPECS[task].format(float(y))] for i, y in zip(ids, values)])
-            test = predictions / f"{task}-test.csv"
-            if test.is_file():
-                rows = _read_prediction_csv(test, f"MLflow run {run_id} predictions/{test.name}")
-                tables[f"predictions/{task}-test.csv.gz"] = (["id", "prediction"], [[i, p] for i, p in rows.items()])
-        curves = []
-        for series in CURVE_SERIES:
-            try:
-                path = Path(client.download_artifacts(run_id, f"plots/{series}.csv", tmp))
-            except Exception:  # noqa: BLE001 - a series the run did not log (no SimCSE)
-                continue
-            with open(path, newline="", encoding="utf-8") as handle:
-                reader = csv.reader(handle)
-                next(reader, None)
-                curves += [[int(step), series, value] for step, value in reader]
-        tables[CURVES_FILE] = (["step", "series", "value"], curves)
-    machine = summary.get("machine")
+    predictions = workspace / "predictions"
+    for task in TASKS:
+        where = f"{run.name}: predictions/{task}-dev.csv"
+        if not (predictions / f"{task}-dev.csv").is_file():
+            raise Table3Error(f"{where} is missing")
+        predicted = _read_prediction_csv(predictions / f"{task}-dev.csv", where)
+        ids, values = labels[task]
+        missing = [i for i in ids if i not in predicted]
+        if missing or len(predicted) != len(ids):
+            raise Table3Error(f"{where}: predicted ids differ from the dev labels ({len(missing)} labelled "
+                              f"ids missing, {len(predicted)} predicted vs {len(ids)})")
+        tables[f"predictions/{task}-dev.csv.gz"] = (
+            ["id", "prediction", "label"],
+            [[i, predicted[i], TASK_SPECS[task].format(float(y))] for i, y in zip(ids, values)])
+        test = predictions / f"{task}-test.csv"
+        if test.is_file():
+            rows = _read_prediction_csv(test, f"{run.name}: predictions/{test.name}")
+            tables[f"predictions/{task}-test.csv.gz"] = (["id", "prediction"], [[i, p] for i, p in rows.items()])
+    curves = []
+    for series in CURVE_SERIES:
+        path = workspace / "metrics" / "plots" / "train" / f"{series}.csv"
+        if not path.is_file():  # a series the run did not log (no SimCSE)
+            continue
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            curves += [[int(step), series, value] for step, value in reader]
+    tables[CURVES_FILE] = (["step", "series", "value"], curves)
     data = {
         "format": RECORD_FORMAT,
         "table_id": run.table_id,
@@ -334,9 +301,9 @@ def write_run_record(folder: Path, run: PlannedRun, scale_name: str, client: Any
         "overrides": run.row_overrides,
         "settings": run.settings(),
         "code_commit": code_commit,
-        "dvc_experiment": dict(dvc_experiment),
-        "mlflow_run_id": run_id,
-        "dev": dict(dev),
+        "execution": dict(execution),
+        "mlflow_run_id": summary.get("mlflow_run_id"),
+        "dev": {name: metrics[name] for name in DEV_METRICS},
         "best_epoch": summary.get("best_epoch"),
         "dev_per_epoch": summary.get("dev_per_epoch"),
         "steps": summary.get("steps"),
@@ -344,10 +311,7 @@ def write_run_record(folder: Path, run: PlannedRun, scale_name: str, client: Any
         "examples_per_s": summary.get("examples_per_s"),
         "world_size": summary.get("world_size"),
         "precision": summary.get("precision"),
-        # a train summary without a machine block (older code) gets the collector's: DVC's queue runs locally
-        "machine": machine or {**describe_machine(), "described_by": "collector"},
+        "machine": summary.get("machine") or describe_machine(),
         "collected": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    record = write_record(folder, data, tables)
-    log.info("%s: record written to %s (overall %.4f)", name, folder, record.dev["overall"])
-    return record
+    return write_record(folder, data, tables)

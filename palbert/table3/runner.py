@@ -1,39 +1,27 @@
 """``palbert table3``: run what a table is missing, record each run as it finishes, rebuild the table.
 
 The table lives in ``results/table3/<table-id>/`` (committed): one record per row x seed, and
-``table.md``, ``table.json`` and ``figures/`` rebuilt from those records alone. Runs are DVC experiments
-(``t3-<row>-s<seed>``) logged to MLflow with the tags ``table3_id`` and ``table3_row``; they run
-``--jobs`` at a time, and each one's record is written as soon as its batch is done, so a killed command
-loses only the runs in progress. ``--resume`` keeps every valid record (and records finished
-experiments that have none yet); a record that is damaged, of another scale, or of settings the row
-no longer has is named and run again.
+``table.md``, ``table.json`` and ``figures/`` rebuilt from those records alone. Every missing run is a Ray task
+(``palbert.table3.executor``) that returns its record's files; this module alone writes the table's folder: it
+checks each returned record (checksums, settings, dev block rescored from its predictions) and moves it in with
+one rename, so a killed command loses only the runs in progress, and the same command again keeps every valid
+record and runs the rest. A record that is damaged or of another scale is named and run again; one whose
+settings the row no longer gives is refused unless ``rerun_stale``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from palbert.atomic import check_writable, read_json_object, write_json, write_text
+from palbert.atomic import atomic_dir, check_writable, read_json_object, write_json, write_text
 from palbert.config import Params
-from palbert.table3.experiments import (
-    check_experiments_kept,
-    finished_experiment,
-    plan_experiments,
-    queue_run,
-    read_experiments,
-    requeue_run,
-    run_queue,
-    wait_for_workers_to_exit,
-)
+from palbert.table3.executor import ExecutorSettings, connected, execute
 from palbert.table3.figures import write_figures
-from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows, threads_per_job
-from palbert.table3.records import (RECORD_FILE, RecordError, RunRecord, StaleRecordError, collect_record,
-                                    read_record)
+from palbert.table3.plan import PlannedRun, Table3Error, check_name, plan_runs, select_rows
+from palbert.table3.records import RECORD_FILE, RecordError, RunRecord, StaleRecordError, read_record
 from palbert.table3.report import BootstrapSettings, build_table, render_markdown
 from palbert.tracking.store import create_local_store, resolve_tracking_uri
 
@@ -50,13 +38,14 @@ class Table3Request:
     rows: list[str] | None = None
     seeds: list[int] | None = None
     scale: str = "full"
-    resume: bool = False
-    #: False: only record experiments that already finished (a queue run by hand or still running elsewhere).
-    train: bool = True
-    jobs: int = 1
-    #: Run again the records whose settings the workspace's params no longer give; False: refuse (see _refuse_stale).
+    #: Run again the records whose settings the params no longer give; False: refuse (see _refuse_stale).
     rerun_stale: bool = False
+    #: A rebuild may leave out records that cannot be read (damaged, another scale); False: it refuses.
+    drop_unreadable: bool = False
     table_id: str | None = None
+    #: "" : ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the project's local store.
+    tracking_uri: str = ""
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
 
 
@@ -89,14 +78,14 @@ class RecordCheck:
     stale: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check_records(folder: Path, runs: Sequence[PlannedRun]) -> RecordCheck:
+def check_records(folder: Path, runs: Sequence[PlannedRun], row_only: bool = False) -> RecordCheck:
     check = RecordCheck()
     for run in runs:
         path = folder / run.folder
         if not path.exists():
             continue
         try:
-            check.good[run.name] = read_record(path, run, run.scale)
+            check.good[run.name] = read_record(path, run, run.scale, row_only=row_only)
         except RecordError as exc:
             found = (str(path), str(exc).removeprefix(f"{path}/").removeprefix(str(path)))
             (check.stale if isinstance(exc, StaleRecordError) else check.bad).append(found)
@@ -104,19 +93,19 @@ def check_records(folder: Path, runs: Sequence[PlannedRun]) -> RecordCheck:
 
 
 def _refuse_stale(stale: Sequence[tuple[str, str]], what: str, override: str) -> None:
-    """Committed records are hours of compute: params that disown them are far more often a workspace left
-    changed (``dvc exp run -S``, ``dvc exp apply``) than a row redefined on purpose."""
+    """Committed records are hours of compute: a row that disowns them is more often an edit by mistake than a
+    row redefined on purpose."""
     if stale:
         listed = "; ".join(f"{path} ({reason})" for path, reason in stale[:3]) + (
             f"; and {len(stale) - 3} more" if len(stale) > 3 else "")
         raise Table3Error(
-            f"{len(stale)} record(s) no longer match the workspace's params.yaml, so {what}: {listed}. If "
-            f"params.yaml was changed by an experiment, restore it (`git diff params.yaml`, `git checkout "
-            f"params.yaml`); if the rows were redefined on purpose, {override}. Nothing was written.")
+            f"{len(stale)} record(s) no longer match their row, so {what}: {listed}. If the params or the catalogue "
+            f"were changed by mistake, restore them (`git diff`, `git checkout params.yaml table3.yaml`); if the rows "
+            f"were redefined on purpose, {override}. Nothing was written.")
 
 
 def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str, Any]:
-    """Run what is missing, write a record per finished run, then rebuild the table from the records."""
+    """Run what is missing (valid records are kept), record each finished run, then rebuild the table."""
     rows = select_rows(params.table3.rows, request.rows)
     seeds = list(request.seeds or params.table3.seeds)
     scale = params.table3.scale(request.scale)
@@ -125,64 +114,48 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
     check_writable({"the table's records": folder})  # before any training: a record lost after an hour of it hurts
     _check_scale(folder, request.scale, scale)
     runs = plan_runs(params, rows, seeds, table_id, scale)
-
-    check = check_records(folder, runs) if request.resume or not request.train else RecordCheck()
+    check = check_records(folder, runs)
     if not request.rerun_stale:
         _refuse_stale(check.stale, "they would run again", "rerun with --rerun-changed")
-    recorded = check.good
     for path, reason in check.bad + check.stale:
         log.warning("%s: %s; it runs again", path, reason)
-    for name in recorded:
-        log.info("%s: kept (record of overall %.4f)", name, recorded[name].dev["overall"])
-    missing = [run for run in runs if run.name not in recorded]
-    if missing and request.train:
-        check_experiments_kept(root)
-        create_local_store(resolve_tracking_uri(params.tracking, root))  # before several runs open it at once
+    for name, record in check.good.items():
+        log.info("%s: kept (record of overall %.4f)", name, record.dev["overall"])
+    missing = [run for run in runs if run.name not in check.good]
     if missing:
-        plan = plan_experiments(missing, read_experiments(root), request.resume or not request.train)
-        for run in missing:
-            if run.name in plan.finished:
-                log.info("%s: finished experiment without a record: recording it", run.name)
-                collect_record(root, folder / run.folder, run, plan.finished[run.name], request.scale)
-        if not request.train:
-            left = [run.name for run in missing if run.name not in plan.finished]
-            if left:
-                log.info("no record yet (not trained now): %s", ", ".join(left))
-        threads = threads_per_job(request.jobs, os.cpu_count())
-        requeue = {run.name: functools.partial(requeue_run, root, run, threads) for run in missing}
-        if request.train and plan.pending:
-            log.info("waiting for %s, already in the DVC queue", ", ".join(plan.pending))
-            run_queue(root, request.jobs, requeue)
-            _record_batch(root, folder, [run for run in missing if run.name in plan.pending], request.scale)
-        to_run = plan.to_queue if request.train else []
-        for start in range(0, len(to_run), request.jobs):
-            batch = to_run[start : start + request.jobs]
-            wait_for_workers_to_exit(root)
-            for run, force in batch:
-                queue_run(root, run, force, threads)
-            log.info("running %s (%d of %d left)", ", ".join(run.name for run, _ in batch),
-                     len(to_run) - start, len(to_run))
-            run_queue(root, request.jobs, requeue)
-            _record_batch(root, folder, [run for run, _ in batch], request.scale)
+        uri = request.tracking_uri or resolve_tracking_uri(params.tracking, root)
+        with connected(request.executor):
+            create_local_store(uri)  # before several runs open it at once
+            outcome = execute(missing, request.scale, root, uri, request.executor,
+                              lambda run, files, _: accept_record(folder, run, files, scale), total=len(runs))
+        if outcome.failed:
+            raise Table3Error(f"{len(outcome.failed)} of {len(missing)} run(s) failed: {'; '.join(outcome.failed)}. "
+                              "Fix the cause and run the same command again: finished records are kept.")
     return rebuild_table(root, params, table_id, request.bootstrap)
 
 
-def _record_batch(root: Path, folder: Path, runs: Sequence[PlannedRun], scale_name: str) -> None:
-    """Record every finished run of a batch; then stop on the first that failed, naming its log."""
-    experiments = read_experiments(root)
-    problems = []
-    for run in runs:
-        try:
-            collect_record(root, folder / run.folder, run, finished_experiment(run, experiments), scale_name)
-        except Table3Error as exc:
-            problems.append(str(exc))
-    if problems:
-        raise Table3Error("; ".join(problems) + ". Fix the cause and rerun with --resume: finished runs are kept.")
+def accept_record(folder: Path, run: PlannedRun, files: Mapping[str, bytes], scale: Mapping[str, Any]) -> RunRecord:
+    """Check a run's returned record files in a hidden folder beside the table, then move them in with one rename:
+    a record in the table's folder is always whole and checked."""
+    final = folder / run.folder
+    with atomic_dir(final) as tmp:  # a refused record raises here: nothing replaces what was there
+        for name, data in files.items():
+            target = (tmp / name).resolve()
+            if not target.is_relative_to(tmp.resolve()):
+                raise Table3Error(f"{run.name}: returned a file outside its record ({name})")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        read_record(tmp, run, scale)
+    return read_record(final, run, scale)
 
 
 def rebuild_table(root: Path, params: Params, table_id: str,
-                  bootstrap: BootstrapSettings = BootstrapSettings()) -> dict[str, Any]:
-    """``table.json``, ``table.md`` and the figures of ``table_id``, from its records alone."""
+                  bootstrap: BootstrapSettings = BootstrapSettings(), drop_unreadable: bool = False) -> dict[str, Any]:
+    """``table.json``, ``table.md`` and the figures of ``table_id``, from its records alone.
+
+    Each record is checked against its own row (the catalogue's overrides, the table's scale, its seed), not the
+    rest of ``params.yaml``, which an experiment may have changed. A record that cannot be read (truncated, edited,
+    of another scale) stops the rebuild before anything is written, unless ``drop_unreadable``."""
     folder = table_folder(root, table_id)
     found = sorted(path for path in folder.iterdir()
                    if path.is_dir() and path.name != FIGURES and not path.name.startswith(".")) if folder.is_dir() else []
@@ -192,13 +165,19 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     scale_name, scale = _scale_of(found)
     seeds = sorted({int(path.name.rsplit("-s", 1)[1]) for path in found if path.name.rsplit("-s", 1)[-1].isdigit()})
     runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)
-    check = check_records(folder, runs)
+    check = check_records(folder, runs, row_only=True)
     known = {str(folder / run.folder) for run in runs}
     check.stale += [(str(path), "not a row x seed of table3.yaml") for path in found
                     if str(path) not in known]
     _refuse_stale(check.stale, "the rebuilt table would leave them out",
-                  "delete their folders (or run them again with `palbert table3 --resume --rerun-changed`)")
+                  "delete their folders (or run them again with `palbert table3 --rerun-changed`)")
     records, bad = check.good, check.bad
+    if bad and not drop_unreadable:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in bad[:3]) + (
+            f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise Table3Error(f"{len(bad)} record(s) cannot be read, so the rebuilt table would leave them out: {listed}. "
+                          "Restore them (`git checkout results/`), or rebuild with --drop-unreadable to leave them "
+                          "out on purpose. Nothing was written.")
     for path, reason in bad:
         log.warning("%s: left out of the table: %s", path, reason)
     by_row: dict[str, list[RunRecord]] = {}

@@ -27,7 +27,10 @@ TAG_DVC_EXP_NAME = "dvc_exp_name"
 TAG_DVC_EXP_BASELINE_REV = "dvc_exp_baseline_rev"
 TAG_TABLE3_ID = "table3_id"
 TAG_TABLE3_ROW = "table3_row"
+TAG_TABLE3_RUN = "table3_run"
 TAG_SEED = "seed"
+#: Extra tags (a JSON object) for the runs of this process: a Table 3 task's run name, node and attempt.
+RUN_TAGS_ENV = "PALBERT_RUN_TAGS"
 TAG_FALLBACK_FROM = "palbert.fallback_from"
 TAG_RESUMED_FROM = "palbert.resumed_from"
 
@@ -81,6 +84,12 @@ def run_tags(params: Params, project_root: Path) -> dict[str, str]:
         tags[TAG_TABLE3_ID] = params.tracking.table3_id
     if params.tracking.table3_row:
         tags[TAG_TABLE3_ROW] = params.tracking.table3_row
+    extra = os.environ.get(RUN_TAGS_ENV, "")
+    if extra:  # set by a Table 3 task: its run name, node and attempt
+        try:
+            tags.update({str(key): str(value) for key, value in json.loads(extra).items()})
+        except (ValueError, AttributeError):
+            log.warning("$%s is not a JSON object of tags: ignored", RUN_TAGS_ENV)
     return tags
 
 
@@ -89,6 +98,8 @@ def default_run_name(tags: Mapping[str, str]) -> str:
     ``dvc repro`` run (the workspace, on top of that commit), instead of a random MLflow name."""
     if os.environ.get("DVC_EXP_NAME"):
         return os.environ["DVC_EXP_NAME"]
+    if tags.get(TAG_TABLE3_RUN):
+        return tags[TAG_TABLE3_RUN]
     commit = tags.get(TAG_GIT_COMMIT)
     return f"{WORKSPACE_RUN_NAME}@{commit[:7]}" if commit else WORKSPACE_RUN_NAME
 

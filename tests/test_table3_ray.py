@@ -1,0 +1,270 @@
+"""``palbert table3`` through Ray on real local clusters: a tiny table on two nodes, a node removed mid-run, a run
+that fails, a dead address, too few resources, fractional GPUs packed.
+
+Each cluster is a head and worker nodes on 127.0.0.1 (``ray.cluster_utils.Cluster``) with private temp dirs, a small
+object store, no dashboard and usage stats off, stopped by the test that starts it. Runs train the tiny random BERT
+for 2 steps on 32 rows of the mirror's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+import yaml
+
+from conftest import MIRROR, copy_project, free_port, needs_mirror, tiny_training_params
+from palbert.config import params_to_dict
+
+pytestmark = [pytest.mark.distributed]
+
+OBJECT_STORE_BYTES = 80 * 1024**2
+SHRINK = ["--epochs", "1", "--steps-per-epoch", "2", "--subset", "32", "--resamples", "50"]
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True,
+                   capture_output=True)
+
+
+def ray_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "PALBERT_PROJECT_ROOT", "DVC_ROOT", "RAY_ADDRESS", "PYTHONPATH")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PALBERT_DATA_MIRROR=str(MIRROR), DVC_NO_ANALYTICS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return env
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    """A committed project copy whose params.yaml trains the tiny BERT, logging to its own MLflow store."""
+    project = copy_project(tmp_path / "project")
+    params = params_to_dict(tiny_training_params(tiny_bert_dir, data={"subset": 32}), include_table3=False)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    catalogue = yaml.safe_load((project / "table3.yaml").read_text())
+    rows = catalogue["table3"]["rows"]
+    rows.append({**rows[0], "id": "broken", "name": "a run whose encoder is missing",
+                 "overrides": {**rows[0]["overrides"], "model.pretrained": str(tmp_path / "no-such-bert")}})
+    (project / "table3.yaml").write_text(yaml.safe_dump(catalogue, sort_keys=False))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "tiny")
+    return project
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """Ray's session folders hold unix sockets, whose paths must stay under ~100 characters."""
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def add_node(cluster, tries: int = 3) -> None:
+    """A worker node of one CPU. Ray gives a raylet 30 s to register, which a machine busy with other work can
+    miss: such a start is tried again."""
+    for attempt in range(tries):
+        try:
+            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
+            cluster.wait_for_nodes()
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for a slow raylet start
+            if "timed out during startup" not in str(exc) or attempt == tries - 1:
+                raise
+
+
+@pytest.fixture
+def cluster(short_tmp: Path, monkeypatch) -> Iterator:
+    """A head (no CPU for runs: every run goes to a worker node) and one worker node of one CPU."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    made = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False,
+        "temp_dir": str(short_tmp / "ray")})
+    try:
+        add_node(made)
+        yield made
+    finally:
+        made.shutdown()
+
+
+def table3(project: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "palbert.cli", "table3", *args, *SHRINK, "--node-cache",
+            str(project.parent / "node-cache")]
+
+
+def run_table3(project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(table3(project, *args), cwd=project, env=ray_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def stage_processes(project: Path) -> list[psutil.Process]:
+    """Processes still running in the node cache's run workspaces (dvc and its stages)."""
+    work = str(project.parent / "node-cache" / "work")
+    found = []
+    for process in psutil.process_iter(["cwd", "cmdline"]):
+        try:
+            if (process.info["cwd"] or "").startswith(work):
+                found.append(process)
+        except (psutil.Error, TypeError):
+            continue
+    return found
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def mlflow_runs(project: Path, table_id: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("palbert")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.table3_id = '{table_id}'")
+
+
+# --------------------------------------------------------------------------------------------
+# Before any run: one line
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_dead_address_is_one_line_before_any_run(project: Path):
+    port = free_port()
+    result = run_table3(project, "--rows", "0", "--seeds", "1", "--table-id", "dead", "--address", f"127.0.0.1:{port}",
+                        timeout=300)
+    assert result.returncode == 1
+    assert f"no Ray cluster answers at 127.0.0.1:{port} (Connection refused)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (project / "results" / "table3" / "dead").exists()
+
+
+def test_too_few_resources_is_one_line_before_any_run(project: Path):
+    result = run_table3(project, "--rows", "0", "--seeds", "1", "--table-id", "short", "--gpus-per-run", "1",
+                        timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"no node of the Ray cluster at this machine has 1 CPU\(s\) and 1 GPU\(s\) for one run", result.stderr)
+    assert "runs |" not in result.stderr  # no bar: nothing started
+    assert not (project / "node-cache" / "logs").exists()
+
+
+def test_fractional_gpus_pack_eight_runs_on_one_logical_gpu(short_tmp: Path, monkeypatch):
+    """``--gpus-per-run 0.125`` on a head with one (logical) GPU: the executor's task options let 8 run at once."""
+    import ray
+
+    from palbert.table3.executor import ExecutorSettings, task_options
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+             _temp_dir=str(short_tmp / "ray"), log_to_driver=False)
+    try:
+        options = task_options(ExecutorSettings(cpus_per_run=0.25, gpus_per_run=0.125))
+        assert options["num_gpus"] == 0.125 and options["retry_exceptions"] is False and options["max_retries"] >= 1
+
+        @ray.remote(num_cpus=0)
+        class Arrivals:
+            def __init__(self) -> None:
+                self.count = 0
+
+            def arrive(self) -> int:
+                self.count += 1
+                return self.count
+
+            def seen(self) -> int:
+                return self.count
+
+        arrivals = Arrivals.remote()
+
+        @ray.remote
+        def hold(arrivals) -> tuple[float, float, list, bool]:
+            """Wait until 8 runs hold the GPU at once (workers start slowly on a busy machine), then let go."""
+            started = time.time()
+            ray.get(arrivals.arrive.remote())
+            deadline = time.monotonic() + 240
+            while ray.get(arrivals.seen.remote()) < 8 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return started, time.time(), ray.get_runtime_context().get_accelerator_ids()["GPU"], \
+                ray.get(arrivals.seen.remote()) >= 8
+
+        spans = ray.get([hold.options(**options).remote(arrivals) for _ in range(9)])
+        starts = sorted(start for start, _, _, _ in spans)
+        first_end = min(end for _, end, _, _ in spans)
+        assert all(saw for _, _, _, saw in spans), "8 runs never held the GPU at once"
+        assert starts[8] >= first_end - 0.5, "a ninth fitted beside them: the GPU was not the limit"
+        assert all(gpus == ["0"] for _, _, gpus, _ in spans)
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# Runs on a real cluster
+# --------------------------------------------------------------------------------------------
+
+
+@needs_mirror
+def test_a_tiny_table_on_two_nodes_and_a_failing_run(project: Path, cluster):
+    """Two good runs and one whose stage fails: the failure is reported at once with its log tail and not run
+    again; the good runs' records land, checked, in the table; MLflow has one finished run each, tagged."""
+    add_node(cluster)
+    result = run_table3(project, "--rows", "0,BP1,broken", "--seeds", "1", "--table-id", "two", "--jobs", "3",
+                        "--address", cluster.address)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-4000:]
+    assert "t3-broken-s1: failed: t3-broken-s1 failed on" in out and "no-such-bert" in out
+    assert "attempt 2" not in out  # an error in the run is not a lost node
+    assert re.search(r"t3-0-s1: finished on \S+, dev overall 0\.\d{4}", out)
+    assert "3/3 runs" in out
+    folder = project / "results" / "table3" / "two"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["0-s1", "BP1-s1"]
+    record = json.loads((folder / "BP1-s1" / "record.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert record["code_commit"] == head and record["execution"]["attempt"] == 1
+    assert record["settings"]["train"]["steps_per_epoch"] == 2 and record["settings"]["model"]["pals"] is True
+    runs = [run for run in mlflow_runs(project, "two") if run.data.tags["table3_row"] != "broken"]
+    assert sorted((r.data.tags["table3_row"], r.data.tags["seed"], r.data.tags["attempt"], r.info.status)
+                  for r in runs) == [("0", "1", "1", "FINISHED"), ("BP1", "1", "1", "FINISHED")]
+    assert all(run.data.tags["node"] for run in runs)
+    assert not stage_processes(project)
+
+
+@needs_mirror
+def test_a_node_removed_mid_run_runs_it_again_elsewhere_with_one_record(project: Path, cluster):
+    command = table3(project, "--rows", "0", "--seeds", "1", "--table-id", "lost", "--address", cluster.address)
+    log_dir = project.parent / "node-cache" / "logs" / "lost"
+    with open(project.parent / "driver.out", "w+") as out:
+        driver = subprocess.Popen(command, cwd=project, env=ray_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            first = log_dir / "t3-0-s1.attempt1.log"
+            wait_for(lambda: first.is_file() and "MLflow run" in first.read_text(errors="replace"), 600,
+                     "the first attempt's training to start")
+            (worker,) = [node for node in cluster.worker_nodes]
+            cluster.remove_node(worker, allow_graceful=False)
+            wait_for(lambda: not stage_processes(project), 60, "the lost node's stages to stop")
+            add_node(cluster)
+            assert driver.wait(timeout=900) == 0
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        out.seek(0)
+        text = out.read()
+    assert "t3-0-s1: running on" in text and "(attempt 2: its earlier worker or node died)" in text, text[-4000:]
+    folder = project / "results" / "table3" / "lost"
+    assert sorted(p.name for p in folder.iterdir()) == ["0-s1", "figures", "table.json", "table.md"]
+    assert json.loads((folder / "0-s1" / "record.json").read_text())["execution"]["attempt"] == 2
+    runs = {run.data.tags["attempt"]: run for run in mlflow_runs(project, "lost")}
+    assert runs["2"].info.status == "FINISHED" and "retried" not in runs["2"].data.tags
+    assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["retried"].startswith("yes")
