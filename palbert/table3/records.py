@@ -33,11 +33,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from palbert.atomic import atomic_dir, read_json_object, write_json
+from palbert.config import TrackingParams
 from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS, TASK_METRIC, overall, score
 from palbert.table3.experiments import ExpRecord
 from palbert.table3.plan import PlannedRun, Table3Error
+from palbert.tracking.store import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +283,7 @@ def collect_record(root: Path, folder: Path, run: PlannedRun, experiment: ExpRec
     if not run_id or not uri:
         raise Table3Error(f"{experiment.name}: metrics/train.json names no MLflow run (Table 3 needs tracking)")
     dev = {name: experiment.metrics[name] for name in DEV_METRICS} if experiment.metrics else {}
+    uri = resolve_tracking_uri(TrackingParams(uri=uri), root)  # a store in the project is named relative to it
     return write_run_record(folder, run, scale_name, MlflowClient(tracking_uri=uri), run_id,
                             load_dev_labels(root, experiment.rev), summary, dev, code_commit=experiment.baseline,
                             dvc_experiment={"name": experiment.name, "rev": experiment.rev})
