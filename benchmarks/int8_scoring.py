@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from palbert.data.prepared import PreparedSplit, TokenizedTexts  # noqa: E402
 from palbert.scoring import dev_metrics, load_eval_splits, predict_split  # noqa: E402
+from palbert.paths import shown_path  # noqa: E402
 from palbert.predict import Predictor  # noqa: E402
 
 PRECISIONS = ("fp32", "int8")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds[precision].append(elapsed)
             scores.setdefault(precision, metrics)
     report = {
-        "model": str(args.model), "rows": {task: len(split) for task, split in splits.items()},
+        "model": shown_path(args.model, ROOT), "rows": {task: len(split) for task, split in splits.items()},
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "rows_per_s": {p: rows / statistics.median(s) for p, s in seconds.items()},
         "seconds": seconds, "dev": scores,

@@ -65,6 +65,7 @@ from palbert.data.sources import raw_file  # noqa: E402
 from palbert.scoring import EvalSettings, predict_split  # noqa: E402
 from palbert.model import MultitaskBert, load_tokenizer, resolve_pretrained  # noqa: E402
 from palbert.model.attention import set_fused_qkv  # noqa: E402
+from palbert.paths import shown_path  # noqa: E402
 from palbert.precision import resolve_precision  # noqa: E402
 from palbert.tasks import DATASET_TASK, TASK_DATASET, TASK_SPECS, dataset_spec  # noqa: E402
 from palbert.train.loop import train_step  # noqa: E402
@@ -697,7 +698,7 @@ def apply_common_arguments(args: argparse.Namespace) -> Path:
 def run_facts(argv: list[str] | None) -> dict[str, Any]:
     """The command line and the machine a benchmark ran on, for the head of its report."""
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([Path(sys.argv[0]).name, *map(shown_argument, argv if argv is not None else sys.argv[1:])]),
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "interop_threads": torch.get_num_interop_threads(),
@@ -706,10 +707,17 @@ def run_facts(argv: list[str] | None) -> dict[str, Any]:
     }
 
 
+def shown_argument(word: str) -> str:
+    """A command-line word with an absolute path (``/tmp/x.json``, ``--out=/tmp/x.json``) as ``shown_path`` names it."""
+    option, _, value = word.rpartition("=") if word.startswith("--") and "=" in word else ("", "", word)
+    shown = shown_path(value, ROOT) if value.startswith("/") else value
+    return f"{option}={shown}" if option else shown
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    print(f"wrote {shown_path(out, ROOT)}")
 
 
 def print_table(report: dict[str, Any]) -> None:

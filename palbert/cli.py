@@ -176,7 +176,8 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         description="Reads one input per line from --input (or standard input, UTF-8): a sentence for sst, "
                     "two sentences separated by a tab for para and sts. Writes one prediction per input line "
                     "(sst: class 0..4, para: 0/1, sts: similarity 0..5); a blank input line gives a blank "
-                    "output line, so output line N answers input line N.",
+                    "output line, so output line N answers input line N. Lines end at \\n (or \\r\\n) only; a "
+                    "line that cannot be one input (another line end inside it, a tab in an sst line) is refused.",
     )
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("sentences", nargs="*", help="inputs on the command line (pairs: 'a<TAB>b')")
@@ -193,6 +194,8 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def read_input_lines(path: Path | None) -> list[str]:
     """The lines of ``path`` (standard input when None), decoded as UTF-8 or refused in one clear line."""
+    from palbert.predict import split_input_lines
+
     try:
         data = path.read_bytes() if path else sys.stdin.buffer.read()
     except IsADirectoryError:
@@ -200,33 +203,27 @@ def read_input_lines(path: Path | None) -> list[str]:
     except OSError as exc:
         raise ValueError(f"{path or 'standard input'}: cannot read it ({exc.strerror or exc})") from None
     try:
-        return data.decode("utf-8").splitlines()
+        return split_input_lines(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        fix = (f"`iconv -f latin1 -t utf-8 {path} > {path.with_name(path.stem + '-utf8' + path.suffix)}`" if path
-               else "pipe it through `iconv -f latin1 -t utf-8`")
+        fix = (f"`iconv -f cp1252 -t utf-8 {path} > {path.with_name(path.stem + '-utf8' + path.suffix)}`" if path
+               else "pipe it through `iconv -f cp1252 -t utf-8`")
+        # cp1252, not latin1: latin1 turns its bytes 0x80-0x9f (curly quotes, "…") into control characters
         raise ValueError(f"{path or 'standard input'} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-                         f"{exc.start}): convert it first, e.g. {fix} (latin1 for Western European text)") from None
+                         f"{exc.start}): convert it first, e.g. {fix} (Windows-1252, for Western European "
+                         "text)") from None
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from palbert.predict import Predictor
+    from palbert.predict import Predictor, parse_input_lines
 
     lines = list(args.sentences) if args.sentences else read_input_lines(args.input)
-    filled = [number for number, line in enumerate(lines) if line.strip()]  # blank lines keep their place
-    first, second = [], []
-    for number in filled:
-        parts = lines[number].split("\t")
-        if args.task in PAIR_TASKS:
-            if len(parts) != 2:
-                raise ValueError(f"input line {number + 1}: expected two sentences separated by a tab, "
-                                 f"got {lines[number]!r}")
-            second.append(parts[1])
-        first.append(parts[0])
+    source = "argument" if args.sentences else f"{args.input or 'standard input'} line"
+    inputs = parse_input_lines(lines, args.task, source)
     values: dict[int, str] = {}
-    if filled:
+    if inputs.numbers:  # blank lines keep their place: output line N answers input line N
         predictor = Predictor.load(args.model, precision=args.precision)
-        predictions = predictor.predict(args.task, first, second if args.task in PAIR_TASKS else None)
-        values = {number: TASK_SPECS[args.task].format(value) for number, value in zip(filled, predictions)}
+        predictions = predictor.predict(args.task, inputs.first, inputs.second if args.task in PAIR_TASKS else None)
+        values = {number: TASK_SPECS[args.task].format(value) for number, value in zip(inputs.numbers, predictions)}
     for number in range(len(lines)):
         print(values.get(number, ""))
     return 0

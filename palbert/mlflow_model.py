@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -53,8 +54,13 @@ REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", 
                 "scikit-learn", "pyyaml", "tqdm")
 MEANING = "meaning"
 #: ``model_config`` the model is logged with; ``mlflow.pyfunc.load_model(uri, model_config={"precision": "int8"})``
-#: scores in int8 on the CPU (``palbert.quantize``), "fp32"/"bf16" force a dtype.
-DEFAULT_MODEL_CONFIG = {"precision": "auto"}
+#: scores in int8 on the CPU (``palbert.quantize``), "fp32"/"bf16" force a dtype. ``max_rows``: the most rows one
+#: request may hold (more are refused, HTTP 400 when served), so that one client cannot keep the CPUs busy for
+#: minutes; ``mlflow models serve`` takes another value as ``SERVING_MODEL_CONFIG='{"max_rows": 5000}'``.
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {"precision": "auto", "max_rows": 1000}
+#: Set by ``mlflow models serve`` (``--timeout``, default 60 s): after this long the server has answered 504 and
+#: drops the answer, so the pyfunc stops scoring between batches instead of working on for nobody.
+REQUEST_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
 
 def input_example() -> pd.DataFrame:
@@ -86,17 +92,44 @@ def meaning(task: str, value: float) -> str:
     return TASK_SPECS[task].meaning(value)
 
 
+def _kind(value: Any) -> str | None:
+    """What a cell that is not text holds, in words; None for a missing value (null, NaN)."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):  # None, NaN, pd.NA, NaT
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "true/false"
+    if isinstance(value, (int, float, np.number)):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    return "a list" if isinstance(value, (list, tuple, np.ndarray)) else f"a {type(value).__name__}"
+
+
 def _texts(table: pd.DataFrame, column: str, rows: np.ndarray, task: str) -> list[str]:
-    """The column's strings at ``rows``; a missing column or a null cell is refused, never read as "None"."""
+    """The column's strings at ``rows``; a missing column, a null cell or a value that is not text is refused,
+    never read as "None" or "5"."""
     values = table[column].iloc[rows].tolist() if column in table.columns else [None] * len(rows)
-    absent = [int(rows[i]) for i, value in enumerate(values) if not isinstance(value, str)]
+    wrong = {int(rows[i]): _kind(value) for i, value in enumerate(values) if not isinstance(value, str)}
+    absent = [row for row, kind in wrong.items() if kind is None]
     if absent:
         raise ValueError(f"task {task} needs {column}; row(s) {absent[:5]} have none")
+    if wrong:
+        kind = next(iter(wrong.values()))
+        same = [row for row, other in wrong.items() if other == kind]
+        raise ValueError(f"{column} must be text; row(s) {same[:5]} hold {kind}")
     return values
 
 
-def predict_table(predictor: "Predictor", table: pd.DataFrame) -> pd.DataFrame:
-    """Predictions in the rows' order; each task's rows go through one ``Predictor.predict`` call (batched)."""
+def predict_table(predictor: "Predictor", table: pd.DataFrame, *, max_rows: int | None = None,
+                  deadline: float | None = None) -> pd.DataFrame:
+    """Predictions in the rows' order; each task's rows go through one ``Predictor.predict`` call (batched).
+
+    More than ``max_rows`` rows are refused; past ``deadline`` (``time.monotonic()``) scoring stops between
+    batches with a ``TimeoutError``.
+    """
+    if max_rows is not None and len(table) > max_rows:
+        raise ValueError(f"{len(table)} rows in one request; at most {max_rows} (model_config max_rows): send "
+                         "the rest in further requests")
     if TASK not in table.columns:
         raise ValueError(f"input needs the columns {TASK}, {FIRST} (and {SECOND} for pairs); got {list(table.columns)}")
     tasks = table[TASK].astype(str).to_numpy()
@@ -108,7 +141,7 @@ def predict_table(predictor: "Predictor", table: pd.DataFrame) -> pd.DataFrame:
         rows = np.flatnonzero(tasks == task)
         if len(rows) > 0:
             second = _texts(table, SECOND, rows, task) if task in PAIR_TASKS else None
-            out[rows] = predictor.predict(task, _texts(table, FIRST, rows, task), second)
+            out[rows] = predictor.predict(task, _texts(table, FIRST, rows, task), second, deadline=deadline)
     return pd.DataFrame({PREDICTION: out, MEANING: [meaning(task, value) for task, value in zip(tasks, out)]})
 
 
@@ -116,23 +149,41 @@ class PalbertPyfunc(mlflow.pyfunc.PythonModel):
     """The pyfunc MLflow builds from ``CODE_FILE``: loads ``models/best`` from the model's artifacts."""
 
     predictor: "Predictor"
+    max_rows: int
+    #: Seconds a request may take, when served (``REQUEST_TIMEOUT_ENV``); None elsewhere.
+    request_timeout_s: float | None
 
     def load_context(self, context: Any) -> None:
         from palbert.predict import Predictor
 
-        precision = {**DEFAULT_MODEL_CONFIG, **(context.model_config or {})}["precision"]
+        config = {**DEFAULT_MODEL_CONFIG, **(context.model_config or {})}
+        precision, max_rows = config["precision"], config["max_rows"]
         if precision not in SCORING_PRECISIONS:
             raise ValueError(f"model_config precision={precision!r}; expected one of {', '.join(SCORING_PRECISIONS)}")
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"model_config max_rows={max_rows!r}; expected a whole number of rows, at least 1")
+        timeout = os.environ.get(REQUEST_TIMEOUT_ENV, "").strip()
+        try:
+            self.request_timeout_s = float(timeout) if timeout else None
+        except ValueError:
+            raise ValueError(f"{REQUEST_TIMEOUT_ENV}={timeout!r}; expected seconds") from None
+        self.max_rows = max_rows
         self.predictor = Predictor.load(context.artifacts[MODEL_DIR_ARTIFACT], precision=precision)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+        started = time.monotonic()
+        deadline = None if self.request_timeout_s is None else started + self.request_timeout_s
         try:
-            return predict_table(self.predictor, model_input)
+            return predict_table(self.predictor, model_input, max_rows=self.max_rows, deadline=deadline)
         except ValueError as exc:  # a bad request: MLflow's server answers 400 with this message (not a generic one)
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        except TimeoutError as exc:  # the server has answered 504 already: this only ends the work
+            log.warning("stopped a request of %d rows after %.1f s (%s=%s): %s", len(model_input),
+                        time.monotonic() - started, REQUEST_TIMEOUT_ENV, os.environ.get(REQUEST_TIMEOUT_ENV), exc)
+            raise MlflowException(f"stopped after {self.request_timeout_s:g} s: {exc}") from None
 
 
 def _requirements() -> list[str]:

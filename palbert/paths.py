@@ -61,3 +61,15 @@ def outside_dvc_temp(path: Path) -> Path:
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return path
+
+
+def shown_path(path: str | Path, root: Path | None = None) -> str:
+    """``path`` as a result committed to the repository names it: relative to the project root when it lies
+    inside, else only its file name after ``.../`` (an absolute path names a folder of the machine that wrote it)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to((root or find_project_root()).resolve()).as_posix()
+    except ValueError:
+        return f".../{path.name}"

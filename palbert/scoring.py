@@ -9,6 +9,7 @@ same as those of one process.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -82,14 +83,17 @@ def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
 
 @torch.inference_mode()
 def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows: np.ndarray,
-                  settings: EvalSettings, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                  settings: EvalSettings, show_progress: bool,
+                  deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     ordered = _length_order(split, rows)
     out = np.empty(len(split), dtype=np.float64)
     raw = np.empty((len(split), *(() if TASK_SPECS[task].outputs == 1 else (TASK_SPECS[task].outputs,))))
     chunks = [ordered[i : i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
     # delay: no bar at all for a few sentences (`palbert predict`), one after 2 s for a real split
-    for chunk in ProgressBar(chunks, desc=f"predict {task}-{split.split}", leave=False, disable=not show_progress,
-                             delay=2):  # into a log file: a line per update, not \r-joined
+    for done, chunk in enumerate(ProgressBar(chunks, desc=f"predict {task}-{split.split}", leave=False,
+                                             disable=not show_progress, delay=2)):  # in a log: a line per update
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"scored {done * settings.batch_size} of {len(rows)} {task} rows")
         batch = make_batch(split, chunk.tolist(), task=task, pair_encoding=settings.pair_encoding,
                            special=settings.special, max_length=settings.max_length)
         with autocast(settings.precision, settings.device):
@@ -101,11 +105,13 @@ def _predict_rows(model: torch.nn.Module, split: PreparedSplit, task: str, rows:
 
 
 def predict_split(model: torch.nn.Module, split: PreparedSplit, task: str, settings: EvalSettings,
-                  ctx: DistContext | None = None, progress: bool = True) -> SplitPredictions:
+                  ctx: DistContext | None = None, progress: bool = True,
+                  deadline: float | None = None) -> SplitPredictions:
     """Predictions for every row of ``split`` in file order (complete on rank 0 under torchrun).
 
     ``progress=False`` hides the progress bar (the training loop's own bar is open then; two bars at once
-    fill a log that is not a terminal with cursor-movement escapes).
+    fill a log that is not a terminal with cursor-movement escapes). Past ``deadline`` (``time.monotonic()``,
+    one process only) scoring stops between batches with a ``TimeoutError``.
     """
     was_training = model.training
     model.eval()
@@ -120,7 +126,8 @@ def predict_split(model: torch.nn.Module, split: PreparedSplit, task: str, setti
                 predictions[shard_rows] = shard_predictions
                 outputs[shard_rows] = shard_outputs
         else:
-            predictions, outputs = _predict_rows(model, split, task, np.arange(len(split)), settings, progress)
+            predictions, outputs = _predict_rows(model, split, task, np.arange(len(split)), settings, progress,
+                                                 deadline)
     finally:
         model.train(was_training)
     cosines = None

@@ -172,3 +172,24 @@ def test_the_readme_leads_with_the_paper_scale_table3():
     assert replace_marked_block(readme, readme_table3.BLOCK, readme_table3.block()) == readme, \
         "README.md: its paper-scale Table 3 is not what `python scripts/readme_table3.py` writes; run it"
     assert "of the 24 runs" in readme_table3.block()
+
+
+#: An absolute path (``/tmp/x/y.json``, also inside ``sqlite:////...`` and ``file:///...``); not ``.../name``,
+#: ``a/b``, ``rows/s`` or a URL's path.
+ABSOLUTE_PATH = re.compile(r"(?:(?<![\w.:/~-])|(?<=sqlite:///)|(?<=file://))/(?:[\w.+-]+/)+[\w.+-]+")
+
+
+def test_committed_results_name_no_absolute_path():
+    """A committed result names paths relative to the project (or none): a folder of the machine that wrote it
+    means nothing in a clone."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "metrics", "docs/results", "results", "benchmarks/results"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    found = []
+    for name in listed:
+        if Path(name).suffix in (".png", ".gz", ".svg"):
+            continue
+        text = (ROOT / name).read_text(encoding="utf-8")
+        found += [f"{name}: {match.group(0)}" for match in ABSOLUTE_PATH.finditer(text)]
+    assert listed and not found, found[:10]

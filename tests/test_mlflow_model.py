@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_model_config_precision_int8_scores_with_quantized_linear_layers(logged,
     uri, run_id = logged
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     default = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    assert default.model_config == {"precision": "auto"}  # the switch is visible in the MLmodel
+    assert default.model_config == {"precision": "auto", "max_rows": 1000}  # the switches are visible in the MLmodel
     int8 = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", model_config={"precision": "int8"})
     assert any(isinstance(m, DynamicQuantizedLinear) for m in int8.unwrap_python_model().predictor.model.modules())
     got = int8.predict(pd.DataFrame(REQUESTS))["prediction"].tolist()
@@ -167,6 +168,31 @@ def test_bad_requests_are_refused_clearly(model_dir):
         predict_table(predictor, pd.DataFrame([REQUESTS[0], {"task": "sst", "sentence1": None}]))
     with pytest.raises(ValueError, match="input needs the columns task, sentence1"):
         predict_table(predictor, pd.DataFrame([{"text": "a"}]))
+    # a value that is not text is named as what it is, not called missing
+    with pytest.raises(ValueError, match=r"^sentence1 must be text; row\(s\) \[0\] hold a number$"):
+        predict_table(predictor, pd.DataFrame([{"task": "sst", "sentence1": 5}]))
+    with pytest.raises(ValueError, match=r"^sentence2 must be text; row\(s\) \[1\] hold true/false$"):
+        predict_table(predictor, pd.DataFrame([REQUESTS[1], {"task": "para", "sentence1": "a", "sentence2": True}]))
+    with pytest.raises(ValueError, match=r"^3 rows in one request; at most 2 \(model_config max_rows\)"):
+        predict_table(predictor, pd.DataFrame(REQUESTS[:3]), max_rows=2)
+    with pytest.raises(TimeoutError, match="scored 0 of 2 sst rows"):
+        predict_table(predictor, pd.DataFrame(REQUESTS), deadline=time.monotonic() - 1)
+
+
+def test_max_rows_bounds_a_request_and_is_set_by_model_config(logged, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    uri, run_id = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    default = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    with pytest.raises(MlflowException, match=r"1001 rows in one request; at most 1000 \(model_config max_rows\)"):
+        default.predict(pd.DataFrame([REQUESTS[0]] * 1001))
+    small = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", model_config={"max_rows": 3})
+    assert len(small.predict(pd.DataFrame(REQUESTS[:3]))) == 3
+    with pytest.raises(MlflowException, match="4 rows in one request; at most 3"):
+        small.predict(pd.DataFrame(REQUESTS))
+    with pytest.raises(ValueError, match="max_rows='many'; expected a whole number of rows, at least 1"):
+        mlflow.pyfunc.load_model(f"runs:/{run_id}/model", model_config={"max_rows": "many"})
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -182,6 +208,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path, monkeypatch):
     uri, run_id = logged
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the server, and for runs:/ URIs here (see below)
+    monkeypatch.setenv("SERVING_MODEL_CONFIG", json.dumps({"max_rows": 6}))  # how `mlflow models serve` sets it
     port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log_file:
@@ -211,6 +238,10 @@ def test_mlflow_models_serve_answers_a_real_request(logged, model_dir, tmp_path,
 
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "para", "sentence1": "a"}]})
         assert status >= 400 and "needs sentence2" in json.dumps(answer), (status, answer)
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "sst", "sentence1": 5}]})
+        assert status == 400 and "sentence1 must be text; row(s) [0] hold a number" in answer["message"], answer
+        status, answer = _post(f"{base}/invocations", {"dataframe_records": [REQUESTS[0]] * 7})
+        assert status == 400 and "7 rows in one request; at most 6 (model_config max_rows)" in answer["message"]
     finally:
         stop_process_group(server)
 
@@ -270,5 +301,57 @@ def test_the_logged_model_serves_from_its_artifacts_alone_in_another_folder(logg
         assert status == 400 and "task para needs sentence2" in answer["message"], answer
         status, answer = _post(f"{base}/invocations", {"dataframe_records": [{"task": "nli", "sentence1": "a"}]})
         assert status == 400 and "unknown task(s) ['nli']; expected sst, para, sts" in answer["message"], answer
+    finally:
+        stop_process_group(server)
+
+
+def _post_raw(url: str, body: dict, timeout_s: float) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.e2e
+def test_a_served_request_past_the_server_timeout_stops_scoring(tmp_path, monkeypatch):
+    """Real MiniLM weights: 1000 rows of 126-token sentences take far longer than the server's 2 s timeout. The
+    server answers 504 at 2 s; the pyfunc stops at the next batch instead of scoring on for nobody."""
+    model = MultitaskBert.from_pretrained(ModelParams())
+    folder = save_model(model, load_tokenizer("embedded"), tmp_path / "best")
+    params = Params()
+    params.tracking = TrackingParams(experiment="palbert-timeout", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with open_run(params, tmp_path, system_metrics=False) as tracker:
+        log_trained_model(tracker, folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
+    monkeypatch.setenv("SERVING_MODEL_CONFIG", json.dumps({"precision": "fp32"}))
+    port, log_path = free_port(), tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{tracker.run_id}/model", "--env-manager",
+             "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--timeout", "2"],
+            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+            cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/ping", server, log_path, SERVE_START_TIMEOUT_S)
+        long_sentence = " ".join(["a gorgeous witty seductive movie about nothing much"] * 20)  # over 126 tokens
+        status, answer = _post_raw(f"{base}/invocations",
+                                   {"dataframe_records": [{"task": "sst", "sentence1": long_sentence}] * 1000},
+                                   REQUEST_TIMEOUT_S)
+        assert status == 504, (status, answer[:300])
+        deadline = time.monotonic() + 120  # the batch running at the timeout finishes first
+        while "stopped a request" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = log_path.read_text()
+        stopped = next((line for line in log.splitlines() if "stopped a request" in line), None)
+        assert stopped is not None, log[-3000:]
+        assert "stopped a request of 1000 rows after" in stopped and "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT=2" in stopped
+        scored = int(stopped.split("scored ")[1].split(" of ")[0])
+        assert scored < 1000 and stopped.endswith(f"scored {scored} of 1000 sst rows"), stopped
+        status, answer = _post_raw(f"{base}/invocations", {"dataframe_records": REQUESTS[:1]}, REQUEST_TIMEOUT_S)
+        assert status == 200, answer  # the server goes on answering
     finally:
         stop_process_group(server)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from palbert.config import ModelParams
 from palbert.model import MultitaskBert, load_tokenizer, save_model
-from palbert.predict import Predictor
+from palbert.predict import Predictor, parse_input_lines, split_input_lines
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def test_cli_refuses_non_utf8_input_in_one_line(model_dir, tmp_path, capsys, mon
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert f"{latin1} is not UTF-8 text (byte 0xe8 at offset 10)" in err
-    assert f"iconv -f latin1 -t utf-8 {latin1} > {tmp_path / 'reviews-utf8.txt'}" in err
+    assert f"iconv -f cp1252 -t utf-8 {latin1} > {tmp_path / 'reviews-utf8.txt'}" in err
 
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("très\n".encode("latin-1"))))
     assert main(["predict", "sst", "--model", model_dir]) == 1
@@ -173,3 +176,85 @@ def test_int8_benchmark_reports_speed_and_dev_change_on_the_same_rows(model_dir,
     assert json.loads((tmp_path / "int8.json").read_text())["dev_change"].keys() == report["dev"]["fp32"].keys()
     out = capsys.readouterr().out
     assert "48 dev rows" in out and out.splitlines()[-1].startswith("int8-fp32")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output line N answers input line N: the real `palbert predict` command on the bytes users pipe in
+
+PALBERT = Path(sys.executable).with_name("palbert")  # the console script this environment installed
+
+
+def _predict_command(model_dir: str, task: str, data: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PALBERT), "predict", task, "--model", model_dir, "--precision", "fp32"],
+                          input=data, capture_output=True, timeout=300)
+
+
+def test_predict_refuses_the_line_that_would_misalign_outputs(model_dir):
+    # a form feed is kept, but a lone \r (old Mac line ends) is a line end to editors: 4 outputs for 2 lines before
+    result = _predict_command(model_dir, "sst", b"one\x0ctwo\rthree\nfour\n")
+    err = result.stderr.decode().strip()
+    assert result.returncode == 1 and result.stdout == b"", (result.returncode, result.stdout, err)
+    assert "\n" not in err and "Traceback" not in err
+    assert "standard input line 1: holds a carriage return (\\r) not followed by \\n at character 8" in err, err
+
+
+@pytest.mark.parametrize(("task", "data", "message"), [
+    # a tab in a single-sentence line: "bad movie" was dropped and "good" scored
+    ("sst", b"good\tbad movie\n", "standard input line 1: holds a tab; sst takes one sentence per line"),
+    # what `iconv -f latin1 -t utf-8` makes of a Windows-1252 "\x85" ("…"): U+0085, a line end to str.splitlines
+    ("sst", b"un film r\xe9ussi\x85 vraiment\n".decode("latin-1").encode("utf-8"),
+     "standard input line 1: holds U+0085 NEXT LINE (what `iconv -f latin1` makes of a Windows-1252 '\u2026') at "
+     "character 15"),
+    ("sts", "a cat sits\ta cat is sitting\nthe market\u2028fell\tstocks went down\n".encode(),
+     "standard input line 2: holds U+2028 LINE SEPARATOR at character 11"),
+    ("para", b"a cat\ta dog\n\nthe market fell\t \n", "standard input line 3: the second sentence is empty"),
+])
+def test_predict_names_the_line_that_is_no_one_input(model_dir, task, data, message, capsys, monkeypatch):
+    from palbert.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))  # the bytes, read as `palbert` reads them
+    assert main(["predict", task, "--model", model_dir]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "\n" not in err.strip() and message in err, err
+
+
+def test_predict_splits_on_newlines_only_and_reads_form_feeds_as_spaces(model_dir):
+    data = b"one\x0ctwo\r\nthree \xe2\x80\xa6 four\n\x0c\nfive\x0bsix\n"  # CRLF, a "\f"-only line, a vertical tab
+    result = _predict_command(model_dir, "sst", data)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().split("\n")
+    assert len(lines) == 5 and lines[2] == "" and lines[4] == ""  # four inputs, the third blank: four outputs
+    direct = Predictor.load(model_dir, precision="fp32").predict("sst", ["one two", "three \u2026 four", "five six"])
+    assert [int(lines[i]) for i in (0, 1, 3)] == direct
+
+
+def test_input_lines_split_on_newline_alone():
+    assert split_input_lines("a\r\nb\n\nc") == ["a", "b", "", "c"]
+    assert split_input_lines("a\x0cb\u2028c\x85d\re\n") == ["a\x0cb\u2028c\x85d\re"]  # one line, refused later
+    assert split_input_lines("") == [] and split_input_lines("\n") == [""]
+
+
+@pytest.mark.parametrize(("task", "line", "message"), [
+    ("para", "a cat\t ", "argument 1: the second sentence is empty"),
+    ("sts", "\ta cat", "argument 1: the first sentence is empty"),
+    ("para", "a\tb\tc", "argument 1: expected two sentences separated by a tab, got 2 tabs in 'a\\tb\\tc'"),
+    ("para", "no tab here", "argument 1: expected two sentences separated by a tab, got no tab in 'no tab here'"),
+    ("sst", "a\u2029b", "argument 1: holds U+2029 PARAGRAPH SEPARATOR at character 2"),
+])
+def test_lines_that_cannot_be_one_input_are_refused(task, line, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        parse_input_lines([line], task, "argument")
+
+
+def test_kept_control_characters_become_word_spaces():
+    inputs = parse_input_lines(["", "a\x0bb\tc\x1ed", "  "], "para")
+    assert (inputs.numbers, inputs.first, inputs.second) == ([1], ["a b"], ["c d"])
+
+
+def test_scoring_stops_between_batches_past_a_deadline(predictor):
+    import time
+
+    sentences = [f"sentence number {i}" for i in range(3 * predictor.settings.batch_size)]
+    with pytest.raises(TimeoutError, match=f"scored 0 of {len(sentences)} sst rows"):
+        predictor.predict("sst", sentences, deadline=time.monotonic() - 1)
+    assert len(predictor.predict("sst", sentences, deadline=time.monotonic() + 600)) == len(sentences)

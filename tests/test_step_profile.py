@@ -73,3 +73,13 @@ def test_a_profiled_training_loop_is_accounted_to_the_wall_time_and_its_products
     backward = 64 * 8 * 48 + 48 * 64 * 8 + 48 * 64 * 32
     assert report["matmul"]["flops"] == pytest.approx(3 * 2 * (forward + backward))
     assert report["matmul"]["alone_gflops"] > 0 and report["matmul"]["share_of_wall"] < 1
+
+
+def test_reports_name_no_folder_of_the_machine_that_wrote_them(step_profile, tmp_path, capsys):
+    speed = step_profile.speed
+    facts = speed.run_facts(["--threads", "1", "--out", str(tmp_path / "bench" / "profile.json"),
+                             f"--out={speed.ROOT / 'benchmarks' / 'results' / 'p.json'}", "--steps", "3"])
+    assert facts["command"].split(" ", 1)[1] == ("--threads 1 --out .../profile.json --out=benchmarks/results/p.json "
+                                                 "--steps 3")  # outside the project: the file name only
+    speed.write_report({"command": facts["command"]}, tmp_path / "bench" / "profile.json")
+    assert capsys.readouterr().out == "wrote .../profile.json\n"

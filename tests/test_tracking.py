@@ -301,6 +301,27 @@ def test_default_uri_is_absolute_in_project_root(tmp_path: Path, monkeypatch: py
     assert resolve_tracking_uri(TrackingParams(uri="http://h:1"), root) == "http://h:1"
 
 
+@pytest.mark.parametrize(("uri", "committed"), [
+    ("sqlite:///{root}/mlflow.db", "sqlite:///mlflow.db"),
+    ("sqlite:///{root}/stores/runs.db?timeout=30", "sqlite:///stores/runs.db?timeout=30"),
+    ("file://{root}/mlruns", "mlruns"),
+    ("{root}/mlruns", "mlruns"),
+    ("sqlite:////elsewhere/mlflow.db", "sqlite:////elsewhere/mlflow.db"),  # outside the project: as configured
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("", ""),
+])
+def test_a_store_in_the_project_is_written_relative_to_it_and_read_back(tmp_path: Path, uri: str,
+                                                                        committed: str) -> None:
+    from palbert.tracking import project_relative_uri
+
+    root = tmp_path.resolve()
+    uri = uri.format(root=root)
+    assert project_relative_uri(uri, root) == committed
+    if committed:  # read back: the same store, wherever the clone is
+        back = resolve_tracking_uri(TrackingParams(uri=committed), root)
+        assert back == (str(root / "mlruns") if uri.startswith("file:") else uri)
+
+
 def test_project_root_inside_dvc_temp_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = tmp_path / "repo"
     workspace = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"

@@ -50,6 +50,7 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     assert set(summary["best_dev"]) == {"sst_acc", "para_acc", "sts_pearson", "overall"}
     on_disk = json.loads(paths.summary.read_text())
     assert on_disk["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert on_disk["tracking_uri"] == "sqlite:///mlflow.db"  # the project's store, named relative to the project
     assert [row["epoch"] for row in on_disk["dev_per_epoch"]] == [1, 2]
     # annealed sampling: alpha 1.0 then 0.2 -> probabilities move towards uniform
     probabilities = on_disk["sampling_probabilities"]

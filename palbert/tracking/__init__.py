@@ -3,7 +3,7 @@ a run says about itself: tags, params strings, parameter counts, dataset inputs)
 ``open_run`` -> ``Tracker``). The names callers use are re-exported here: ``from palbert.tracking import open_run``.
 """
 
-from palbert.tracking.store import resolve_tracking_uri
+from palbert.tracking.store import project_relative_uri, resolve_tracking_uri
 from palbert.tracking.tags import (
     CONTEXT_TRAINING,
     CONTEXT_VALIDATION,
@@ -36,5 +36,6 @@ __all__ = [
     "exit_status",
     "open_run",
     "parameter_counts",
+    "project_relative_uri",
     "resolve_tracking_uri",
 ]

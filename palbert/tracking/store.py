@@ -75,6 +75,30 @@ def _anchor_local_uri(uri: str, root: Path) -> str:
     return uri
 
 
+def project_relative_uri(uri: str, project_root: Path | None = None) -> str:
+    """``uri`` as a committed file names it: a local store inside the project relative to its root
+    (``sqlite:///mlflow.db``, which ``resolve_tracking_uri`` anchors there again), anything else as it is. An
+    absolute path would name a folder of the machine that ran it, and move with no clone."""
+    root = store_root(project_root).resolve()
+    scheme, path = ("sqlite:///", uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ("", uri)
+    if scheme:
+        path, query = (path.split("?", 1) + [""])[:2]
+        suffix = f"?{query}" if query else ""
+    elif uri.startswith("file://"):
+        path, suffix = uri[len("file://"):], ""  # read back as a bare path: MLflow's file store, as before
+    elif "://" in uri or uri.startswith("databricks"):
+        return uri
+    else:
+        suffix = ""
+    if not path.startswith("/"):
+        return uri
+    try:
+        relative = Path(path).resolve().relative_to(root)
+    except ValueError:
+        return uri
+    return f"{scheme}{relative.as_posix()}{suffix}"
+
+
 def store_call(uri: str) -> contextlib.AbstractContextManager[None]:
     """Around each call to a store: a local one (SQLite, files) is not interrupted by a stop signal mid-write,
     which left ``mlflow.db`` locked; a call to a server is, so a lost server cannot delay a stop by its retries."""

@@ -39,7 +39,8 @@ from palbert.plots import render_training_plots
 from palbert.precision import autocast, precision_reason
 from palbert.scoring import dev_metrics, predict_split
 from palbert.settings_guard import SettingsGuard, load_guarded
-from palbert.tracking import CONTEXT_TRAINING, CONTEXT_VALIDATION, Tracker, open_run, parameter_counts
+from palbert.tracking import (CONTEXT_TRAINING, CONTEXT_VALIDATION, Tracker, open_run, parameter_counts,
+                              project_relative_uri)
 from palbert.train import checkpoint, divergence
 from palbert.train.losses import rdrop_loss, simcse_loss, task_loss, uses_rdrop
 from palbert.train.run import Run, RunState, TrainPaths, set_up
@@ -311,7 +312,7 @@ def write_outputs(run: Run, tracker: Tracker) -> dict[str, Any]:
         "machine": describe_machine(),
         "parameters": run.report,
         "mlflow_run_id": tracker.run_id,
-        "tracking_uri": tracker.tracking_uri,
+        "tracking_uri": project_relative_uri(tracker.tracking_uri, paths.project_root),  # committed: no machine path
         "tracking_lost": tracker.lost,  # why the MLflow run is incomplete, if its store stopped answering
     }
     write_plots(state.history, paths.plots)
