@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,13 @@ def log_finished_run(client, experiment_id: str, run, labels: dict, rng, tmp: Pa
     dev = {f"{task}_{'pearson' if task == 'sts' else 'acc'}": score(task, predicted[task], labels[task][1])
            for task in labels}
     dev["overall"] = overall(dev)
-    for step in (3, 6):
+    for step in (3, 6):  # per epoch, as training logs them
         for name in DEV_METRICS:
-            client.log_metric(run_id, f"dev_{name}", dev[name] - (0.01 if step == 3 else 0), step=step)
-    for name in DEV_METRICS:
-        client.log_metric(run_id, f"final_dev_{name}", dev[name], step=6)
+            client.log_metric(run_id, name, dev[name] - (0.01 if step == 3 else 0), timestamp=step, step=step)
+    for name in DEV_METRICS:  # the evaluate stage: the same names at the last step, and metrics/dev.json
+        client.log_metric(run_id, name, dev[name], timestamp=7, step=6)
+    (tmp / run_id / "dev.json").write_text(json.dumps(dev), encoding="utf-8")
+    client.log_artifact(run_id, str(tmp / run_id / "dev.json"), "metrics")
     client.log_metric(run_id, "best_epoch", 2, step=6)
     client.log_metric(run_id, "train_wall_s", 291.04, step=6)
     client.set_terminated(run_id, "FINISHED")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -68,20 +69,34 @@ def logged_settings_problem(run: PlannedRun, params: Mapping[str, str]) -> str |
 
 def mlflow_summary(client: Any, run_id: str) -> dict[str, Any]:
     """``best_epoch``, ``dev_per_epoch``, ``steps`` and ``train_wall_s`` from the run's metrics, and its dev
-    metrics as the evaluate stage scored them (``final_dev_*``)."""
+    metrics as the evaluate stage scored them (the run's ``metrics/dev.json``).
+
+    The dev metrics carry ``metrics/dev.json``'s names: one value per epoch at the epoch's last step, and the
+    evaluate stage's value after them at the last step; the first value logged at each step is the epoch's.
+    """
     data = client.get_run(run_id).data
-    history = {name: client.get_metric_history(run_id, f"dev_{name}") for name in DEV_METRICS}
+    history = {name: sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
+               for name in DEV_METRICS}
     steps = sorted({metric.step for metric in history["overall"]})
-    if not steps or any(f"final_dev_{name}" not in data.metrics for name in DEV_METRICS):
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            dev = json.loads(Path(client.download_artifacts(run_id, "metrics/dev.json", folder)).read_text("utf-8"))
+    except Exception as exc:  # MlflowException or OSError: the evaluate stage did not log it
+        raise Table3Error(f"MLflow run {run_id}: no metrics/dev.json artifact (did the evaluate stage run?): "
+                          f"{exc}") from None
+    if not steps or any(name not in dev for name in DEV_METRICS):
         raise Table3Error(f"MLflow run {run_id}: no per-epoch or final dev metrics (did it finish?)")
-    per_step = {name: {metric.step: metric.value for metric in history[name]} for name in DEV_METRICS}
+    per_step: dict[str, dict[int, float]] = {name: {} for name in DEV_METRICS}
+    for name in DEV_METRICS:
+        for metric in history[name]:
+            per_step[name].setdefault(metric.step, metric.value)
     return {
         "best_epoch": int(data.metrics["best_epoch"]),
         "dev_per_epoch": [{"epoch": epoch, **{name: per_step[name][step] for name in DEV_METRICS}}
                           for epoch, step in enumerate(steps, start=1)],
         "steps": int(steps[-1]),
         "train_wall_s": round(float(data.metrics["train_wall_s"]), 1),
-        "dev": {name: float(data.metrics[f"final_dev_{name}"]) for name in DEV_METRICS},
+        "dev": {name: float(dev[name]) for name in DEV_METRICS},
     }
 
 
