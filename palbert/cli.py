@@ -230,6 +230,53 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# palbert serve
+# --------------------------------------------------------------------------------------------
+
+
+def add_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve the registry's @champion (or --model URI) over HTTP with `mlflow models serve`",
+        description="Finds the model in the tracking store (tracking.uri of params.yaml, else $MLFLOW_TRACKING_URI, "
+                    "else the project's mlflow.db), then runs `mlflow models serve -m URI --env-manager local`. "
+                    "Without --model it serves models:/<tracking.experiment>@champion, and says in one line why "
+                    "when no version is champion (docs/tracking-and-models.md).")
+    parser.add_argument("--model", default=None, metavar="URI",
+                        help="an MLflow model URI: runs:/<run id>/model, models:/palbert/3 (default: the @champion)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=_positive, default=5001, help="port (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="print the model URI it would serve, and exit")
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from mlflow import MlflowClient
+
+    from palbert.config import Params, load_params
+    from palbert.registry import NotServable, servable_uri
+    from palbert.tracking.store import resolve_tracking_uri
+
+    params = load_params(PARAMS) if PARAMS.is_file() else Params()
+    uri = resolve_tracking_uri(params.tracking)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise NotServable(f"no MLflow store at {uri[len('sqlite:///'):]}: nothing was trained here yet "
+                          "(`dvc repro` trains, evaluates and registers a model)")
+    model = servable_uri(MlflowClient(uri), params.tracking.experiment, args.model, uri)
+    if args.check:
+        print(model)
+        return 0
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
+               "--host", args.host, "--port", str(args.port)]
+    log.info("serving %s from %s on http://%s:%d/invocations", model, uri, args.host, args.port)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    sys.stdout.flush()
+    os.execv(command[0], command)  # MLflow's own server, in this process's place: Ctrl-C and signals reach it
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # palbert check-params
 # --------------------------------------------------------------------------------------------
 
@@ -253,7 +300,8 @@ def run_check_params(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 #: One ``add_<name>(subparsers)`` per subcommand; each sets ``handler``.
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_table3, add_predict, add_check_params)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_table3, add_predict, add_serve,
+                                                                          add_check_params)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from palbert.atomic import check_writable, write_json
 from palbert.config import Params
 from palbert.data.batching import SpecialTokens
@@ -29,11 +31,11 @@ from palbert.scoring import (
 )
 from palbert.mlflow_model import log_model
 from palbert.model import load_model
-from palbert.model_card import card_body, comparable_dev, recipe
+from palbert.model_card import card_body
 from palbert.paths import BEST_MODEL, DEV_METRICS, PARAMS, PREDICTIONS, PREPARED, TRAIN_SUMMARY, find_project_root
 from palbert.plots import confusion_matrix_plot
 from palbert.precision import default_device
-from palbert.registry import Registration
+from palbert.registry import Registration, champion_bar, comparable_dev
 from palbert.settings_guard import SettingsGuard, load_guarded
 from palbert.tracking import Tracker, open_run
 
@@ -63,6 +65,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
     paths.predictions.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     sst_dev: SplitPredictions | None = None
+    dev_labels: dict[str, np.ndarray] = {}
     for split in ("dev", "test"):
         results = [predict_split(model, prepared, task, settings) for task, prepared in
                    load_eval_splits(paths.prepared, split).items()]
@@ -73,6 +76,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
         if split == "dev":
             metrics = dev_metrics(results)
             sst_dev = next((result for result in results if result.task == "sst"), None)
+            dev_labels = {result.task: result.labels for result in results}
     write_json(paths.dev_metrics, metrics)
     log.info("dev: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -82,7 +86,9 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
     # the training's run (a new one when it was not recorded); leaving the block ends it, FAILED on an exception
     with open_run(params, paths.project_root, run_id=summary.get("mlflow_run_id"),
                   tracking_uri=summary.get("tracking_uri")) as tracker:
-        tracker.log_metrics({f"final_dev_{k}": v for k, v in metrics.items()}, step=0)
+        # the names of metrics/dev.json; at the last training step, after the per-epoch values the training
+        # logged under the same names, so that the run's latest value is the kept model's score
+        tracker.log_metrics(metrics, step=int(summary.get("steps", 0)))
         for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
             tracker.log_artifact(artifact, "metrics")
         tracker.log_artifacts(paths.predictions, "predictions")
@@ -91,7 +97,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
                 tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
                                                            Path(folder) / "sst_dev_confusion.png"), "plots")
         tracker.log_artifact(PARAMS, "params")
-        log_trained_model(tracker, paths.model, registration(params, summary, metrics))
+        log_trained_model(tracker, paths.model, registration(params, summary, metrics, dev_labels))
     return metrics
 
 
@@ -101,14 +107,17 @@ def log_trained_model(tracker: Tracker, model_dir: Path, registration: Registrat
     tracker.log_with("log_model", partial(log_model, model_dir=model_dir, registration=registration))
 
 
-def registration(params: Params, summary: dict, metrics: dict[str, float]) -> Registration | None:
-    """A registry version for a run scored on the full dev splits; none for a sample run (a quick look)."""
+def registration(params: Params, summary: dict, metrics: dict[str, float],
+                 dev_labels: dict[str, np.ndarray] | None = None) -> Registration | None:
+    """A registry version for a run scored on the full dev splits, with why it may not become ``@champion``
+    (``palbert.registry.champion_bar``); none for a sample run (a quick look)."""
     if not comparable_dev(params):
         log.info("model not registered: data.subset=%s / data.dev_subset=%s score a sample of dev, not "
                  "comparable with the registered versions", params.data.subset, params.data.dev_subset)
         return None
     return Registration(params.tracking.experiment, dev=metrics,
-                        description=card_body(params, {**summary, "best_dev": metrics}), tags=recipe(params))
+                        description=card_body(params, {**summary, "best_dev": metrics}),
+                        not_champion=champion_bar(params, summary.get("steps"), metrics, dev_labels or {}))
 
 
 def evaluate_stage() -> None:

@@ -109,7 +109,7 @@ def test_a_model_logged_through_a_tracking_server_loads_from_the_registry(model_
         assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
 
 
-def test_the_evaluate_stage_registers_full_dev_runs_only_with_card_tags_and_champion(
+def test_the_evaluate_stage_registers_full_dev_runs_only_with_card_and_tags_and_a_short_one_never_champion(
         tmp_path, monkeypatch, model_dir, tiny_bert_dir, tiny_prepared):
     from palbert.evaluate_stage import EvaluationPaths, evaluate_trained_model
 
@@ -127,19 +127,21 @@ def test_the_evaluate_stage_registers_full_dev_runs_only_with_card_tags_and_cham
     assert client.search_model_versions(f"name='{name}'") == []  # logged as the run's model, not registered
 
     full = tiny_training_params(tiny_bert_dir, data={"subset": 0})  # scored on the full dev splits
+    Path("metrics/train.json").write_text('{"steps": 8}')  # far below the default budget
     metrics = evaluate_trained_model(full, paths)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], order_by=["start_time DESC"])
     [version] = client.search_model_versions(f"name='{name}'")
     assert version.run_id == runs[0].info.run_id and runs[0].info.status == "FINISHED"
-    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == int(version.version)
-    assert float(version.tags["dev.overall"]) == pytest.approx(metrics["overall"], abs=1e-6)
-    assert version.tags["train.seed"] == str(full.train.seed) and version.tags["data.subset"] == "0"
+    assert not client.get_registered_model(name).aliases  # registered, never @champion
+    assert version.tags["not_champion"] == "8 training steps (2 epochs), below the default budget of 5400 (3 x 1800)"
+    assert float(version.tags["overall"]) == pytest.approx(metrics["overall"], abs=1e-6)
     assert version.tags["run_name"] == runs[0].info.run_name
+    assert set(version.tags) <= {*metrics, "run_name", "git_commit", "not_champion"}  # a few tags, not the recipe
     assert "## Dev scores" in version.description and f"{metrics['overall']:.4f}" in version.description
-    assert "English only" in version.description
+    assert "English only" in version.description and "A quick look" in version.description
     assert "@champion" in client.get_registered_model(name).description
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     assert model.predict(pd.DataFrame(REQUESTS))["prediction"].tolist() == _expected(model_dir)
 
 
@@ -155,7 +157,7 @@ def test_champion_moves_only_when_a_new_version_beats_it(model_dir, tmp_path):
         champions.append(client.get_model_version_by_alias("palbert-champion", CHAMPION).version)
     assert [int(v) for v in champions] == [1, 1, 3]
     latest = client.get_latest_versions("palbert-champion")[0]
-    assert int(latest.version) == 3 and latest.tags["dev.overall"] == "0.750000"
+    assert int(latest.version) == 3 and latest.tags["overall"] == "0.750000"
 
 
 def test_bad_requests_are_refused_clearly(model_dir):

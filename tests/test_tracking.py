@@ -76,7 +76,7 @@ def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch
         tracker.log_datasets(tmp_path / "prepared", {CONTEXT_TRAINING: [_saved_split(tmp_path / "prepared", "train", 3)],
                                                      CONTEXT_VALIDATION: [_saved_split(tmp_path / "prepared", "dev", 2)]})
         run_id = tracker.run_id
-        time.sleep(1.5)  # one system-metrics sample
+        time.sleep(1.5)  # a system-metrics sample, were they on
 
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(run_id)
@@ -103,7 +103,10 @@ def test_run_against_real_server(mlflow_server: str, tmp_path: Path, monkeypatch
     history = client.get_metric_history(run_id, "train/loss")
     assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [
         (0, 1.0), (10, 0.5), (20, round(1 / 3, 6)), (30, 0.25), (40, 0.2)]
-    assert any(key.startswith("system/") for key in run.data.metrics), run.data.metrics.keys()
+    assert not [key for key in run.data.metrics if key.startswith("system/")]  # opt-in only
+    # the experiment opens on its runs ("Machine learning"), and the run says what it is
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"].startswith("**Table 3 row BP1 (t1)**: PALs 204 wide, annealed sampling, SimCSE")
     downloaded = client.download_artifacts(run_id, "dev.json", str(tmp_path / "down"))
     assert Path(downloaded).read_text() == artifact.read_text()
     assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/loss.csv"]
@@ -352,3 +355,13 @@ def test_table3_creates_a_new_local_store_before_its_runs_open_it_together(tmp_p
     assert version and {"experiments", "runs", "metrics", "params"} <= tables
     create_local_store(uri)  # an existing store: nothing to do, no error
     create_local_store("http://127.0.0.1:9")  # a server's store is the server's: not contacted
+
+
+def test_system_metrics_are_logged_when_asked_with_mlflows_own_switch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open_run(_params(uri), tmp_path) as tracker:
+        time.sleep(2.0)  # a few samples
+    metrics = MlflowClient(uri).get_run(tracker.run_id).data.metrics
+    assert any(key.startswith("system/") for key in metrics), metrics.keys()

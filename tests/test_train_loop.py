@@ -82,7 +82,9 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
     assert run.info.status == "FINISHED"
     assert run.data.params["model.pals"] == "True" and run.data.params["train.sampling"] == "annealed"
     assert len(client.get_metric_history(run.info.run_id, "lr")) == 8
-    assert len(client.get_metric_history(run.info.run_id, "dev_overall")) == 2
+    # the dev scores carry metrics/dev.json's names, one value per epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "overall")] == [summary["steps"] // 2,
+                                                                                      summary["steps"]]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/train_loss.png", "plots/lr.png", "plots/dev_epochs.png", "plots/loss_sst.csv"} <= artifacts
     # parameter counts are params (facts), not metrics; no DVC experiment here: the run is the workspace's
@@ -101,6 +103,13 @@ def test_a_run_writes_its_outputs_and_one_mlflow_run(workdir, tiny_bert_dir, tin
         dev_metrics=workdir / "metrics" / "dev.json", predictions=workdir / "predictions"))
     artifacts = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts["plots/sst_dev_confusion.png"] > 1000
+    # ... and the kept model's scores under the same names, at the last step: the run's value is dev.json's
+    dev = json.loads((workdir / "metrics" / "dev.json").read_text())
+    assert {name: client.get_run(run.info.run_id).data.metrics[name] for name in dev} == pytest.approx(dev)
+    history = sorted(client.get_metric_history(run.info.run_id, "overall"), key=lambda m: (m.step, m.timestamp))
+    assert [m.step for m in history] == [summary["steps"] // 2, summary["steps"], summary["steps"]]
+    assert history[-1].value == pytest.approx(dev["overall"])
+    assert not [key for key in client.get_run(run.info.run_id).data.metrics if "dev_" in key or "/" in key]
 
 
 def _umask() -> int:

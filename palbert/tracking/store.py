@@ -234,8 +234,15 @@ def _local_artifact_location(uri: str, experiment: str, project_root: Path) -> s
     return (base / "mlruns" / _slug(experiment)).as_uri()
 
 
+#: MLflow's experiment-type tag and its "Machine learning" value (the UI's ``ExperimentKind``): the experiment
+#: opens on its runs and their metrics, not on the GenAI traces page MLflow 3 shows an untagged one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def experiment_id(client: Any, name: str, uri: str, project_root: Path) -> str:
-    """The experiment's id, creating it (with an absolute artifact folder for local stores)."""
+    """The experiment's id, creating it (with an absolute artifact folder for local stores); an experiment
+    without a kind gets ``EXPERIMENT_KIND`` (one the user chose in the UI is kept)."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
@@ -246,10 +253,13 @@ def experiment_id(client: Any, name: str, uri: str, project_root: Path) -> str:
                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
                 f"or set tracking.experiment to another name"
             )
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     location = _local_artifact_location(uri, name, project_root)
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:
         # Another process (a parallel DVC queue worker) created it first.
         experiment = client.get_experiment_by_name(name)

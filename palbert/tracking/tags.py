@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from palbert.config import Params
+from palbert.metrics import DEV_METRICS
+from palbert.registry import champion_bar_reason, comparable_dev
 
 if TYPE_CHECKING:
     from palbert.data.prepared import PreparedSplit
@@ -33,6 +35,8 @@ TAG_SEED = "seed"
 RUN_TAGS_ENV = "PALBERT_RUN_TAGS"
 TAG_FALLBACK_FROM = "palbert.fallback_from"
 TAG_RESUMED_FROM = "palbert.resumed_from"
+#: MLflow's run description (the run page's Description box and the runs table's tooltip).
+TAG_NOTE = "mlflow.note.content"
 
 #: Param-name prefix of the model's parameter counts (``MultitaskBert.parameter_report``).
 PARAMETER_COUNT_PREFIX = "parameters."
@@ -84,6 +88,7 @@ def run_tags(params: Params, project_root: Path) -> dict[str, str]:
         tags[TAG_TABLE3_ID] = params.tracking.table3_id
     if params.tracking.table3_row:
         tags[TAG_TABLE3_ROW] = params.tracking.table3_row
+    tags[TAG_NOTE] = run_description(params)
     extra = os.environ.get(RUN_TAGS_ENV, "")
     if extra:  # set by a Table 3 task: its run name, node and attempt
         try:
@@ -91,6 +96,34 @@ def run_tags(params: Params, project_root: Path) -> dict[str, str]:
         except (ValueError, AttributeError):
             log.warning("$%s is not a JSON object of tags: ignored", RUN_TAGS_ENV)
     return tags
+
+
+def run_description(params: Params) -> str:
+    """What the run is, in words (MLflow's run description): the recipe, the budget, the data, where its
+    dev scores are and whether it may be registered and served."""
+    model, train, data = params.model, params.train, params.data
+    recipe = ", ".join([
+        f"PALs {model.pal_size} wide" if model.pals else "no PALs", f"{train.sampling} sampling",
+        "SimCSE" if train.simcse else "no SimCSE", f"{train.schedule} lr {train.lr:g}",
+        *([f"extra data {'+'.join(data.extra)}"] if data.extra else []),
+        *(["relational layer"] if model.relational_layer else []), f"seed {train.seed}"])
+    epochs = f"{train.epochs} epoch" if train.epochs == 1 else f"{train.epochs} epochs"
+    whole_passes = train.sampling in ("sequential", "round_robin") and not train.cap_passes
+    steps = None if whole_passes else train.epochs * train.steps_per_epoch
+    what = (f"Table 3 row {params.tracking.table3_row} ({params.tracking.table3_id})"
+            if params.tracking.table3_row else "palbert training run")
+    budget = f"{epochs} of whole passes" if whole_passes else f"{epochs} of {train.steps_per_epoch} steps"
+    lines = [f"**{what}**: {recipe}; {budget}, batch {train.batch_size}, "
+             f"on {'the full data' if comparable_dev(params) else f'a sample (data.subset={data.subset}, data.dev_subset={data.dev_subset})'}.",
+             "",
+             f"Dev scores: {', '.join(f'`{name}`' for name in DEV_METRICS)} (the keys of metrics/dev.json): one value "
+             "per epoch, then the kept model's at the last step."]
+    reason = champion_bar_reason(params, steps) if steps is not None else None
+    if not comparable_dev(params):
+        lines += ["", "Not registered: scored on a sample of dev, not comparable with full runs."]
+    elif reason:
+        lines += ["", f"Registered, never @champion: {reason}."]
+    return "\n".join(lines)
 
 
 def default_run_name(tags: Mapping[str, str]) -> str:

@@ -38,6 +38,17 @@ log = logging.getLogger("palbert.tracking")
 _BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
 
 
+def _system_metrics_wanted(asked: bool | None) -> bool:
+    """System metrics (``system/cpu_utilization_percentage``, ...) only when asked: ``asked``, else MLflow's own
+    switch ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true``. Off by default: they are zeros on a CPU box and took
+    the first places of the run's and the model's metric lists from the dev scores."""
+    if asked is None:
+        from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+
+        asked = MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get()
+    return bool(asked) and _system_metrics_available()
+
+
 def _system_metrics_available() -> bool:
     try:
         import psutil  # noqa: F401
@@ -148,7 +159,7 @@ def open_run(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     rank: int | None = None,
-    system_metrics: bool = True,
+    system_metrics: bool | None = None,
 ) -> Tracker:
     """The tracker of this process: a new MLflow run, or ``run_id`` reopened (a resumed training, the
     evaluate stage adding to the training's run; ``tracking_uri`` is where that run was logged).
@@ -168,7 +179,7 @@ def open_run(
 class MlflowTracker(Tracker):
     """One MLflow run, driven through ``MlflowClient`` (no global active run to leave dangling)."""
 
-    def __init__(self, client: Any, run_id: str, tracking_uri: str, system_metrics: bool = True,
+    def __init__(self, client: Any, run_id: str, tracking_uri: str, system_metrics: bool | None = None,
                  resumed: bool = False) -> None:
         self.client = client
         self.run_id: str = run_id
@@ -176,7 +187,7 @@ class MlflowTracker(Tracker):
         self.lost = None
         self._monitor = None
         self._ended = False
-        if system_metrics and _system_metrics_available():
+        if _system_metrics_wanted(system_metrics):
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -196,7 +207,7 @@ class MlflowTracker(Tracker):
         run_name: str | None = None,
         *,
         tags: Mapping[str, str] | None = None,
-        system_metrics: bool = True,
+        system_metrics: bool | None = None,
     ) -> "MlflowTracker":
         """Check the store, create the experiment if needed, start one run, log params and tags.
 
@@ -240,7 +251,7 @@ class MlflowTracker(Tracker):
         project_root: Path | None = None,
         *,
         tracking_uri: str | None = None,
-        system_metrics: bool = True,
+        system_metrics: bool | None = None,
     ) -> "MlflowTracker":
         """Reopen a run to add to it.
 

@@ -248,7 +248,7 @@ def score_epoch(run: Run, tracker: Tracker) -> None:
     dev = dev_metrics(results) if ctx.is_main else {}
     if ctx.is_main:
         state.history.setdefault("dev", []).append({"epoch": state.epoch, **dev})
-        tracker.log_metrics({f"dev_{k}": v for k, v in dev.items()}, step=state.step)
+        tracker.log_metrics(dev, step=state.step)  # metrics/dev.json's names: one value per epoch
         log.info("epoch %d dev: %s", state.epoch, _format_metrics(dev))
         score = dev.get("overall", -math.inf)
         if score > state.best_overall:
