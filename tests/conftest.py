@@ -69,6 +69,21 @@ def use_dvc_cache(project: Path, cache: Path) -> Path:
 HANDLED_STOP_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_http_settings() -> Iterator[None]:
+    """Opening a run on a server sets MLflow's HTTP bounds for the process (``BOUNDED_HTTP``): every test starts
+    with the environment the session had."""
+    from palbert.tracking.store import BOUNDED_HTTP
+
+    saved = {key: os.environ.get(key) for key in BOUNDED_HTTP}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def restore_stop_signals() -> Iterator[None]:
     """A test that calls ``stop_on_signals`` in the pytest process gets SIGINT, SIGTERM and SIGHUP back as they were."""
