@@ -224,6 +224,9 @@ def running_mlflow_server(root: Path) -> Iterator[str]:
     )
     try:
         wait_until_up(f"{url}/health", proc, root / "server.log", SERVER_START_TIMEOUT_S)
+        # a cold server's first answer can take longer than a stage's 5 s start-up check on a busy machine
+        urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+                               timeout=SERVER_START_TIMEOUT_S).close()
         yield url
     finally:
         stop_process_group(proc)
