@@ -211,6 +211,11 @@ def files_problem(folder: Path) -> tuple[str, str] | None:
         return "model.safetensors", _reason(exc)
     if not weights:
         return "model.safetensors", "no tensors"
+    if (folder / AVERAGED).exists():
+        try:
+            load_file(str(folder / AVERAGED))
+        except Exception as exc:  # as for the weights above
+            return AVERAGED, _reason(exc)
     try:
         extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # a cut-short zip, a pickle weights_only refuses, random bytes: all mean damaged
