@@ -20,6 +20,7 @@ from palbert.atomic import check_writable, write_json
 from palbert.config import Params
 from palbert.data.batching import SpecialTokens
 from palbert.data.prepared import read_meta
+from palbert.errors import TrackingUnavailable
 from palbert.scoring import (
     EvalSettings,
     SplitPredictions,
@@ -38,8 +39,9 @@ from palbert.precision import default_device
 from palbert.registry import Registration, champion_bar, comparable_dev
 from palbert.settings_guard import SettingsGuard, load_guarded
 from palbert.tracking import Tracker, open_run
+from palbert.tracking.store import check_run_store
 
-log = logging.getLogger("palbert.scoring")
+log = logging.getLogger("palbert.evaluate")  # the stage's name in its log lines
 
 
 @dataclass
@@ -57,6 +59,9 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
                            guard: SettingsGuard | None = None) -> dict[str, float]:
     """Score dev, write every prediction file, add both (and the model) to the training's MLflow run."""
     check_writable({"predictions": paths.predictions, "metrics": paths.dev_metrics.parent})
+    summary = json.loads(paths.train_summary.read_text(encoding="utf-8")) if paths.train_summary.is_file() else {}
+    # the store this stage logs to, before the scoring: a store found dead at the end costs the scoring
+    check_run_store(params.tracking, paths.project_root, summary.get("tracking_uri"))
     device = default_device()
     model, _ = load_model(paths.model)
     model.to(device)
@@ -82,7 +87,6 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
 
     if guard is not None:  # nothing goes to MLflow (or is registered) under settings this run did not use
         guard.check("before logging to MLflow", f"{paths.dev_metrics} and {paths.predictions}/ are written")
-    summary = json.loads(paths.train_summary.read_text(encoding="utf-8")) if paths.train_summary.is_file() else {}
     # the training's run (a new one when it was not recorded); leaving the block ends it, FAILED on an exception
     with open_run(params, paths.project_root, run_id=summary.get("mlflow_run_id"),
                   tracking_uri=summary.get("tracking_uri")) as tracker:
@@ -97,7 +101,14 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
                 tracker.log_artifact(confusion_matrix_plot(sst_dev.labels, sst_dev.predictions,
                                                            Path(folder) / "sst_dev_confusion.png"), "plots")
         tracker.log_artifact(PARAMS, "params")
-        log_trained_model(tracker, paths.model, registration(params, summary, metrics, dev_labels))
+        version = registration(params, summary, metrics, dev_labels)
+        log_trained_model(tracker, paths.model, version)
+        if tracker.lost is not None:  # the stage fails, so that the next `dvc repro` runs it (and only it) again
+            raise TrackingUnavailable(
+                f"MLflow store {tracker.tracking_uri} failed ({tracker.lost}): the model is not (wholly) logged to "
+                f"MLflow run {tracker.run_id}{' nor registered' if version else ''}. "
+                f"{paths.dev_metrics} and {paths.predictions}/ are written; fix the store and run `dvc repro` again "
+                "(only evaluate runs again)")
     return metrics
 
 

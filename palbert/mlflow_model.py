@@ -223,8 +223,8 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
               registration: "Registration | None" = None) -> "ModelInfo":
     """Log ``model_dir`` (a ``save_model`` folder) as the run's MLflow Model ``model``, and register it
     (``palbert.registry.register``: card, tags, ``@champion``) when asked and the store has a model registry."""
-    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     from palbert.registry import register, run_tags_for_version
 
@@ -247,6 +247,6 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
                 registration, tags={**run_tags_for_version(run.data.tags), **registration.tags})
             try:
                 register(client, info.model_uri, registration)
-            except MlflowException as exc:  # e.g. a store without a model registry
+            except UnsupportedModelRegistryStoreURIException as exc:  # any other failure fails the stage
                 log.warning("model not registered in %s: %s", tracking_uri, exc.message)
     return info

@@ -69,6 +69,21 @@ def use_dvc_cache(project: Path, cache: Path) -> Path:
 HANDLED_STOP_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_http_settings() -> Iterator[None]:
+    """Opening a run on a server sets MLflow's HTTP bounds for the process (``BOUNDED_HTTP``): every test starts
+    with the environment the session had."""
+    from palbert.tracking.store import BOUNDED_HTTP
+
+    saved = {key: os.environ.get(key) for key in BOUNDED_HTTP}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def restore_stop_signals() -> Iterator[None]:
     """A test that calls ``stop_on_signals`` in the pytest process gets SIGINT, SIGTERM and SIGHUP back as they were."""
@@ -209,6 +224,9 @@ def running_mlflow_server(root: Path) -> Iterator[str]:
     )
     try:
         wait_until_up(f"{url}/health", proc, root / "server.log", SERVER_START_TIMEOUT_S)
+        # a cold server's first answer can take longer than a stage's 5 s start-up check on a busy machine
+        urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+                               timeout=SERVER_START_TIMEOUT_S).close()
         yield url
     finally:
         stop_process_group(proc)

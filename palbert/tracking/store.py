@@ -16,6 +16,7 @@ back to the local store (``tracking.on_unreachable``), before anything is logged
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -32,6 +33,11 @@ log = logging.getLogger("palbert.tracking")
 
 #: How long the start-up check waits for a tracking server.
 CHECK_TIMEOUT_S = 5
+#: MLflow's HTTP settings for every later call of this process, unless the user set them: a hung server then holds
+#: a call (and the training loop) for at most 2 x 5 s (MLflow's own defaults: 120 s and 7 retries, ~20 minutes).
+#: The first retry comes at once; later ones would back off 1, 2, 4 s.
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def store_root(project_root: Path | None) -> Path:
@@ -109,9 +115,20 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def bound_http_calls() -> None:
+    """Set ``BOUNDED_HTTP`` in this process where the user has not set a value.
+
+    Environment variables, not a bounded wait on another thread: MLflow reads them on every request, so they bound
+    every call of the process (the system-metrics thread's and the model upload's too) and leave no call hanging.
+    """
+    for key, value in BOUNDED_HTTP.items():
+        os.environ.setdefault(key, value)
+
+
 @contextlib.contextmanager
-def _quick_http() -> Iterator[None]:
-    """No retries and a short timeout for MLflow's HTTP client (by default 7 retries, ~4 minutes)."""
+def quick_http() -> Iterator[None]:
+    """No retries and a short timeout for MLflow's HTTP client, for one call that must not wait (the start-up
+    check, the last call after a stop signal)."""
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_S)}
     saved = {key: os.environ.get(key) for key in quick}
     os.environ.update(quick)
@@ -132,7 +149,7 @@ def check_reachable(uri: str) -> str | None:
     from mlflow import MlflowClient
 
     try:
-        with _quick_http():
+        with quick_http():
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # connection refused, timeout, auth, proxy page: all mean "no store here"
         return short_reason(exc)
@@ -184,26 +201,48 @@ def local_store_problem(uri: str) -> str | None:
     return None
 
 
-def choose_store(params: TrackingParams, project_root: Path) -> tuple[str, str | None]:
-    """The URI to log to, and the URI it fell back from (``None`` when no fallback happened).
+def check_store(uri: str, on_unreachable: str) -> str | None:
+    """Why the server at ``uri`` does not answer (``None`` when it does); raises ``TrackingUnavailable`` when the
+    store cannot be used: a local one unwritable, or a server down with ``on_unreachable`` ``stop``.
 
-    Runs before any training so that a dead server or a read-only store costs seconds, not a training run.
+    Also what a stage checks before its own work (``palbert.evaluate_stage``): a store found dead at the end costs
+    that work.
     """
-    uri = resolve_tracking_uri(params, project_root)
     problem = local_store_problem(uri)
     if problem:
         raise TrackingUnavailable(problem)
+    if is_remote(uri):
+        bound_http_calls()
     reason = check_reachable(uri)
-    if reason is None:
-        return uri, None
-    log.error("MLflow tracking server %s is not reachable (%s)", uri, reason)
-    if params.on_unreachable == "stop":
+    if reason is not None and on_unreachable == "stop":
         raise TrackingUnavailable(
             f"MLflow tracking server {uri} is not reachable ({reason}). Start it, e.g. "
             f"`mlflow server --host 127.0.0.1 --port <port> --backend-store-uri sqlite:///mlflow.db`, "
             f"point tracking.uri / MLFLOW_TRACKING_URI at a running one, or run with "
             f"`-S tracking.on_unreachable=local` to log to the project's local store instead."
         )
+    return reason
+
+
+def check_run_store(params: TrackingParams, project_root: Path | None = None, run_uri: str | None = None) -> None:
+    """``check_store`` for the store a run was logged to (``run_uri``, else the params' one), before a stage's
+    work; nothing to check when tracking is off."""
+    if params.enabled:
+        wanted = params.uri if run_uri is None else run_uri
+        check_store(resolve_tracking_uri(dataclasses.replace(params, uri=wanted), project_root),
+                    params.on_unreachable)
+
+
+def choose_store(params: TrackingParams, project_root: Path) -> tuple[str, str | None]:
+    """The URI to log to, and the URI it fell back from (``None`` when no fallback happened).
+
+    Runs before any training so that a dead server or a read-only store costs seconds, not a training run.
+    """
+    uri = resolve_tracking_uri(params, project_root)
+    reason = check_store(uri, params.on_unreachable)
+    if reason is None:
+        return uri, None
+    log.error("MLflow tracking server %s is not reachable (%s)", uri, reason)
     local = default_store_uri(project_root)
     problem = local_store_problem(local)
     if problem:

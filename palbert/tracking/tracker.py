@@ -13,13 +13,15 @@ import abc
 import dataclasses
 import logging
 import os
+import threading
 import time
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from palbert.config import Params
-from palbert.tracking.store import choose_store, experiment_id, short_reason, store_call, store_root
+from palbert.tracking.store import (choose_store, experiment_id, is_remote, quick_http, short_reason, store_call,
+                                    store_root)
 from palbert.tracking.tags import (
     TAG_FALLBACK_FROM,
     TAG_RESUMED_FROM,
@@ -285,8 +287,9 @@ class MlflowTracker(Tracker):
 
     def _send(self, what: str, call: Callable[[], Any]) -> None:
         """One call to the store. A store that stops answering mid-run must not end hours of training:
-        the first failure (after MLflow's own retries) is logged as an error, ``lost`` says why, and
-        later calls are skipped; everything also lands in the stage's own outputs (metrics/, models/)."""
+        the first failure (after MLflow's own retries, ``palbert.tracking.store.BOUNDED_HTTP``) is logged as an
+        error, ``lost`` says why, and later calls are skipped; everything also lands in the stage's own outputs
+        (metrics/, models/). A stage that cannot go on without the store checks ``lost`` itself."""
         if self.lost is not None:
             return
         from mlflow.exceptions import MlflowException
@@ -296,8 +299,8 @@ class MlflowTracker(Tracker):
                 call()
         except (MlflowException, OSError) as exc:
             self.lost = f"{what}: {short_reason(exc)}"
-            log.error("MLflow store %s stopped answering (%s). Training goes on; MLflow run %s stays "
-                      "incomplete from here, metrics/train.json and the plots have everything.",
+            log.error("MLflow store %s stopped answering (%s). The stage goes on; MLflow run %s stays "
+                      "incomplete from here, the stage's own outputs (metrics/, models/) have everything.",
                       self.tracking_uri, self.lost, self.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -336,12 +339,33 @@ class MlflowTracker(Tracker):
         if self._ended:
             return
         self._ended = True
-        if self._monitor is not None:
-            self._monitor.finish()
-            self._monitor = None
-        self._send("set_terminated", lambda: self.client.set_terminated(self.run_id, status=status))
-        if self.lost is None:
-            log.info("MLflow run %s ended %s", self.run_id, status)
+        if status == "FINISHED" and self.lost is None:
+            if self._monitor is not None:
+                self._monitor.finish()
+                self._monitor = None
+            self._send("set_terminated", lambda: self.client.set_terminated(self.run_id, status=status))
+            if self.lost is None:
+                log.info("MLflow run %s ended %s", self.run_id, status)
+            return
+        # After a stop signal or an error, or once the store stopped answering: one short try each, as a stop must
+        # not wait on a hung server, and a store that only failed a write (a full artifact disk) still gets the
+        # run's status.
+        from mlflow.exceptions import MlflowException
+
+        with quick_http():
+            if self._monitor is not None:  # a server's: stopped beside this call, waited for a second at most
+                stopping = threading.Thread(target=self._monitor.finish, daemon=True)
+                stopping.start()
+                stopping.join(timeout=1.0 if is_remote(self.tracking_uri) else None)
+                self._monitor = None
+            try:
+                with store_call(self.tracking_uri):
+                    self.client.set_terminated(self.run_id, status=status)
+            except (MlflowException, OSError) as exc:
+                log.warning("MLflow run %s stays RUNNING in %s: marking it %s failed too (%s)",
+                            self.run_id, self.tracking_uri, status, short_reason(exc))
+            else:
+                log.info("MLflow run %s ended %s", self.run_id, status)
 
 
 def _enabled(params: Params) -> bool:

@@ -114,8 +114,8 @@ def train_epochs(run: Run, tracker: Tracker) -> None:
             window.restart()  # the next window's examples/s: training only
             progress.unpause()  # and the bar's rate and ETA
     except KeyboardInterrupt as exc:
-        log.warning("%s at step %d; the next run resumes from the last checkpoint",
-                    f"stopped by {exc.signal_name}" if isinstance(exc, Terminated) else "interrupted", state.step)
+        log.warning("%s at step %d; %s", f"stopped by {exc.signal_name}" if isinstance(exc, Terminated) else
+                    "interrupted", state.step, checkpoint.next_run(run.paths.checkpoints, state.fingerprint))
         raise
     finally:
         progress.close()

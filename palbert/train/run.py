@@ -127,7 +127,7 @@ def set_up(params: Params, paths: TrainPaths, guard: SettingsGuard | None) -> Ru
     # A checkpoint of other settings is left alone until this run writes its own (``_save_checkpoint``): a run
     # that fails in its first seconds (unreachable tracking store, bad weights) must not have destroyed it.
     saved = ctx.broadcast_object(
-        checkpoint.resumable_state(paths.checkpoints, state.fingerprint) if ctx.is_main else None)
+        checkpoint.resumable_state(paths.checkpoints, state.fingerprint, RunState) if ctx.is_main else None)
 
     # ---- model, optimizer, schedule, sampler
     model = MultitaskBert.from_pretrained(params.model).to(device)
