@@ -57,7 +57,7 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
                     "(t3-<row>-s<seed>), write a record of each finished run to results/table3/<table-id>/"
                     "<row>-s<seed>/, and rebuild table.md, table.json and figures/ there from the records: "
                     "mean ± std over seeds, the paper's numbers, and each row's overall difference to the "
-                    "previous row and to row 3 with a 95%% bootstrap interval over dev examples and seeds.",
+                    "previous row and to row 3 with a 95% bootstrap interval over dev examples and seeds.",
     )
     parser.add_argument("--scale", default="full",
                         help="a scale of table3.yaml's scales (overrides for every row), e.g. reduced "
@@ -82,10 +82,12 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rebuild", action="store_true",
                         help="no training, no DVC, no MLflow: rebuild table.md, table.json and figures/ from the "
                              "committed records")
-    parser.add_argument("--jobs", "-j", type=_positive, default=1, help="experiments run at a time")
+    parser.add_argument("--jobs", "-j", type=_positive, default=1,
+                        help="experiments run at a time (default: %(default)s)")
     parser.add_argument("--table-id", default=None,
                         help="folder under results/table3/ and MLflow tag table3_id (default: the scale's name)")
-    parser.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples")
+    parser.add_argument("--resamples", type=_positive, default=1000,
+                        help="bootstrap resamples per interval (default: %(default)s)")
     parser.add_argument("--params", type=Path, default=None,
                         help="the params every row starts from (default: params.yaml in the project root)")
     parser.add_argument("--catalogue", type=Path, default=None,
@@ -206,7 +208,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def add_check_params(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("check-params", help="validate params.yaml and print the flattened values")
-    parser.add_argument("path", type=Path, nargs="?", default=PARAMS)
+    parser.add_argument("path", type=Path, nargs="?", default=PARAMS,
+                        help="the params file to check (default: params.yaml in the project root)")
     parser.set_defaults(handler=run_check_params)
 
 
