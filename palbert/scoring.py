@@ -104,8 +104,8 @@ def predict_split(model: torch.nn.Module, split: PreparedSplit, task: str, setti
                   ctx: DistContext | None = None, progress: bool = True) -> SplitPredictions:
     """Predictions for every row of ``split`` in file order (complete on rank 0 under torchrun).
 
-    ``progress=False`` hides the progress bar (the training loop's own bar is open then; two bars at once
-    fill a log that is not a terminal with cursor-movement escapes).
+    ``progress=False`` hides the progress bar. Under the training loop's open bar it is a second line on a
+    terminal; into a log file both write plain lines (``ProgressBar``).
     """
     was_training = model.training
     model.eval()
