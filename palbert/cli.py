@@ -68,10 +68,10 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
         "table3",
         help="reproduce the paper's Table 3 (rows x seeds as Ray tasks) into results/table3/<table-id>/",
         description="Run every selected Table 3 row x seed that has no record yet as a Ray task (the "
-                    "pipeline's stages at HEAD, t3-<row>-s<seed> in MLflow), write a record of each finished run to results/table3/<table-id>/"
-                    "<row>-s<seed>/, and rebuild table.md, table.json and figures/ there from the records: "
+                    "pipeline's stages at HEAD, t3-<row>-s<seed> in MLflow), write a record of each finished run to "
+                    "results/table3/<table-id>/<row>-s<seed>/, and rebuild table.md, table.json and figures/ there from the records: "
                     "mean ± std over seeds, the paper's numbers, and each row's overall difference to the "
-                    "previous row and to row 3 with a 95%% bootstrap interval over dev examples and seeds.",
+                    "previous row and to row 3 with a 95% bootstrap interval over dev examples and seeds.",
     )
     parser.add_argument("--scale", default="full",
                         help="a scale of table3.yaml's scales (overrides for every row), e.g. reduced "
@@ -111,7 +111,8 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--table-id", default=None,
                         help="folder under results/table3/ and MLflow tag table3_id (default: the scale's name)")
-    parser.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples")
+    parser.add_argument("--resamples", type=_positive, default=1000,
+                        help="bootstrap resamples per interval (default: %(default)s)")
     parser.add_argument("--params", type=Path, default=None,
                         help="the params every row starts from (default: params.yaml as committed at HEAD, which "
                              "is the commit every run checks out)")
@@ -283,7 +284,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def add_check_params(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("check-params", help="validate params.yaml and print the flattened values")
-    parser.add_argument("path", type=Path, nargs="?", default=PARAMS)
+    parser.add_argument("path", type=Path, nargs="?", default=PARAMS,
+                        help="the params file to check (default: params.yaml in the project root)")
     parser.set_defaults(handler=run_check_params)
 
 

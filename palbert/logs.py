@@ -28,10 +28,22 @@ def quiet_library_bars() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
+#: Libraries that install a handler of their own with another timestamp (MLflow: ``2026/12/07 02:30:00``).
+_OWN_FORMAT_LOGGERS = ("mlflow",)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log records as ``HH:MM:SS LEVEL logger: message`` on stderr; into a file, no library progress bars."""
+    """Log records as ``HH:MM:SS LEVEL logger: message`` on stderr, MLflow's too; into a file, no library
+    progress bars."""
     if not _is_terminal(sys.stderr):
         quiet_library_bars()
+    # MLflow configures its loggers at import unless told not to; if it was imported already, its records go
+    # through the root handler below from now on instead of its own
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    for name in _OWN_FORMAT_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
     logging.basicConfig(
@@ -102,6 +114,9 @@ class ProgressBar(tqdm):
         kwargs["ncols"], kwargs["nrows"] = terminal_shape(file)
         if not self._on_terminal:
             kwargs["file"] = LogLines(file)  # one line per update
+            kwargs.setdefault("mininterval", 30.0)  # not ten lines a second
+            # a second bar (dev scoring under the training bar) writes plain lines too, no cursor movement
+            kwargs.setdefault("position", 0)
         super().__init__(*args, dynamic_ncols=False, **kwargs)
         self._log_redirect: ContextManager | None = None
         if not self.disable:
@@ -132,7 +147,17 @@ class ProgressBar(tqdm):
         if self._on_terminal or self.disable:
             super().clear(nolock)
 
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool | None:
+        shown = super().display(msg, pos)
+        if msg is None:
+            self._shown_n = self.n
+        return shown
+
     def close(self) -> None:
+        if not self._on_terminal and getattr(self, "_shown_n", None) == self.n:
+            # into a log file the last update is a line of its own already: a closing line would repeat it with
+            # another elapsed time (the dev scoring and checkpoint since)
+            self.leave = False
         super().close()
         redirect, self._log_redirect = getattr(self, "_log_redirect", None), None
         if redirect is not None:

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from palbert.tasks import TASKS  # noqa: E402
+from palbert.tasks import EXTRA_DATASETS, TASKS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def render_training_plots(csv_folder: Path, out_folder: Path) -> list[Path]:
     """loss per task (paper Figures 1-3), LR, sampling probabilities, dev metrics per epoch."""
     out_folder.mkdir(parents=True, exist_ok=True)
     made = [
-        _line_plot({t: csv_folder / f"loss_{t}.csv" for t in TASKS}, "loss",
-                   "Training loss per task", "step", "loss", out_folder / "train_loss.png"),
+        _line_plot({t: csv_folder / f"loss_{t}.csv" for t in (*TASKS, *EXTRA_DATASETS)}, "loss",
+                   "Training loss per task (extra datasets apart)", "step", "loss", out_folder / "train_loss.png"),
         _line_plot({"lr": csv_folder / "lr.csv"}, "lr", "Learning rate", "step", "lr", out_folder / "lr.png"),
         _line_plot({"p": csv_folder / "sampling.csv"}, "*", "Task sampling probability", "step", "probability",
                    out_folder / "sampling.png"),

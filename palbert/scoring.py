@@ -109,9 +109,10 @@ def predict_split(model: torch.nn.Module, split: PreparedSplit, task: str, setti
                   deadline: float | None = None) -> SplitPredictions:
     """Predictions for every row of ``split`` in file order (complete on rank 0 under torchrun).
 
-    ``progress=False`` hides the progress bar (the training loop's own bar is open then; two bars at once
-    fill a log that is not a terminal with cursor-movement escapes). Past ``deadline`` (``time.monotonic()``,
-    one process only) scoring stops between batches with a ``TimeoutError``.
+    ``progress=False`` hides the progress bar. Under the training loop's open bar it is a second line on a
+    terminal; into a log file both write plain lines (``ProgressBar``).
+    Past ``deadline`` (``time.monotonic()``, one process only) scoring stops between batches with a
+    ``TimeoutError``.
     """
     was_training = model.training
     model.eval()

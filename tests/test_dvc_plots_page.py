@@ -90,6 +90,13 @@ def test_plots_diff_draws_every_plot_offline_with_both_runs_whole(project, tmp_p
     dev = _svg_of(dom, "Dev metrics per epoch")
     assert _marks(dev, "symbol") >= len(DEV_METRICS) * (3 + 1)
     assert ">1.5<" not in dev and ">1.2<" not in dev  # whole-number epoch ticks only
+    # one legend for the revisions, a marker shape each (a one-epoch run is a lone point: it has no dash to show)
+    legends = re.findall(r'aria-label="Symbol legend ([^"]*)"', dev)
+    assert [legend for legend in legends if "revision" in legend] == [
+        "titled 'revision' for shape with 2 values: HEAD, workspace"], legends
+    revision_legend = dev[dev.index("titled 'revision'"):]
+    symbols = re.findall(r'role-legend-symbol[^>]*><path transform="[^"]*" d="([^"]*)"', revision_legend)[:2]
+    assert len(symbols) == 2 and symbols[0] != symbols[1], symbols
     # per-step series: one panel per revision with its own step axis (the quick look is not squeezed)
     losses = _svg_of(dom, "Training loss per task (paper Figures 1-3)")
     assert ">workspace<" in losses and ">HEAD<" in losses

@@ -7,11 +7,13 @@ import logging
 import os
 import re
 import struct
+import subprocess
 import sys
 import termios
 
 from tqdm import tqdm
 
+from conftest import PROJECT
 from palbert.logs import ProgressBar, setup_logging
 
 GLUED = re.compile(r"\]\d\d:\d\d:\d\d INFO")  # `…it/s]04:44:15 INFO …`
@@ -64,6 +66,7 @@ def test_a_terminal_of_unknown_width_still_gets_a_bar():
 
 LOG_FILE_SCRIPT = r"""
 import logging, sys
+from conftest import PROJECT
 from palbert.logs import ProgressBar, setup_logging
 setup_logging()  # stderr is a file here, as under `dvc exp run ... 2> run.log` or a queued experiment
 from transformers import AutoModel
@@ -125,3 +128,60 @@ def test_a_pause_leaves_only_itself_out_of_the_rate(tmp_path):
     silent.pause()
     silent.unpause()
     silent.close()
+
+
+def test_into_a_file_the_last_update_is_not_printed_again_at_close(tmp_path):
+    """A bar whose last update was written (n == total) closes without a second, differently timed line; one
+    whose last update was not written (mininterval) gets its closing line."""
+    with (tmp_path / "log").open("w") as log_file:
+        bar = ProgressBar(total=2, desc="train", file=log_file, mininterval=0)
+        bar.update(2)  # written at once: mininterval 0
+        bar.pause()
+        bar.unpause()
+        bar.close()
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert [line for line in lines if "2/2" in line] == lines[-1:], lines
+    with (tmp_path / "log2").open("w") as log_file:
+        bar = ProgressBar(total=2, desc="train", file=log_file, mininterval=30)
+        bar.update(2)  # not written yet: 30 s have not passed
+        bar.close()
+    lines = (tmp_path / "log2").read_text().splitlines()
+    assert len([line for line in lines if "2/2" in line]) == 1, lines
+
+
+def test_mlflows_log_lines_have_palberts_timestamp():
+    """MLflow installs a handler of its own at import (``2026/12/07 02:30:00 INFO mlflow...``): after
+    ``setup_logging`` its records come out as palbert's (``02:30:00 INFO mlflow...``), imported before or after."""
+    script = (
+        "import logging, sys\n"
+        "import mlflow\n"  # imported first, as a stage's imports do: MLflow's own handler is in place
+        "from palbert.logs import setup_logging\n"
+        "setup_logging()\n"
+        "logging.getLogger('mlflow.tracking.fluent').info('from mlflow')\n"
+        "logging.getLogger('palbert.train.loop').info('from palbert')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.endswith(("from mlflow", "from palbert"))]
+    assert len(lines) == 2, result.stderr
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d INFO [a-z_.]+: from (mlflow|palbert)", line) for line in lines), lines
+
+
+def test_a_second_bar_under_the_training_bar_writes_plain_lines_into_a_file(tmp_path):
+    """Dev scoring inside training: its bar opens while the (paused) training bar is open. Into a log file each
+    writes lines of its own, without the cursor movements tqdm uses to stack bars on a terminal."""
+    with (tmp_path / "log").open("w") as log_file:
+        train = ProgressBar(total=4, desc="train", file=log_file, mininterval=0)
+        train.update(2)
+        train.pause()
+        for _ in ProgressBar(range(3), desc="predict sst-dev", file=log_file, leave=False, mininterval=0):
+            pass
+        train.unpause()
+        train.update(2)
+        train.close()
+    text = (tmp_path / "log").read_text()
+    assert "\x1b[" not in text, repr(text)
+    lines = text.splitlines()
+    assert any(line.startswith("predict sst-dev: 100%") and "3/3" in line for line in lines), lines
+    assert lines[-1].startswith("train: 100%") and "4/4" in lines[-1], lines

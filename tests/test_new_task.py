@@ -44,7 +44,9 @@ def registry(specs: dict[str, TaskSpec], dataset_task: dict[str, str]) -> dict[s
         "TASK_METRIC": {t: s.metric for t, s in specs.items()},
         "DEV_METRICS": (*(s.metric for s in specs.values()), "overall"),
         "PLAN_ORDER": tuple(d for t in task_names for d in dataset_task if dataset_task[d] == t),
-        "CURVE_SERIES": (*(f"loss_{t}" for t in task_names), "loss_simcse", "lr"),
+        "CURVE_SERIES": (*(f"loss_{name}" for name in (*task_names, *(d for d in dataset_task
+                                                                    if d not in task_dataset.values()))),
+                         "loss_simcse", "lr"),
     }
 
 

@@ -193,3 +193,17 @@ def test_other_settings_do_not_resume_a_foreign_checkpoint(workdir, tiny_bert_di
         summary = train(changed, paths)
     assert summary["steps"] == 4
     assert "resuming" not in caplog.text
+
+
+def test_extra_data_has_its_own_loss_curve(workdir, tiny_bert_dir, tiny_prepared):
+    """CFIMDB and SNLI batches train the sst and para heads, but their losses are curves of their own: the task's
+    curve is its main dataset's alone (a lower SST curve must not be the easier CFIMDB reviews)."""
+    params = tiny_training_params(tiny_bert_dir, data={"extra": ["snli", "cfimdb"]}, tracking={"enabled": False},
+                                  train={"epochs": 1, "steps_per_epoch": 10, "sampling": "round_robin"})
+    paths = _paths(workdir, tiny_prepared)
+    train(params, paths)
+    steps = {name: [row.split(",")[0] for row in (paths.plots / f"loss_{name}.csv").read_text().splitlines()[1:]]
+             for name in ("sst", "para", "sts", "snli", "cfimdb")}
+    assert all(steps.values()), steps  # round robin: every dataset trained, each logged under its own name
+    assert loop.bar_postfix({"cfimdb": [0.5], "sst": [1.0]}, 10.0) == {"loss_sst": "1", "loss_cfimdb": "0.5",
+                                                                       "ex/s": "10"}

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_training_params
+from palbert.tasks import DATASET_TASK, EXTRA_DATASETS
 from palbert.train.loop import TrainPaths, train
 
 PINNED = Path(__file__).parent / "data" / "pinned_training.json"
@@ -46,12 +47,19 @@ RUNS: dict[str, dict[str, dict]] = {
 }
 
 
+def _read(path: Path) -> list[list[float]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [[int(step), float(value)] for step, value in list(csv.reader(handle))[1:]]
+
+
 def _series(folder: Path) -> dict[str, list[list[float]]]:
-    out = {}
-    for name in SERIES:
-        with open(folder / f"{name}.csv", newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))[1:]
-        out[name] = [[int(step), float(value)] for step, value in rows]
+    """The pinned series; an extra dataset's steps (logged apart, as loss_<dataset>) go back into its task's, as
+    they were pinned: one batch a step and a line a step, so the per-step values are the same either way."""
+    out = {name: _read(folder / f"{name}.csv") for name in SERIES}
+    for dataset in EXTRA_DATASETS:
+        if (folder / f"loss_{dataset}.csv").is_file():
+            task = f"loss_{DATASET_TASK[dataset]}"
+            out[task] = sorted(out[task] + _read(folder / f"loss_{dataset}.csv"))
     return out
 
 

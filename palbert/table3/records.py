@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from palbert.atomic import atomic_dir, read_json_object, write_json
-from palbert.tasks import TASK_DATASET, TASK_SPECS, TASKS
+from palbert.tasks import EXTRA_DATASETS, TASK_DATASET, TASK_SPECS, TASKS
 from palbert.machine import describe_machine
 from palbert.metrics import DEV_METRICS, TASK_METRIC, overall, score
 from palbert.table3.plan import PlannedRun, Table3Error
@@ -40,7 +40,8 @@ RECORD_FORMAT = 1
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv.gz"
 #: Training curves kept from each run's plot CSVs (metrics/plots/train/<series>.csv).
-CURVE_SERIES: tuple[str, ...] = (*(f"loss_{task}" for task in TASKS), "loss_simcse", "lr")
+#: Records written before extra data had curves of its own hold its loss in its task's (loss_sst: SST + CFIMDB).
+CURVE_SERIES: tuple[str, ...] = (*(f"loss_{name}" for name in (*TASKS, *EXTRA_DATASETS)), "loss_simcse", "lr")
 
 
 #: Half a unit in the last decimal of a written score prediction (``TaskSpec.format``: 4 decimals).

@@ -124,6 +124,8 @@ def reference_row(rows: Sequence[Table3Row]) -> str:
 def _bootstrap(records: Mapping[str, Sequence[RunRecord]],
                settings: BootstrapSettings) -> tuple[RowBootstrap, dict[str, np.ndarray]]:
     systems, labels = aligned_systems(records)
+    log.info("bootstrap intervals: %d resamples over the dev examples and seeds of %d row(s)",
+             settings.resamples, len(records))
     return bootstrap_rows(systems, labels, resamples=settings.resamples, seed=settings.seed,
                           confidence=settings.confidence), labels
 

@@ -162,6 +162,7 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     if not found:
         raise Table3Error(f"{folder}: no records (run `palbert table3 --scale ...` first)")
     check_writable({"the table": folder, "its figures": folder / FIGURES})
+    log.info("%s: reading %d record(s) and their dev predictions", folder, len(found))
     scale_name, scale = _scale_of(found)
     seeds = sorted({int(path.name.rsplit("-s", 1)[1]) for path in found if path.name.rsplit("-s", 1)[-1].isdigit()})
     runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)

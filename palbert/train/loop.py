@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from palbert.atomic import atomic_dir, write_csv, write_json
-from palbert.config import DATASET_TASK, DATASETS, TASKS, Params, TrainParams
+from palbert.config import DATASET_TASK, DATASETS, EXTRA_DATASETS, TASK_DATASET, TASKS, Params, TrainParams
 from palbert.data.batching import TaskBatch, make_batch
 from palbert.distributed import launch, needs_launch, shutdown_distributed
 from palbert.errors import OutOfMemory, Terminated
@@ -150,7 +150,9 @@ def train_epoch(run: Run, tracker: Tracker, progress: ProgressBar, window: LossW
 
         state.position += 1
         state.step += 1
-        window.add(task, task_loss_value, simcse_value, len(batch) * run.ctx.world_size)
+        # extra data (CFIMDB, SNLI) under its own name: its loss is not the task's main dataset's
+        curve = task if dataset == TASK_DATASET[task] else dataset
+        window.add(curve, task_loss_value, simcse_value, len(batch) * run.ctx.world_size)
         state.examples += len(batch) * run.ctx.world_size
         progress.update(1)
         if state.step % params.train.log_every == 0 or state.position == len(plan):
@@ -243,7 +245,7 @@ def score_epoch(run: Run, tracker: Tracker) -> None:
         log.info("epoch %d: scoring dev (%s)", state.epoch,
                  ", ".join(f"{task} {len(split)} rows" for task, split in run.dev_splits.items()))
     scored = run.model if run.averaged is None else run.averaged.model  # ``train.ema_decay``: the average
-    results = [predict_split(scored, split, task, run.eval_settings, ctx, progress=False)
+    results = [predict_split(scored, split, task, run.eval_settings, ctx)  # a bar per split, under the training bar
                for task, split in run.dev_splits.items()]
     dev = dev_metrics(results) if ctx.is_main else {}
     if ctx.is_main:
@@ -343,9 +345,9 @@ def _plan_fractions(plan: list[str]) -> dict[str, float]:
 
 def write_plots(history: dict[str, list], folder: Path) -> None:
     """CSV files behind `dvc plots` (loss per task, LR, sampling probabilities, dev per epoch)."""
-    # the task curves are the supervised losses; simcse is the SimCSE term alone (only a header when it is off,
-    # so that dvc.yaml's SimCSE plot always finds its file)
-    for name in (*TASKS, "simcse"):
+    # the task curves are the supervised losses of the task's main dataset; simcse is the SimCSE term alone (only a
+    # header when off, so that dvc.yaml's SimCSE plot always finds its file); an extra dataset's, when it trained
+    for name in (*TASKS, "simcse", *(ds for ds in EXTRA_DATASETS if history.get(f"loss_{ds}"))):
         write_csv(folder / f"loss_{name}.csv", ["step", "loss"], history.get(f"loss_{name}", []))
     write_csv(folder / "lr.csv", ["step", "lr"], history.get("lr", []))
     write_csv(folder / "sampling.csv", ["step", *DATASETS],
@@ -357,7 +359,7 @@ def write_plots(history: dict[str, list], folder: Path) -> None:
 def bar_postfix(window_losses: Mapping[str, list[float]], rate: float) -> dict[str, str]:
     """The bar's mean losses in a fixed order (tasks, then SimCSE), whichever task came first in the window."""
     means = {f"loss_{t}": f"{sum(window_losses[t]) / len(window_losses[t]):.4g}"
-             for t in (*TASKS, "simcse") if window_losses.get(t)}
+             for t in (*TASKS, *EXTRA_DATASETS, "simcse") if window_losses.get(t)}
     return means | {"ex/s": f"{rate:.0f}"}
 
 
