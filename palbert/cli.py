@@ -255,7 +255,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from mlflow import MlflowClient
 
-    from palbert.config import Params, load_params
+    from palbert.config import Params
+    from palbert.params_file import load_params
     from palbert.registry import NotServable, servable_uri
     from palbert.tracking.store import resolve_tracking_uri
 

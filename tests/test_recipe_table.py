@@ -48,11 +48,11 @@ def test_a_row_keeps_a_scale_key_it_sets_and_knobs_are_added_to_params_yaml(reci
     assert runs["no-simcse-reduced"].params.train.steps_per_epoch == 450  # the row's, not the scale's 300
     assert runs["best"].params.train.steps_per_epoch == 300 and runs["rdrop"].params.train.epochs == 3
     assert runs["ema-reduced"].params.train.ema_decay == 0.99
-    args = runs["rdrop"].set_param_args()
+    args = runs["rdrop"].exp_run_command()
     # params.yaml has no opt-in keys (its committed run predates them): Hydra's ++ adds one, = would be refused
     assert "++train.rdrop_weight=1.0" in args and "train.lr=5e-05" in args
-    assert "++evaluate.sts_cosine_blend=0.3" in runs["sts-blend"].set_param_args()
-    assert all(not arg.startswith("++") for arg in runs["best"].set_param_args())
+    assert "++evaluate.sts_cosine_blend=0.3" in runs["sts-blend"].exp_run_command()
+    assert all(not arg.startswith("++") for arg in runs["best"].exp_run_command())
     assert set(OPT_IN_OFF["train"]) <= set(runs["best"].params.train.__dataclass_fields__)
 
 
