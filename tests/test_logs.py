@@ -66,7 +66,6 @@ def test_a_terminal_of_unknown_width_still_gets_a_bar():
 
 LOG_FILE_SCRIPT = r"""
 import logging, sys
-from conftest import PROJECT
 from palbert.logs import ProgressBar, setup_logging
 setup_logging()  # stderr is a file here, as under `dvc exp run ... 2> run.log` or a queued experiment
 from transformers import AutoModel
