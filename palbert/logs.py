@@ -52,6 +52,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+    # MLflow's SQL store runs alembic at every open; its INFO lines (plugins, migrations) say nothing to a user
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
 def _is_terminal(stream: IO[str]) -> bool:
