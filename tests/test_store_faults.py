@@ -213,8 +213,10 @@ def test_a_full_artifact_disk_fails_the_evaluate_stage_in_one_line(small_artifac
                                                                    tiny_prepared):
     from mlflow import MlflowClient
 
+    from palbert.config import TrackingParams
     from palbert.errors import TrackingUnavailable
     from palbert.evaluate_stage import evaluate_trained_model
+    from palbert.tracking.store import resolve_tracking_uri
     from palbert.train.loop import train
 
     root = small_artifact_disk.parent
@@ -227,17 +229,19 @@ def test_a_full_artifact_disk_fails_the_evaluate_stage_in_one_line(small_artifac
     with pytest.raises(TrackingUnavailable) as error:
         evaluate_trained_model(params, paths)
     message = str(error.value)
-    assert message.startswith(f"MLflow store {summary['tracking_uri']} failed (log_model: ") and "\n" not in message
+    # metrics/train.json names the project's store relative to the project; the stage opens it at its root
+    uri = resolve_tracking_uri(TrackingParams(uri=summary["tracking_uri"]), root)
+    assert message.startswith(f"MLflow store {uri} failed (log_model: ") and "\n" not in message
     assert os.strerror(28) in message  # ENOSPC
     assert f"the model is not (wholly) logged to MLflow run {summary['mlflow_run_id']}" in message
     assert "run `dvc repro` again (only evaluate runs again)" in message
     assert json.loads(paths.dev_metrics.read_text())["overall"] > 0  # the stage's own outputs are whole
-    run = MlflowClient(summary["tracking_uri"]).get_run(summary["mlflow_run_id"])
+    run = MlflowClient(uri).get_run(summary["mlflow_run_id"])
     assert run.info.status == "FAILED"
     # with room again, the same stage logs the model
     (small_artifact_disk / "filler").unlink()
     evaluate_trained_model(params, paths)
-    client = MlflowClient(summary["tracking_uri"])
+    client = MlflowClient(uri)
     assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
     assert client.search_logged_models([client.get_run(summary["mlflow_run_id"]).info.experiment_id])
 
