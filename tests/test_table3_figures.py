@@ -92,7 +92,7 @@ def test_table3_and_check_params_help(capsys):
         main(["table3", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "95% bootstrap interval" in text and "95%%" not in text
-    assert "experiments run at a time (default: 1)" in text
+    assert "runs at a time (default: 1)" in text
     assert "bootstrap resamples per interval (default: 1000)" in text
     with pytest.raises(SystemExit):
         main(["check-params", "--help"])

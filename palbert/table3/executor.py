@@ -13,7 +13,9 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -162,8 +164,11 @@ class Progress:
     def __init__(self, total: int, done: int) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=done, unit="run", desc="table", dynamic_ncols=True,
+        # into a log file a redrawn bar is noise that may never show its last state: a plain line per run instead
+        self.plain = not sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=done, unit="run", desc="table", dynamic_ncols=True, disable=self.plain,
                         bar_format="{desc}: {n}/{total} runs |{bar}| {elapsed} elapsed, {remaining} left")
+        self.total, self.initial, self.done, self.started = total, done, done, time.monotonic()
 
     def line(self, text: str) -> None:
         self.bar.write(text)
@@ -171,6 +176,15 @@ class Progress:
 
     def step(self) -> None:
         self.bar.update(1)
+        self.done += 1
+        if self.plain:
+            from tqdm import tqdm
+
+            elapsed = time.monotonic() - self.started
+            ran = self.done - self.initial
+            left = elapsed / ran * (self.total - self.done) if ran else 0.0
+            self.line(f"table: {self.done}/{self.total} runs, {tqdm.format_interval(elapsed)} elapsed, "
+                      f"{tqdm.format_interval(left)} left")
 
     def close(self) -> None:
         self.bar.close()
