@@ -1,5 +1,6 @@
-"""``palbert table3`` through Ray on real local clusters: a tiny table on two nodes, a node removed mid-run, a run
-that fails, a dead address, too few resources, fractional GPUs packed.
+"""``palbert table3`` through Ray on real local clusters: a tiny table on two nodes, a node removed mid-run, the
+driver killed and run again, a run that fails, a dead address, too few resources, fractional GPUs packed, and a
+run through Ray equal to the same run made by hand with ``dvc exp run``.
 
 Each cluster is a head and worker nodes on 127.0.0.1 (``ray.cluster_utils.Cluster``) with private temp dirs, a small
 object store, no dashboard and usage stats off, stopped by the test that starts it. Runs train the tiny random BERT
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -268,3 +270,61 @@ def test_a_node_removed_mid_run_runs_it_again_elsewhere_with_one_record(project:
     runs = {run.data.tags["attempt"]: run for run in mlflow_runs(project, "lost")}
     assert runs["2"].info.status == "FINISHED" and "retried" not in runs["2"].data.tags
     assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["retried"].startswith("yes")
+
+
+def test_a_killed_driver_leaves_no_run_and_the_same_command_runs_only_the_missing(project: Path):
+    command = table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed")
+    folder = project / "results" / "table3" / "killed"
+    log_dir = project.parent / "node-cache" / "logs" / "killed"
+    driver = subprocess.Popen(command, cwd=project, env=ray_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        second = log_dir / "t3-BP1-s1.attempt1.log"
+        wait_for(lambda: (folder / "0-s1" / "record.json").is_file() and second.is_file()
+                 and "MLflow run" in second.read_text(errors="replace"), 600, "the second run's training")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+        wait_for(lambda: not stage_processes(project), 60, "the runs to stop with their driver")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert not (folder / "BP1-s1").exists()
+    again = run_table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed")
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-4000:]
+    assert "t3-0-s1: kept (record of overall" in out and "t3-0-s1: queued" not in out
+    assert "t3-BP1-s1: queued" in out and "t3-BP1-s1: finished on" in out and "2/2 runs" in out
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "0-s1", "BP1-s1", "figures", "table.json", "table.md"]
+
+
+@needs_mirror
+def test_a_run_through_ray_equals_the_same_run_by_hand_with_dvc_exp_run(project: Path, tmp_path: Path):
+    """The same row, seed, scale and thread count at the same commit: the record Ray returns and the record of a
+    plain `dvc exp run` in the workspace hold the same dev scores and the same predictions, byte for byte."""
+    from palbert.params_file import TABLE3_FILE, load_table3
+    from palbert.table3.plan import committed_params, plan_runs
+    from palbert.table3.records import record_from_workspace
+
+    result = run_table3(project, "--rows", "BP1", "--seeds", "1", "--table-id", "same", "--cpus-per-run", "1")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    through_ray = json.loads((project / "results" / "table3" / "same" / "BP1-s1" / "record.json").read_text())
+
+    params = load_table3(project / TABLE3_FILE, committed_params(project))
+    (run,) = plan_runs(params, [row for row in params.table3.rows if row.id == "BP1"], [1], "same",
+                       through_ray["scale"]["overrides"])
+    by_hand = [*run.exp_run_command(), "-S", "train.threads=1"]  # what each Ray run sets: --cpus-per-run's threads
+    done = subprocess.run(by_hand, cwd=project, env={**ray_env(), "PYTHONPATH": str(project)}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    record_from_workspace(project, tmp_path / "by-hand", run, through_ray["scale"]["name"], code_commit=head,
+                          execution={"node": "by hand", "attempt": 1})
+    made_by_hand = json.loads((tmp_path / "by-hand" / "record.json").read_text())
+
+    assert through_ray["code_commit"] == made_by_hand["code_commit"] == head
+    assert made_by_hand["settings"] == through_ray["settings"]
+    assert made_by_hand["dev"] == through_ray["dev"]
+    predictions = {name: digest for name, digest in through_ray["files"].items() if name.startswith("predictions/")}
+    assert len(predictions) >= 3
+    assert {name: made_by_hand["files"][name] for name in predictions} == predictions
