@@ -212,6 +212,20 @@ def test_fractional_gpus_pack_eight_runs_on_one_logical_gpu(short_tmp: Path, mon
         ray.shutdown()
 
 
+def test_the_local_instance_is_private_whatever_ray_address_or_ray_start_say(monkeypatch):
+    """Without --address the runs go to a new private instance, never to the cluster RAY_ADDRESS (or the last
+    `ray start` on this machine) points at: here nothing answers there, and the instance starts all the same."""
+    import ray
+
+    from palbert.table3.executor import ExecutorSettings, connected
+
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    with connected(ExecutorSettings(local_cpus=1)):
+        assert ray.cluster_resources()["CPU"] == 1 and len(ray.nodes()) == 1
+    assert not ray.is_initialized()
+
+
 # --------------------------------------------------------------------------------------------
 # Runs on a real cluster
 # --------------------------------------------------------------------------------------------

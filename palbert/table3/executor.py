@@ -93,9 +93,14 @@ def start_ray(settings: ExecutorSettings) -> None:
         try:
             ray.init(address=settings.address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as exc:
-            raise Table3Error(f"cannot join the Ray cluster at {settings.address}: {str(exc).splitlines()[0]}") from None
+            # a cluster started by `ray start` asks for a token, which a client sends only in token mode
+            hint = ("; a cluster started with `ray start` asks for its token: set RAY_AUTH_MODE=token here (the "
+                    "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)") if os.environ.get("RAY_AUTH_MODE") != "token" else ""
+            raise Table3Error(f"cannot join the Ray cluster at {settings.address}: {str(exc).splitlines()[0]}"
+                              f"{hint}") from None
     else:
-        ray.init(num_cpus=settings.local_cpus or os.cpu_count(), num_gpus=settings.local_gpus,
+        # "local": a new private instance, never one that `ray start` or RAY_ADDRESS points at
+        ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), num_gpus=settings.local_gpus,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES)
 
