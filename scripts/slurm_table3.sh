@@ -11,6 +11,8 @@
 # to this script's `palbert table3`, which writes results/table3/<id>/ here. MLflow: pass a tracking server
 # every node reaches (--tracking-uri http://HOST:5000 or MLFLOW_TRACKING_URI); the default SQLite file suits
 # one node only. A job cut short by its time limit keeps every finished record: submit it again.
+# RAY_PORT (default 6379) is the head's port; RAY_START_ARGS go to every `ray start` (e.g. --temp-dir,
+# --object-store-memory); CPUS_PER_RUN (default 2) and JOBS (default 64) to `palbert table3`.
 #SBATCH --job-name=palbert-table3
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -24,6 +26,13 @@ if [[ -f .venv/bin/activate ]]; then
     . .venv/bin/activate
 fi
 export RAY_USAGE_STATS_ENABLED=0
+# Ray's token authentication, the same mode on the head, the workers and the driver: `ray start` turns it on, and a
+# client joining by address needs RAY_AUTH_MODE=token to send the token (~/.ray/auth_token on a shared home, made
+# here once if missing, or RAY_AUTH_TOKEN in the job's environment).
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+if [[ "$RAY_AUTH_MODE" == token && -z "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+    ray get-auth-token --generate >/dev/null
+fi
 port=${RAY_PORT:-6379}
 cpus=${SLURM_CPUS_PER_TASK:-$(nproc)}
 gpus=${SLURM_GPUS_ON_NODE:-0}
@@ -31,12 +40,21 @@ mapfile -t nodes < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}
 head_node=${nodes[0]}
 head_ip=$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname -I | awk '{print $1}')
 
-stop_ray() { srun --overlap --nodes="${#nodes[@]}" --ntasks-per-node=1 ray stop --force >/dev/null 2>&1 || true; }
+# Stopping a `ray start --block` step stops the Ray processes it started on its node; `ray stop` would also stop
+# other users' Ray instances on a shared node.
+stop_ray() {
+    local steps
+    steps=$(jobs -p)
+    if [[ -n "$steps" ]]; then
+        kill $steps 2>/dev/null || true
+        wait $steps 2>/dev/null || true
+    fi
+}
 trap stop_ray EXIT
 
 srun --overlap --nodes=1 --ntasks=1 -w "$head_node" \
     ray start --head --node-ip-address="$head_ip" --port="$port" --num-cpus="$cpus" --num-gpus="$gpus" \
-    --include-dashboard=false --block &
+    --include-dashboard=false ${RAY_START_ARGS:-} --block &
 alive() {  # live nodes of the cluster (0 while the head is not up)
     python -c "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))" \
         "$head_ip:$port" 2>/dev/null || echo 0
@@ -44,7 +62,7 @@ alive() {  # live nodes of the cluster (0 while the head is not up)
 until (( $(alive) >= 1 )); do sleep 5; done
 for node in "${nodes[@]:1}"; do
     srun --overlap --nodes=1 --ntasks=1 -w "$node" \
-        ray start --address="$head_ip:$port" --num-cpus="$cpus" --num-gpus="$gpus" --block &
+        ray start --address="$head_ip:$port" --num-cpus="$cpus" --num-gpus="$gpus" ${RAY_START_ARGS:-} --block &
 done
 until (( $(alive) >= ${#nodes[@]} )) || (( SECONDS > 300 )); do sleep 5; done
 
