@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -92,8 +92,9 @@ def needs_launch(params: Params) -> bool:
     return params.world_size > 1 and "LOCAL_RANK" not in os.environ and LAUNCHED_ENV not in os.environ
 
 
-def launch(params: Params, module: str, args: Sequence[str] = ()) -> int:
-    """Run ``python -m module`` under torchrun; a failed worker fails the whole job (torchrun names its rank)."""
+def launch(params: Params, module: str, args: Sequence[str] = (), next_run: Callable[[], str] | None = None) -> int:
+    """Run ``python -m module`` under torchrun; a failed worker fails the whole job (torchrun names its rank).
+    ``next_run`` says, once the job has failed, what the next run will find (e.g. a checkpoint to resume from)."""
     command = torchrun_command(params.distributed, module, args)
     log.info("launching %d workers: %s", params.world_size, " ".join(command))
     env = dict(os.environ, **{LAUNCHED_ENV: "1"})
@@ -111,8 +112,8 @@ def launch(params: Params, module: str, args: Sequence[str] = ()) -> int:
     if returncode != 0:
         log.error(
             "distributed training failed (torchrun exit code %d); see the 'Root Cause' block above for the "
-            "rank that failed. The next `dvc repro` resumes from the last checkpoint.",
-            returncode,
+            "rank that failed%s.",
+            returncode, f"; {next_run()}" if next_run else "",
         )
     return returncode
 

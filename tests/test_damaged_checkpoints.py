@@ -142,3 +142,16 @@ def test_a_run_on_a_checkpoint_that_is_not_utf8_trains_afresh_and_replaces_it(da
     assert summary["steps"] == 8
     state = json.loads(state_file.read_text(encoding="utf-8"))
     assert state["step"] == 8 and state["complete"] and state["outputs_written"]
+
+
+def test_a_failed_multi_process_job_says_whether_a_checkpoint_is_left(tmp_path):
+    """The torchrun launcher's failure line: a checkpoint to resume from only where one is left unfinished."""
+    from palbert.train.checkpoint import kept_after_failure
+
+    assert kept_after_failure(tmp_path).startswith("no checkpoint of it was written")
+    state = tmp_path / "latest" / "state.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"step": 7, "complete": False}))
+    assert kept_after_failure(tmp_path).startswith("its checkpoint of step 7 is kept")
+    state.write_text(json.dumps({"step": 9, "complete": True}))  # a finished run's: nothing of the failed job
+    assert kept_after_failure(tmp_path).startswith("no checkpoint of it was written")

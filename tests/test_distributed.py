@@ -355,6 +355,7 @@ def test_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(tmp_path, 
     assert "rank: 1" in output and "Signal 9 (SIGKILL)" in output, output[-3000:]  # torchrun's failure report
     assert "distributed training failed" in output
     killed_state = json.loads(checkpoint.read_text())
+    assert f"its checkpoint of step {killed_state['step']} is kept: the next `dvc repro`" in output, output[-3000:]
     assert not killed_state["complete"] and killed_state["step"] < 60
 
     # resume with ONE process: the checkpoint is independent of the number of workers

@@ -243,6 +243,14 @@ def next_run(root: Path, expected_fingerprint: str) -> str:
     return "no checkpoint of this run was written: the next run starts over"
 
 
+def kept_after_failure(root: Path) -> str:
+    """What the next run finds after a failed multi-process job, whose launcher holds no settings fingerprint."""
+    state = read_state(root)
+    if state is None or state.get("complete"):
+        return "no checkpoint of it was written: the next `dvc repro` starts over"
+    return f"its checkpoint of step {state.get('step')} is kept: the next `dvc repro` of the same settings resumes from it"
+
+
 def mark_outputs_written(root: Path) -> None:
     """Record in the finished checkpoint that its outputs exist: a later run of the same settings starts afresh."""
     state = read_state(root)

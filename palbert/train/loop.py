@@ -55,7 +55,7 @@ def train_stage() -> int | None:
     ``metrics/train.json`` and the plot CSVs; re-launched under torchrun when more than one process is asked for."""
     params, guard = load_guarded(PARAMS)
     if needs_launch(params):
-        return launch(params, "stages.train")
+        return launch(params, "stages.train", next_run=lambda: checkpoint.kept_after_failure(TrainPaths().checkpoints))
     try:
         train(params, TrainPaths(), guard=guard)
     finally:
