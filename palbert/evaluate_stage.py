@@ -13,6 +13,7 @@ from functools import partial
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
                                                            Path(folder) / "sst_dev_confusion.png"), "plots")
         tracker.log_artifact(PARAMS, "params")
         version = registration(params, summary, metrics, dev_labels)
-        log_trained_model(tracker, paths.model, version)
+        log_trained_model(tracker, paths.model, version, scores=metrics, step=int(summary.get("steps", 0)))
         if tracker.lost is not None:  # the stage fails, so that the next `dvc repro` runs it (and only it) again
             raise TrackingUnavailable(
                 f"MLflow store {tracker.tracking_uri} failed ({tracker.lost}): the model is not (wholly) logged to "
@@ -112,10 +113,13 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
     return metrics
 
 
-def log_trained_model(tracker: Tracker, model_dir: Path, registration: Registration | None = None) -> None:
+def log_trained_model(tracker: Tracker, model_dir: Path, registration: Registration | None = None,
+                      scores: Mapping[str, float] | None = None, step: int = 0) -> None:
     """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model`` (``palbert.mlflow_model``),
-    also a registered version with a ``registration``: this recipe owns the model, the tracker only the run."""
-    tracker.log_with("log_model", partial(log_model, model_dir=model_dir, registration=registration))
+    also a registered version with a ``registration``: this recipe owns the model, the tracker only the run. The
+    dev ``scores`` (logged to the run at ``step``) become the model's metrics."""
+    tracker.log_with("log_model", partial(log_model, model_dir=model_dir, registration=registration, scores=scores,
+                                          step=step))
 
 
 def registration(params: Params, summary: dict, metrics: dict[str, float],

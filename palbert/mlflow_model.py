@@ -24,7 +24,7 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import mlflow.pyfunc
 import numpy as np
@@ -220,9 +220,13 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 
 
 def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
-              registration: "Registration | None" = None) -> "ModelInfo":
+              registration: "Registration | None" = None, scores: Mapping[str, float] | None = None,
+              step: int = 0) -> "ModelInfo":
     """Log ``model_dir`` (a ``save_model`` folder) as the run's MLflow Model ``model``, and register it
-    (``palbert.registry.register``: card, tags, ``@champion``) when asked and the store has a model registry."""
+    (``palbert.registry.register``: card, tags, ``@champion``) when asked and the store has a model registry.
+    ``scores`` (the dev scores, logged to the run at ``step``) become the logged model's metrics, the first thing
+    its page lists."""
+    from mlflow.entities import Metric
     from mlflow.models import Model
     from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
@@ -242,6 +246,12 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
                 metadata=metadata(), model_config=DEFAULT_MODEL_CONFIG,
             )
         log.info("logged MLflow Model %s (%s)", info.model_uri, info.model_id)
+        if scores:
+            # the run's values again, tagged with the model: how MLflow links metrics to a logged model (its own
+            # ``step=`` link would also take every training metric logged at that step)
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(key, float(value), now, int(step), model_id=info.model_id)
+                                              for key, value in scores.items()])
         if registration is not None:
             registration = dataclasses.replace(
                 registration, tags={**run_tags_for_version(run.data.tags), **registration.tags})

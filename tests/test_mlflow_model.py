@@ -50,9 +50,22 @@ def logged(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[s
     params = Params()
     params.tracking = TrackingParams(experiment="palbert-model-test", uri=f"sqlite:///{root / 'mlflow.db'}")
     with open_run(params, root, system_metrics=False) as tracker:
-        log_trained_model(tracker, model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}))
+        tracker.log_metrics({"overall": 0.4, "sst_acc": 0.3}, step=1)  # an epoch's scores
+        tracker.log_metrics({"overall": 0.5, "sst_acc": 0.35}, step=6)  # the evaluate stage's, at the last step
+        tracker.log_metrics({"lr": 1e-5}, step=6)  # a training metric of the same step: not the model's
+        log_trained_model(tracker, model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}),
+                          scores={"overall": 0.5, "sst_acc": 0.35}, step=6)
     assert tracker.lost is None
     return tracker.tracking_uri, tracker.run_id
+
+
+def test_the_logged_models_page_shows_the_dev_scores_it_was_logged_with(logged):
+    """MLflow's logged-model page lists the model's own metrics: the dev scores of the step it was logged at."""
+    uri, run_id = logged
+    client = mlflow.MlflowClient(uri)
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    metrics = {(m.key, m.step): m.value for m in client.get_logged_model(output.model_id).metrics}
+    assert metrics == {("overall", 6): 0.5, ("sst_acc", 6): 0.35}
 
 
 def _expected(model_dir: Path) -> list[float]:
