@@ -189,6 +189,8 @@ def write_figures(table: Mapping[str, Any], records: Mapping[str, Sequence[RunRe
         written.append(rows_figure(table, folder / "rows.png"))
     names = {row["id"]: row["name"] for row in table["rows"]}
     for filename, title, row_a, row_b, tasks in PAPER_FIGURES:
+        if row_a not in names or row_b not in names:  # a catalogue without the paper's rows (e.g. recipes.yaml)
+            continue
         if records.get(row_a) and records.get(row_b):
             log.info("drawing %s", folder / filename)
         path = loss_figure(records, names, title, row_a, row_b, tasks, folder / filename)

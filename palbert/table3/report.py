@@ -257,6 +257,12 @@ def rows_table(table: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def tests_the_paper(table: Mapping[str, Any]) -> bool:
+    """Whether the table's catalogue holds the rows of the paper's claims (table3.yaml does, recipes.yaml not)."""
+    ids = {row["id"] for row in table["rows"]}
+    return any(claim.row in ids and claim.other in ids for claim in PAPER_CLAIMS)
+
+
 def claims_table(table: Mapping[str, Any]) -> list[str]:
     """The paper's six claims, each with the rows that test it and this table's verdict, as table.md shows them."""
     confidence = table["bootstrap"]["confidence"]
@@ -285,8 +291,10 @@ def render_markdown(table: Mapping[str, Any]) -> str:
     scale = table["scale"]
     measured = [row for row in table["rows"] if row["measured"]]
     seeds = sorted({len(row["seeds"]) for row in measured})
+    paper_numbers = ", the paper's number (BERT-base) in parentheses" if tests_the_paper(table) else ""
     lines = [
-        f"# Table 3 ({scale.get('name', '?')} scale): ablations on the dev sets",
+        f"# Table 3 ({scale.get('name', '?')} scale): ablations on the dev sets" if tests_the_paper(table) else
+        f"# Table `{table.get('table3_id')}` ({scale.get('name', '?')} scale): rows on the dev sets",
         "",
         f"Scale `{scale.get('name')}`: every row with {', '.join(f'`{k}={v}`' for k, v in scale.get('overrides', {}).items()) or 'params.yaml as it is'}. "
         f"Dev examples: {', '.join(f'{task} {n}' for task, n in table['dev_examples'].items())}. "
@@ -294,13 +302,13 @@ def render_markdown(table: Mapping[str, Any]) -> str:
         f"{', '.join(f'{n} on {m}' for m, n in table['machines'].items())}), "
         f"{table['train_wall_s_total'] / 3600:.1f} h of training in all; code {', '.join(table['code_commits'])}.",
         "",
-        f"Each cell: mean ± standard deviation over {'/'.join(map(str, seeds)) or 'no'} seed(s), the paper's number "
-        f"(BERT-base) in parentheses. Δ: overall minus the other row's, with a {confidence:.0%} bootstrap interval "
+        f"Each cell: mean ± standard deviation over {'/'.join(map(str, seeds)) or 'no'} seed(s){paper_numbers}. "
+        f"Δ: overall minus the other row's, with a {confidence:.0%} bootstrap interval "
         f"({table['bootstrap']['resamples']} resamples over dev examples and seeds). {verdict_words(table)}",
         "",
     ]
     lines += rows_table(table) + [""] + (notes(table) + [""] if notes(table) else [])
-    lines += claims_table(table) + [""]
+    lines += claims_table(table) + [""] if tests_the_paper(table) else []
     if table.get("claims_one_precision"):
         lines += [one_precision_words(table), "", *claims_of_one_precision_table(table), ""]
     said: set[frozenset[str]] = set()  # each pair of rows once: "BP1 vs 3" is also "3 vs its previous row"
