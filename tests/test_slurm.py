@@ -102,15 +102,15 @@ def test_the_slurm_script_runs_a_table_on_ray_over_its_allocation(project: Path,
            "RAY_START_ARGS": "--object-store-memory=100000000"}
     done = subprocess.run(
         ["sbatch", "--wait", "--nodes=1", f"--cpus-per-task={os.cpu_count() or 1}", f"--output={out}",
-         str(project / "scripts" / "slurm_table3.sh"), "--rows", "0,BP1", "--seeds", "1", "--table-id", "slurm",
+         str(project / "scripts" / "slurm_table3.sh"), "--rows", "BP1", "--seeds", "1", "--table-id", "slurm",
          *SHRINK, "--node-cache", str(project.parent / "node-cache")],
         cwd=project, env=env, capture_output=True, text=True, timeout=1200)
     text = out.read_text(errors="replace") if out.is_file() else ""
     assert done.returncode == 0, (done.stdout + done.stderr + text)[-5000:]
-    assert "t3-0-s1: finished on" in text and "t3-BP1-s1: finished on" in text, text[-5000:]
+    assert "t3-BP1-s1: finished on" in text, text[-5000:]
     folder = project / "results" / "table3" / "slurm"
-    assert sorted(p.name for p in folder.iterdir()) == ["0-s1", "BP1-s1", "figures", "table.json", "table.md"]
-    record = json.loads((folder / "0-s1" / "record.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == ["BP1-s1", "figures", "table.json", "table.md"]
+    record = json.loads((folder / "BP1-s1" / "record.json").read_text())
     assert record["settings"]["train"]["steps_per_epoch"] == 2 and record["execution"]["attempt"] == 1
 
     def ray_of_the_job() -> list[str]:
