@@ -113,6 +113,15 @@ def test_fetch_offline_without_mirror_lists_every_required_file(tmp_path, monkey
     assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").rglob("*.csv"))
 
 
+def test_a_relative_mirror_that_is_not_there_says_where_it_was_looked_for(tmp_path, monkeypatch, caplog):
+    """`dvc exp run --temp` runs the stage in a temporary copy, where `../shared/data` is another folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PALBERT_DATA_MIRROR", "../no-such-mirror")
+    with pytest.raises(DataError, match="as an absolute path"):
+        fetch(make_params(), tmp_path / "raw", download_base=f"http://127.0.0.1:{closed_port()}")
+    assert f"a relative path, read from {tmp_path}" in caplog.text and "--temp" in caplog.text
+
+
 @needs_mirror
 def test_fetch_rejects_a_mirror_file_with_the_wrong_checksum(tmp_path):
     mirror = tmp_path / "mirror"

@@ -244,7 +244,11 @@ def fetch(
     raw_root = Path(raw_root)
     mirror_dir = Path(mirror) if mirror else resolve_mirror(params)
     if mirror_dir is not None and not mirror_dir.is_dir():
-        log.warning("data mirror %s is not a folder; trying the download URLs", mirror_dir)
+        # `dvc exp run --temp` and queued experiments run the stage in a temporary copy of the project elsewhere
+        relative = "" if mirror_dir.is_absolute() else (
+            f" (a relative path, read from {Path.cwd()}: `dvc exp run --temp` and queued experiments run in a "
+            "temporary copy of the project, so give the mirror as an absolute path)")
+        log.warning("data mirror %s is not a folder%s; trying the download URLs", mirror_dir, relative)
         mirror_dir = None
     base = download_base if download_base is not None else os.environ.get(DOWNLOAD_BASE_ENV) or None
     unreachable: dict[str, str] = {}  # host -> first failure, so an offline run tries each host once
@@ -316,6 +320,7 @@ def _missing_message(missing: list[tuple[RawFile, str]], raw_root: Path, mirror_
                      f"or {raw.url}{f' (zip member {raw.zip_member})' if raw.zip_member else ''}; {why}")
     lines.append(
         "Provide them by setting data.mirror in params.yaml or the environment variable "
-        f"{MIRROR_ENV} to a folder holding cs224n/ and snli/ (e.g. ../shared/data), or run with internet access."
+        f"{MIRROR_ENV} to a folder holding cs224n/ and snli/, as an absolute path (e.g. \"$PWD/../shared/data\"), "
+        "or run with internet access."
     )
     return "\n".join(lines)
