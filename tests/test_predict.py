@@ -258,3 +258,12 @@ def test_scoring_stops_between_batches_past_a_deadline(predictor):
     with pytest.raises(TimeoutError, match=f"scored 0 of {len(sentences)} sst rows"):
         predictor.predict("sst", sentences, deadline=time.monotonic() - 1)
     assert len(predictor.predict("sst", sentences, deadline=time.monotonic() + 600)) == len(sentences)
+
+
+def test_predict_without_a_trained_model_says_how_to_get_one(tmp_path):
+    """A fresh clone (or a workspace after a `--temp` quick look) has no models/best: one line with what to run."""
+    done = subprocess.run([str(PALBERT), "predict", "sst", "--model", str(tmp_path / "best"), "Dull."],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "model directory not found" in done.stderr and "dvc repro" in done.stderr and "dvc pull" in done.stderr

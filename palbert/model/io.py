@@ -160,7 +160,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
 
     path = Path(path)
     if not path.is_dir():
-        raise ModelLoadError(f"{path}: model directory not found")
+        raise ModelLoadError(f"{path}: model directory not found (the train stage writes models/best: `dvc repro`, "
+                             "`dvc exp apply <experiment>` after a `--temp` run, or `dvc pull models/best` from a "
+                             "DVC remote)")
     config = _read_config(path)
     model = _build_model(config, path / CONFIG_FILE, *_read_bert_config(path, config))
     model.load_state_dict(_read_weights(path, config["format_version"], model, device))
