@@ -185,6 +185,13 @@ class Table3Row:
     reference: Bool = False
     #: A caveat the table prints under the row.
     note: Str = ""
+    #: The scales this row runs at (empty: every scale): a knob whose effect depends on the run's length has a row
+    #: per scale, each of which belongs to its own scale's table only.
+    scales: ListOf[Str] = Field(default_factory=list)
+
+    def runs_at(self, scale_name: str) -> bool:
+        """Whether the row belongs to a table of ``scale_name`` (an ad hoc ``reduced+...`` scale is its base's)."""
+        return not self.scales or scale_name.split("+", 1)[0] in self.scales
 
 
 @dataclass(config=CLOSED)
@@ -194,6 +201,14 @@ class Table3Params:
     #: Records of one scale are never mixed with another's.
     scales: MappingOf[MappingOf[Any]] = Field(default_factory=dict)
     rows: ListOf[Section[Table3Row]] = Field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        known = {"full", *self.scales}
+        for row in self.rows:
+            unknown = [name for name in row.scales if name not in known]
+            if unknown:
+                raise ParamsError(f"table3.rows {row.id!r}: scales: no scale {unknown[0]!r} (known: "
+                                  f"{', '.join(sorted(known))})")
 
     def scale(self, name: str) -> dict[str, Any]:
         if name == "full":

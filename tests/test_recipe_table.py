@@ -56,6 +56,19 @@ def test_a_row_keeps_a_scale_key_it_sets_and_knobs_are_added_to_params_yaml(reci
     assert set(OPT_IN_OFF["train"]) <= set(runs["best"].params.train.__dataclass_fields__)
 
 
+def test_a_row_of_one_scale_belongs_to_that_scales_table_only(recipes, tmp_path):
+    rows = {row.id: row for row in recipes.table3.rows}
+    assert rows["ema-reduced"].runs_at("reduced") and not rows["ema-reduced"].runs_at("full")
+    assert rows["ema-full"].runs_at("full") and rows["best"].runs_at("full") and rows["best"].runs_at("reduced")
+    assert rows["ema-reduced"].runs_at("reduced+train.epochs=1")  # an ad hoc scale is its base's
+    from palbert.errors import ParamsError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPES.read_text().replace("scales: [full]", "scales: [fulll]", 1))
+    with pytest.raises(ParamsError, match=r"rows 'no-simcse-full': scales: no scale 'fulll' \(known: full, reduced\)"):
+        load_table3(bad, load_params(REPO / "params.yaml"))
+
+
 def test_the_recipe_table_compares_every_row_with_best(tmp_path, recipes, labels):  # noqa: F811
     folder = tmp_path / "results" / "table3" / "recipes-tiny"
     rng = np.random.default_rng(3)

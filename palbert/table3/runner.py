@@ -107,6 +107,11 @@ def _refuse_stale(stale: Sequence[tuple[str, str]], what: str, override: str) ->
 def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str, Any]:
     """Run what is missing (valid records are kept), record each finished run, then rebuild the table."""
     rows = select_rows(params.table3.rows, request.rows)
+    elsewhere = [row.id for row in rows if not row.runs_at(request.scale)]
+    if elsewhere and request.rows:
+        raise Table3Error(f"row(s) {', '.join(elsewhere)} run at other scales than {request.scale!r} (their "
+                          "`scales` in the catalogue)")
+    rows = [row for row in rows if row.runs_at(request.scale)]
     seeds = list(request.seeds or params.table3.seeds)
     scale = params.table3.scale(request.scale)
     table_id = request.table_id or request.scale
@@ -165,7 +170,8 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     log.info("%s: reading %d record(s) and their dev predictions", folder, len(found))
     scale_name, scale = _scale_of(found)
     seeds = sorted({int(path.name.rsplit("-s", 1)[1]) for path in found if path.name.rsplit("-s", 1)[-1].isdigit()})
-    runs = plan_runs(params, params.table3.rows, seeds, table_id, scale)
+    rows = [row for row in params.table3.rows if row.runs_at(scale_name)]
+    runs = plan_runs(params, rows, seeds, table_id, scale)
     check = check_records(folder, runs, row_only=True)
     known = {str(folder / run.folder) for run in runs}
     check.stale += [(str(path), "not a row x seed of table3.yaml") for path in found
@@ -185,7 +191,7 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     for run in runs:
         if run.name in records:
             by_row.setdefault(run.row, []).append(records[run.name])
-    table = build_table(params.table3.rows, by_row, table_id, {"name": scale_name, "overrides": scale},
+    table = build_table(rows, by_row, table_id, {"name": scale_name, "overrides": scale},
                         bootstrap, excluded=[(str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p, r)
                                              for p, r in bad])
     write_json(folder / TABLE_JSON, table)
