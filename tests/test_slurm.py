@@ -20,22 +20,12 @@ import psutil
 import pytest
 
 from conftest import free_port, needs_mirror
-from test_table3_ray import SHRINK, project, ray_env  # noqa: F401 - project is a fixture
+from test_table3_ray import SHRINK, project, ray_env, wait_for  # noqa: F401 - project is a fixture
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
 pytestmark = [pytest.mark.distributed, needs_mirror, pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(name) for name in DAEMONS),
     reason="needs root and Debian's slurmctld, slurmd and munge packages")]
-
-
-def _wait_for(predicate, timeout_s: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; {log}:\n"
-                         f"{log.read_text(errors='replace')[-3000:] if log.is_file() else '(no log)'}")
 
 
 def _stop(pid_file: Path) -> None:
@@ -80,7 +70,7 @@ def slurm(tmp_path: Path) -> Iterator[dict[str, str]]:
     try:
         subprocess.run(["slurmctld", "-c"], env=env, check=True, capture_output=True)
         subprocess.run(["slurmd"], env=env, check=True, capture_output=True)
-        _wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
+        wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
                                                   text=True).stdout, 60, "the node to be idle",
                   root / "log" / "slurmd.log")
         yield env
@@ -121,7 +111,4 @@ def test_the_slurm_script_runs_a_table_on_ray_over_its_allocation(project: Path,
                 found.append(line[:200])
         return found
 
-    deadline = time.monotonic() + 60
-    while ray_of_the_job() and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not ray_of_the_job(), ray_of_the_job()
+    wait_for(lambda: not ray_of_the_job(), 60, f"the job's Ray processes (port {port}) to stop")

@@ -123,13 +123,15 @@ def stage_processes(project: Path) -> list[psutil.Process]:
     return found
 
 
-def wait_for(predicate, timeout_s: float, what: str) -> None:
+def wait_for(predicate, timeout_s: float, what: str, log: Path | None = None) -> None:
+    """Poll ``predicate`` every second; on timeout fail naming ``what`` (and the tail of ``log``, if given)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    tail = f"; {log}:\n{log.read_text(errors='replace')[-3000:] if log.is_file() else '(no log)'}" if log else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{tail}")
 
 
 def mlflow_runs(project: Path, table_id: str) -> list:

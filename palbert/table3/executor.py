@@ -183,13 +183,11 @@ class Progress:
         self.bar.update(1)
         self.done += 1
         if self.plain:
-            from tqdm import tqdm
-
             elapsed = time.monotonic() - self.started
             ran = self.done - self.initial
             left = elapsed / ran * (self.total - self.done) if ran else 0.0
-            self.line(f"table: {self.done}/{self.total} runs, {tqdm.format_interval(elapsed)} elapsed, "
-                      f"{tqdm.format_interval(left)} left")
+            self.line(f"table: {self.done}/{self.total} runs, {self.bar.format_interval(elapsed)} elapsed, "
+                      f"{self.bar.format_interval(left)} left")
 
     def close(self) -> None:
         self.bar.close()

@@ -291,9 +291,10 @@ def render_markdown(table: Mapping[str, Any]) -> str:
     scale = table["scale"]
     measured = [row for row in table["rows"] if row["measured"]]
     seeds = sorted({len(row["seeds"]) for row in measured})
-    paper_numbers = ", the paper's number (BERT-base) in parentheses" if tests_the_paper(table) else ""
+    paper = tests_the_paper(table)
+    paper_numbers = ", the paper's number (BERT-base) in parentheses" if paper else ""
     lines = [
-        f"# Table 3 ({scale.get('name', '?')} scale): ablations on the dev sets" if tests_the_paper(table) else
+        f"# Table 3 ({scale.get('name', '?')} scale): ablations on the dev sets" if paper else
         f"# Table `{table.get('table3_id')}` ({scale.get('name', '?')} scale): rows on the dev sets",
         "",
         f"Scale `{scale.get('name')}`: every row with {', '.join(f'`{k}={v}`' for k, v in scale.get('overrides', {}).items()) or 'params.yaml as it is'}. "
@@ -308,7 +309,7 @@ def render_markdown(table: Mapping[str, Any]) -> str:
         "",
     ]
     lines += rows_table(table) + [""] + (notes(table) + [""] if notes(table) else [])
-    lines += claims_table(table) + [""] if tests_the_paper(table) else []
+    lines += claims_table(table) + [""] if paper else []
     if table.get("claims_one_precision"):
         lines += [one_precision_words(table), "", *claims_of_one_precision_table(table), ""]
     said: set[frozenset[str]] = set()  # each pair of rows once: "BP1 vs 3" is also "3 vs its previous row"
