@@ -101,7 +101,7 @@ def cluster(short_tmp: Path, monkeypatch) -> Iterator:
 
 
 def table3(project: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "palbert.cli", "table3", *args, *SHRINK, "--node-cache",
+    return [sys.executable, "-m", "palbert.cli", "table3", *SHRINK, *args, "--node-cache",
             str(project.parent / "node-cache")]
 
 
@@ -289,23 +289,26 @@ def test_a_node_removed_mid_run_runs_it_again_elsewhere_with_one_record(project:
 
 
 def test_a_killed_driver_leaves_no_run_and_the_same_command_runs_only_the_missing(project: Path):
-    command = table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed")
+    """SIGTERM to the driver's process group (`kill -- -PGID`, a closed terminal's hang-up, a scheduler's cancel):
+    the driver, its local Ray instance and the Ray workers go, and so does the run that was training. Its 300 steps
+    take longer than the wait below, so a training left running would be found by it."""
+    command = table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed", "--steps-per-epoch", "300")
     folder = project / "results" / "table3" / "killed"
-    log_dir = project.parent / "node-cache" / "logs" / "killed"
+    second = project.parent / "node-cache" / "logs" / "killed" / "t3-BP1-s1.attempt1.log"
     driver = subprocess.Popen(command, cwd=project, env=ray_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        second = log_dir / "t3-BP1-s1.attempt1.log"
         wait_for(lambda: (folder / "0-s1" / "record.json").is_file() and second.is_file()
-                 and "MLflow run" in second.read_text(errors="replace"), 600, "the second run's training")
-        os.kill(driver.pid, signal.SIGKILL)
+                 and "training 300 steps" in second.read_text(errors="replace"), 600, "the second run's training")
+        os.killpg(driver.pid, signal.SIGTERM)
         driver.wait(timeout=60)
-        wait_for(lambda: not stage_processes(project), 60, "the runs to stop with their driver")
+        wait_for(lambda: not stage_processes(project), 30, "the runs to stop with their driver")
     finally:
         if driver.poll() is None:
-            driver.kill()
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert "trained 300 steps" not in second.read_text(errors="replace")
     assert not (folder / "BP1-s1").exists()
-    again = run_table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed")
+    again = run_table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed", "--steps-per-epoch", "300")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-4000:]
     assert "t3-0-s1: kept (record of overall" in out and "t3-0-s1: queued" not in out

@@ -86,15 +86,17 @@ def _run_guarded(command: list[str], cwd: Path, env: Mapping[str, str], log_file
 
     A Ray worker killed with SIGKILL (its node removed, its driver gone) runs no clean-up, and ``dvc repro``'s
     stage processes would train on unseen: a watchdog in its own session waits for this process to go and then
-    stops the whole group (SIGTERM, then SIGKILL)."""
+    stops the whole group (SIGTERM, then SIGKILL). The watchdog is no child of this worker (the ``sh`` that starts
+    it in the background exits at once): a raylet that stops a worker also kills the worker's children, which
+    would take the watchdog and ``dvc repro`` but leave the stage that ``dvc repro`` started training."""
     with open(log_file, "ab") as out:
         process = subprocess.Popen(command, cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     watch = (f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 -{process.pid} 2>/dev/null; do sleep 1; done; "
              f"if kill -0 -{process.pid} 2>/dev/null; then kill -TERM -{process.pid}; sleep 10; "
              f"kill -KILL -{process.pid} 2>/dev/null; fi")
-    subprocess.Popen(["sh", "-c", watch], start_new_session=True, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["sh", "-c", f"({watch}) &"], start_new_session=True, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     try:
         return process.wait()
     except BaseException:
