@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +26,19 @@ PROJECT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("PALBERT_DATA_MIRROR") or PROJECT.parent / "shared" / "data").resolve()
 HAVE_MIRROR = (MIRROR / "cs224n").is_dir()
 needs_mirror = pytest.mark.skipif(not HAVE_MIRROR, reason=f"data mirror {MIRROR} not present")
+
+
+#: Held by the test files that start Ray (its clusters, and the Slurm test's Ray over a machine-wide Slurm) for
+#: as long as they run: pytest-xdist runs test files side by side, and one machine runs one such file at a time.
+RAY_TESTS_LOCK = Path(tempfile.gettempdir()) / "palbert-tests-ray.lock"
+
+
+@pytest.fixture(scope="module")
+def one_ray_test_file_at_a_time() -> Iterator[None]:
+    from filelock import FileLock
+
+    with FileLock(str(RAY_TESTS_LOCK)):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -23,9 +23,10 @@ from conftest import free_port, needs_mirror
 from test_table3_ray import SHRINK, project, ray_env, wait_for  # noqa: F401 - project is a fixture
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
-pytestmark = [pytest.mark.distributed, needs_mirror, pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(name) for name in DAEMONS),
-    reason="needs root and Debian's slurmctld, slurmd and munge packages")]
+pytestmark = [pytest.mark.distributed, needs_mirror, pytest.mark.usefixtures("one_ray_test_file_at_a_time"),
+              pytest.mark.skipif(
+                  os.geteuid() != 0 or not all(shutil.which(name) for name in DAEMONS),
+                  reason="needs root and Debian's slurmctld, slurmd and munge packages")]
 
 
 def _stop(pid_file: Path) -> None:

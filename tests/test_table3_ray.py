@@ -28,7 +28,7 @@ import yaml
 from conftest import MIRROR, copy_project, free_port, needs_mirror, tiny_training_params
 from palbert.config import params_to_dict
 
-pytestmark = [pytest.mark.distributed]
+pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_ray_test_file_at_a_time")]
 
 OBJECT_STORE_BYTES = 80 * 1024**2
 SHRINK = ["--epochs", "1", "--steps-per-epoch", "2", "--subset", "32", "--resamples", "50"]
