@@ -194,6 +194,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(predicate, timeout_s: float, what: str, log: Path | None = None) -> None:
+    """Poll ``predicate`` every second; on timeout fail naming ``what`` (and the tail of ``log``, if given)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1.0)
+    tail = f"; {log}:\n{log.read_text(errors='replace')[-3000:] if log.is_file() else '(no log)'}" if log else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{tail}")
+
+
 def wait_until_up(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
     """Poll ``url`` until it answers 200; fail with the server's log if it exits or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s

@@ -19,8 +19,8 @@ from typing import Iterator
 import psutil
 import pytest
 
-from conftest import free_port, needs_mirror
-from test_table3_ray import SHRINK, project, ray_env, wait_for  # noqa: F401 - project is a fixture
+from conftest import free_port, needs_mirror, wait_for
+from test_table3_ray import SHRINK, project, ray_env  # noqa: F401 - project is a fixture
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
 pytestmark = [pytest.mark.distributed, needs_mirror, pytest.mark.usefixtures("one_ray_test_file_at_a_time"),
@@ -72,8 +72,8 @@ def slurm(tmp_path: Path) -> Iterator[dict[str, str]]:
         subprocess.run(["slurmctld", "-c"], env=env, check=True, capture_output=True)
         subprocess.run(["slurmd"], env=env, check=True, capture_output=True)
         wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
-                                                  text=True).stdout, 60, "the node to be idle",
-                  root / "log" / "slurmd.log")
+                                                 text=True).stdout, 60, "the node to be idle",
+                 root / "log" / "slurmd.log")
         yield env
     finally:
         # the job's steps end (their `ray start --block` stops its Ray) before the daemons that track them go

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import MIRROR, copy_project, free_port, needs_mirror, tiny_training_params
+from conftest import MIRROR, copy_project, free_port, needs_mirror, tiny_training_params, wait_for
 from palbert.config import params_to_dict
 
 pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_ray_test_file_at_a_time")]
@@ -121,17 +121,6 @@ def stage_processes(project: Path) -> list[psutil.Process]:
         except (psutil.Error, TypeError):
             continue
     return found
-
-
-def wait_for(predicate, timeout_s: float, what: str, log: Path | None = None) -> None:
-    """Poll ``predicate`` every second; on timeout fail naming ``what`` (and the tail of ``log``, if given)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1.0)
-    tail = f"; {log}:\n{log.read_text(errors='replace')[-3000:] if log.is_file() else '(no log)'}" if log else ""
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{tail}")
 
 
 def mlflow_runs(project: Path, table_id: str) -> list:
