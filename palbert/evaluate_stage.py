@@ -91,9 +91,6 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
     # the training's run (a new one when it was not recorded); leaving the block ends it, FAILED on an exception
     with open_run(params, paths.project_root, run_id=summary.get("mlflow_run_id"),
                   tracking_uri=summary.get("tracking_uri")) as tracker:
-        # the names of metrics/dev.json; at the last training step, after the per-epoch values the training
-        # logged under the same names, so that the run's latest value is the kept model's score
-        tracker.log_metrics(metrics, step=int(summary.get("steps", 0)))
         for artifact in sorted(Path(paths.dev_metrics.parent).glob("*.json")):
             tracker.log_artifact(artifact, "metrics")
         tracker.log_artifacts(paths.predictions, "predictions")
@@ -103,6 +100,8 @@ def evaluate_trained_model(params: Params, paths: EvaluationPaths,
                                                            Path(folder) / "sst_dev_confusion.png"), "plots")
         tracker.log_artifact(PARAMS, "params")
         version = registration(params, summary, metrics, dev_labels)
+        # metrics/dev.json's names, at the last training step (after the per-epoch values the training logged under
+        # the same names, so that the run's latest value is the kept model's score), logged once, with the model
         log_trained_model(tracker, paths.model, version, scores=metrics, step=int(summary.get("steps", 0)))
         if tracker.lost is not None:  # the stage fails, so that the next `dvc repro` runs it (and only it) again
             raise TrackingUnavailable(
@@ -117,7 +116,7 @@ def log_trained_model(tracker: Tracker, model_dir: Path, registration: Registrat
                       scores: Mapping[str, float] | None = None, step: int = 0) -> None:
     """``model_dir`` (``models/best``) as the run's MLflow Model ``runs:/<id>/model`` (``palbert.mlflow_model``),
     also a registered version with a ``registration``: this recipe owns the model, the tracker only the run. The
-    dev ``scores`` (logged to the run at ``step``) become the model's metrics."""
+    dev ``scores`` are logged to the run at ``step`` as the model's metrics."""
     tracker.log_with("log_model", partial(log_model, model_dir=model_dir, registration=registration, scores=scores,
                                           step=step))
 

@@ -224,8 +224,8 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
               step: int = 0) -> "ModelInfo":
     """Log ``model_dir`` (a ``save_model`` folder) as the run's MLflow Model ``model``, and register it
     (``palbert.registry.register``: card, tags, ``@champion``) when asked and the store has a model registry.
-    ``scores`` (the dev scores, logged to the run at ``step``) become the logged model's metrics, the first thing
-    its page lists."""
+    ``scores`` (the dev scores) are logged to the run at ``step`` as the logged model's metrics, the first thing its
+    page lists."""
     from mlflow.entities import Metric
     from mlflow.models import Model
     from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
@@ -238,6 +238,12 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
         run = client.get_run(run_id)
         logged = client.create_logged_model(run.info.experiment_id, name=ARTIFACT_PATH, source_run_id=run_id,
                                             params=run.data.params)
+        if scores:
+            # a metric logged with the model's id is the model's (MLflow's own ``step=`` link would also take every
+            # training metric logged at that step); before the upload, so that a failed upload keeps the run's scores
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(key, float(value), now, int(step), model_id=logged.model_id)
+                                              for key, value in scores.items()])
         with _package_copy() as package:
             info = Model.log(
                 artifact_path=None, name=ARTIFACT_PATH, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
@@ -246,12 +252,6 @@ def log_model(run_id: str, tracking_uri: str, model_dir: str | Path,
                 metadata=metadata(), model_config=DEFAULT_MODEL_CONFIG,
             )
         log.info("logged MLflow Model %s (%s)", info.model_uri, info.model_id)
-        if scores:
-            # the run's values again, tagged with the model: how MLflow links metrics to a logged model (its own
-            # ``step=`` link would also take every training metric logged at that step)
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(key, float(value), now, int(step), model_id=info.model_id)
-                                              for key, value in scores.items()])
         if registration is not None:
             registration = dataclasses.replace(
                 registration, tags={**run_tags_for_version(run.data.tags), **registration.tags})

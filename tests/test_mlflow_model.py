@@ -51,7 +51,6 @@ def logged(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[s
     params.tracking = TrackingParams(experiment="palbert-model-test", uri=f"sqlite:///{root / 'mlflow.db'}")
     with open_run(params, root, system_metrics=False) as tracker:
         tracker.log_metrics({"overall": 0.4, "sst_acc": 0.3}, step=1)  # an epoch's scores
-        tracker.log_metrics({"overall": 0.5, "sst_acc": 0.35}, step=6)  # the evaluate stage's, at the last step
         tracker.log_metrics({"lr": 1e-5}, step=6)  # a training metric of the same step: not the model's
         log_trained_model(tracker, model_dir, Registration(params.tracking.experiment, dev={"overall": 0.5}),
                           scores={"overall": 0.5, "sst_acc": 0.35}, step=6)
