@@ -41,6 +41,19 @@ def one_ray_test_file_at_a_time() -> Iterator[None]:
         yield
 
 
+#: The order in which pytest-xdist hands out test files (``--dist loadfile --no-loadscope-reorder`` in pyproject):
+#: the longest first, so that the two workers finish together instead of one running a long file alone at the
+#: end. The Slurm test follows the long files: by then the Ray file, which holds the lock above, is done.
+LONGEST_FILES_FIRST = ("test_table3_ray.py", "test_pipeline_e2e.py", "test_dvc_experiments.py", "test_distributed.py",
+                       "test_run_faults.py", "test_store_faults.py", "test_mlflow_model.py", "test_tracking.py",
+                       "test_readme_commands.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logging():
     """Tests that run a CLI entry point call ``setup_logging``, which points the root logger at that test's

@@ -89,7 +89,7 @@ def test_the_readme_quotes_the_committed_run():
     assert f"{train['train_wall_s']:.0f} s" in row, row
 
 
-# The measured Table 3s (issues 11, 19): committed records, each table rebuilt from them, and the README's copy.
+# The measured Table 3s: committed records, each table rebuilt from them, and the README's copy.
 TABLES3 = sorted(path.parent.relative_to(ROOT) for path in (ROOT / "results" / "table3").glob("*/table.json"))
 #: One unit in table.json's last kept decimal: two machines' sums that differ in the 16th digit can round apart
 #: when they straddle a rounding boundary; any real difference is far larger.
