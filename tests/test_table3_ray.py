@@ -47,9 +47,19 @@ def ray_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module")
+def shared_dvc_cache(tmp_path_factory) -> Path:
+    """One DVC cache for every test's node cache: the data stages' outputs (same code, same params) are prepared
+    by the first run of the file and restored from DVC's run-cache by the others, as on a node that ran before."""
+    return tmp_path_factory.mktemp("dvc-cache")
+
+
 @pytest.fixture
-def project(tmp_path: Path, tiny_bert_dir: Path) -> Path:
-    """A committed project copy whose params.yaml trains the tiny BERT, logging to its own MLflow store."""
+def project(tmp_path: Path, tiny_bert_dir: Path, shared_dvc_cache: Path) -> Path:
+    """A committed project copy whose params.yaml trains the tiny BERT, logging to its own MLflow store; its node
+    cache (``../node-cache``) shares the file's DVC cache."""
+    (tmp_path / "node-cache").mkdir()
+    (tmp_path / "node-cache" / "dvc-cache").symlink_to(shared_dvc_cache, target_is_directory=True)
     project = copy_project(tmp_path / "project")
     params = params_to_dict(tiny_training_params(tiny_bert_dir, data={"subset": 32}), include_table3=False)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -152,7 +162,7 @@ def test_too_few_resources_is_one_line_before_any_run(project: Path):
     assert result.returncode == 1, result.stderr
     assert re.search(r"no node of the Ray cluster at this machine has 1 CPU\(s\) and 1 GPU\(s\) for one run", result.stderr)
     assert "runs |" not in result.stderr  # no bar: nothing started
-    assert not (project / "node-cache" / "logs").exists()
+    assert not (project.parent / "node-cache" / "logs").exists()
 
 
 def test_fractional_gpus_pack_eight_runs_on_one_logical_gpu(short_tmp: Path, monkeypatch):
@@ -250,17 +260,21 @@ def test_a_tiny_table_on_two_nodes_and_a_failing_run(project: Path, cluster):
 
 @needs_mirror
 def test_a_node_removed_mid_run_runs_it_again_elsewhere_with_one_record(project: Path, cluster):
-    command = table3(project, "--rows", "0", "--seeds", "1", "--table-id", "lost", "--address", cluster.address)
+    """The run's node goes mid-training: Ray runs it again on the node added after, which sees the same node cache
+    (one machine, as a shared disk would on a cluster), so it resumes from the lost node's checkpoint in the same
+    MLflow run (row BP1: its 300 steps outlast the wait). One record, of attempt 2; one finished MLflow run, tagged with attempt 2 and where it resumed."""
+    command = table3(project, "--rows", "BP1", "--seeds", "1", "--table-id", "lost", "--address", cluster.address,
+                     "--steps-per-epoch", "300")
     log_dir = project.parent / "node-cache" / "logs" / "lost"
+    state = project.parent / "node-cache" / "work" / "lost" / "t3-BP1-s1" / "checkpoints" / "latest" / "state.json"
     with open(project.parent / "driver.out", "w+") as out:
         driver = subprocess.Popen(command, cwd=project, env=ray_env(), stdout=out, stderr=subprocess.STDOUT)
         try:
-            first = log_dir / "t3-0-s1.attempt1.log"
-            wait_for(lambda: first.is_file() and "MLflow run" in first.read_text(errors="replace"), 600,
-                     "the first attempt's training to start")
+            wait_for(lambda: state.is_file(), 600, "the first attempt's first checkpoint")
             (worker,) = [node for node in cluster.worker_nodes]
             cluster.remove_node(worker, allow_graceful=False)
             wait_for(lambda: not stage_processes(project), 60, "the lost node's stages to stop")
+            stopped_at = json.loads(state.read_text())["step"]
             add_node(cluster)
             assert driver.wait(timeout=900) == 0
         finally:
@@ -268,27 +282,34 @@ def test_a_node_removed_mid_run_runs_it_again_elsewhere_with_one_record(project:
                 driver.kill()
         out.seek(0)
         text = out.read()
-    assert "t3-0-s1: running on" in text and "(attempt 2: its earlier worker or node died)" in text, text[-4000:]
+    assert "t3-BP1-s1: running on" in text and "(attempt 2: its earlier worker or node died)" in text, text[-4000:]
+    assert 0 < stopped_at < 300
+    assert f"resuming at step {stopped_at} of 300" in (log_dir / "t3-BP1-s1.attempt2.log").read_text(errors="replace")
     folder = project / "results" / "table3" / "lost"
-    assert sorted(p.name for p in folder.iterdir()) == ["0-s1", "figures", "table.json", "table.md"]
-    assert json.loads((folder / "0-s1" / "record.json").read_text())["execution"]["attempt"] == 2
-    runs = {run.data.tags["attempt"]: run for run in mlflow_runs(project, "lost")}
-    assert runs["2"].info.status == "FINISHED" and "retried" not in runs["2"].data.tags
-    assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["retried"].startswith("yes")
+    assert sorted(p.name for p in folder.iterdir()) == ["BP1-s1", "figures", "table.json", "table.md"]
+    record = json.loads((folder / "BP1-s1" / "record.json").read_text())
+    assert record["execution"]["attempt"] == 2
+    (run,) = mlflow_runs(project, "lost")
+    assert run.info.status == "FINISHED" and run.info.run_id == record["mlflow_run_id"]
+    assert run.data.tags["attempt"] == "2" and run.data.tags["table3_resumed_at_step"] == str(stopped_at)
+    assert "retried" not in run.data.tags
 
 
-def test_a_killed_driver_leaves_no_run_and_the_same_command_runs_only_the_missing(project: Path):
+def test_a_killed_driver_leaves_no_run_and_the_same_command_resumes_only_the_missing(project: Path):
     """SIGTERM to the driver's process group (`kill -- -PGID`, a closed terminal's hang-up, a scheduler's cancel):
     the driver, its local Ray instance and the Ray workers go, and so does the run that was training. Its 300 steps
-    take longer than the wait below, so a training left running would be found by it."""
+    take longer than the wait below, so a training left running would be found by it. The same command again keeps
+    the finished record and resumes the other run from its checkpoint, in the same MLflow run."""
     command = table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed", "--steps-per-epoch", "300")
     folder = project / "results" / "table3" / "killed"
     second = project.parent / "node-cache" / "logs" / "killed" / "t3-BP1-s1.attempt1.log"
+    checkpoint = project.parent / "node-cache" / "work" / "killed" / "t3-BP1-s1" / "checkpoints" / "latest"
     driver = subprocess.Popen(command, cwd=project, env=ray_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: (folder / "0-s1" / "record.json").is_file() and second.is_file()
-                 and "training 300 steps" in second.read_text(errors="replace"), 600, "the second run's training")
+                 and "training 300 steps" in second.read_text(errors="replace")
+                 and (checkpoint / "state.json").is_file(), 600, "the second run's training and its checkpoint")
         os.killpg(driver.pid, signal.SIGTERM)
         driver.wait(timeout=60)
         wait_for(lambda: not stage_processes(project), 30, "the runs to stop with their driver")
@@ -297,19 +318,29 @@ def test_a_killed_driver_leaves_no_run_and_the_same_command_runs_only_the_missin
             os.killpg(driver.pid, signal.SIGKILL)
     assert "trained 300 steps" not in second.read_text(errors="replace")
     assert not (folder / "BP1-s1").exists()
+    stopped_at = json.loads((checkpoint / "state.json").read_text())["step"]
+    assert 0 < stopped_at < 300
     again = run_table3(project, "--rows", "0,BP1", "--seeds", "1", "--table-id", "killed", "--steps-per-epoch", "300")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-4000:]
     assert "t3-0-s1: kept (record of overall" in out and "t3-0-s1: queued" not in out
     assert "t3-BP1-s1: queued" in out and "t3-BP1-s1: finished on" in out and "2/2 runs" in out
+    assert f"resuming at step {stopped_at} of 300" in second.read_text(errors="replace")
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
         "0-s1", "BP1-s1", "figures", "table.json", "table.md"]
+    assert not checkpoint.parent.parent.exists()  # a run's workspace goes once its record is made
+    (resumed,) = [run for run in mlflow_runs(project, "killed") if run.data.tags["table3_row"] == "BP1"]
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["table3_resumed_at_step"] == str(stopped_at)
+    record = json.loads((folder / "BP1-s1" / "record.json").read_text())
+    assert record["mlflow_run_id"] == resumed.info.run_id
 
 
 @needs_mirror
-def test_a_run_through_ray_equals_the_same_run_by_hand_with_dvc_exp_run(project: Path, tmp_path: Path):
+def test_a_run_through_ray_equals_the_same_run_by_hand_with_dvc_exp_run(project: Path, tmp_path: Path,
+                                                                       shared_dvc_cache: Path):
     """The same row, seed, scale and thread count at the same commit: the record Ray returns and the record of a
-    plain `dvc exp run` in the workspace hold the same dev scores and the same predictions, byte for byte."""
+    plain `dvc exp run` in the workspace hold the same dev scores and the same predictions, byte for byte. The
+    workspace uses the node's DVC cache too (its data stages come from the run-cache)."""
     from palbert.params_file import TABLE3_FILE, load_table3
     from palbert.table3.plan import committed_params, plan_runs
     from palbert.table3.records import record_from_workspace
@@ -321,6 +352,7 @@ def test_a_run_through_ray_equals_the_same_run_by_hand_with_dvc_exp_run(project:
     params = load_table3(project / TABLE3_FILE, committed_params(project))
     (run,) = plan_runs(params, [row for row in params.table3.rows if row.id == "BP1"], [1], "same",
                        through_ray["scale"]["overrides"])
+    (project / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {shared_dvc_cache}\n")  # git-ignored
     by_hand = [*run.exp_run_command(), "-S", "train.threads=1"]  # what each Ray run sets: --cpus-per-run's threads
     done = subprocess.run(by_hand, cwd=project, env={**ray_env(), "PYTHONPATH": str(project)}, capture_output=True,
                           text=True, timeout=900)

@@ -1,6 +1,6 @@
 """Table 3 of the paper, measured: rows x seeds as Ray tasks, results records, the table and figures.
 
-``plan`` (what runs, with which settings), ``task`` (one run in a private workspace on any node), ``executor``
+``plan`` (what runs, with which settings), ``task`` (one run in its own workspace on any node), ``executor``
 (Ray: where and how many at once), ``records`` (one committed folder per finished run), ``report``
 (table.json / table.md from records), ``figures``, ``runner`` (the command). The statistics live in ``palbert.metrics``.
 """

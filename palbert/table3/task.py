@@ -1,6 +1,10 @@
 """One Table 3 run, self-contained, on whichever node runs it: the driver's commit checked out from a git bundle
-into a private workspace, the row's params written into its ``params.yaml``, the pipeline's own stages run by
+into the run's workspace, the row's params written into its ``params.yaml``, the pipeline's own stages run by
 ``dvc repro``, and the record's files returned as bytes.
+
+The workspace (``<node cache>/work/<table>/<run>``) is removed once the record is made. A run stopped before that
+(its driver killed, its node lost, its stage failed) leaves it with the training's checkpoint, and the next attempt
+at the same commit on a node that sees the folder resumes from there instead of starting again.
 
 Nothing here needs a clone, a shared folder or the driver's disk: the bundle travels with the task, prepared data
 comes from a per-node DVC cache (DVC's run-cache restores ``fetch`` and ``prepare`` outputs that an earlier run on
@@ -14,7 +18,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +38,11 @@ RECORD_TARGET = "evaluate"
 #: The tag that every attempt of one run of one command shares, and the tag of an attempt that was run again.
 TAG_RUN_KEY = "table3_run_key"
 TAG_RETRIED = "retried"
+#: The step a resumed attempt continued from (its training checkpoint's).
+TAG_RESUMED_AT = "table3_resumed_at_step"
+#: How long a new attempt waits for the stages of an earlier one in the same workspace to stop (their watchdog
+#: stops them within ~11 s of their worker's death).
+EARLIER_STAGES_WAIT_S = 60
 
 
 class RunFailed(Table3Error):
@@ -105,7 +113,7 @@ def _run_guarded(command: list[str], cwd: Path, env: Mapping[str, str], log_file
 
 
 def _checkout(bundle: bytes, commit: str, workspace: Path) -> None:
-    bundle_file = workspace.with_suffix(".bundle")
+    bundle_file = workspace.parent / f"{workspace.name}.bundle"  # not with_suffix: "t3-llrd-0.9-s1" has a dot
     bundle_file.write_bytes(bundle)
     try:
         for command in (["git", "clone", "-q", "--no-checkout", str(bundle_file), str(workspace)],
@@ -117,12 +125,63 @@ def _checkout(bundle: bytes, commit: str, workspace: Path) -> None:
         bundle_file.unlink(missing_ok=True)
 
 
+def _processes_in(folder: Path) -> list[int]:
+    """Process ids whose working directory is inside ``folder`` (an earlier attempt's dvc and stages)."""
+    import psutil
+
+    inside = []
+    for process in psutil.process_iter(["pid", "cwd"]):
+        cwd = process.info.get("cwd") or ""
+        if cwd == str(folder) or cwd.startswith(f"{folder}{os.sep}"):
+            inside.append(process.info["pid"])
+    return inside
+
+
+def _head(workspace: Path) -> str:
+    result = subprocess.run(["git", "-C", str(workspace), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _unfinished_training(workspace: Path) -> dict[str, Any] | None:
+    """The state of the workspace's training checkpoint when the training stage would resume from it (the rule of
+    ``palbert.train.checkpoint.resumable_state``, read without importing torch): its step and MLflow run."""
+    try:
+        state = json.loads((workspace / "checkpoints" / "latest" / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not state.get("mlflow_run_id"):
+        return None
+    return None if state.get("complete") and state.get("outputs_written", True) else state
+
+
+def open_workspace(workspace: Path, bundle: bytes, commit: str, run_name: str) -> dict[str, Any] | None:
+    """Check out ``commit`` into ``workspace``, or keep the one an earlier attempt left at that commit with a
+    training to resume; returns that training's checkpoint state (step, MLflow run id), else None.
+
+    Any other workspace left there is replaced: what it holds would run again anyway, and its MLflow run is the
+    earlier attempt's. Waits for an earlier attempt's stages to stop first: two ``dvc repro`` in one workspace would
+    fight over its lock and its checkpoint."""
+    if workspace.is_dir():
+        deadline = time.monotonic() + EARLIER_STAGES_WAIT_S
+        while (busy := _processes_in(workspace)) and time.monotonic() < deadline:
+            time.sleep(1)
+        if busy:
+            raise RunFailed(f"{run_name}: processes {busy} still run in {workspace} (another command running this "
+                            "run on this node?); stop them or remove the folder, then run the command again")
+        state = _unfinished_training(workspace)
+        if state is not None and _head(workspace) == commit:
+            return state
+        shutil.rmtree(workspace)
+    _checkout(bundle, commit, workspace)
+    return None
+
+
 def run_task(run: PlannedRun, scale_name: str, bundle: bytes, setup: TaskSetup, attempt: int,
              extra_tags: Mapping[str, str]) -> dict[str, Any]:
-    """Train and score ``run`` in a private workspace; return ``{"files": {path: bytes}, "node", "log", ...}``.
+    """Train and score ``run`` in its workspace; return ``{"files": {path: bytes}, "node", "log", ...}``.
 
     Raises ``RunFailed`` with the log's tail when a stage fails."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     from palbert.table3.records import record_from_workspace
 
@@ -133,11 +192,16 @@ def run_task(run: PlannedRun, scale_name: str, bundle: bytes, setup: TaskSetup, 
     log_file = cache / "logs" / run.table_id / f"{run.name}.attempt{attempt}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text("", encoding="utf-8")
-    workspace = Path(tempfile.mkdtemp(prefix=f"{run.name}-", dir=cache / "work"))
-    shutil.rmtree(workspace)
+    workspace = cache / "work" / run.table_id / run.name
+    workspace.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    lock = FileLock(str(workspace.parent / f"{workspace.name}.lock"))
     try:
-        _checkout(bundle, setup.commit, workspace)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFailed(f"{run.name}: another command runs it on this node now ({workspace})") from None
+    try:
+        resumed = open_workspace(workspace, bundle, setup.commit, run.name)
         (workspace / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache / 'dvc-cache'}\n",
                                                           encoding="utf-8")
         tags = {**extra_tags, "node": node, "attempt": str(attempt)}
@@ -147,8 +211,11 @@ def run_task(run: PlannedRun, scale_name: str, bundle: bytes, setup: TaskSetup, 
                if k not in ("DVC_ROOT", "PALBERT_PROJECT_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "RANK",
                             "WORLD_SIZE", "MLFLOW_RUN_ID")}
         env.update({"MLFLOW_TRACKING_URI": setup.tracking_uri, RUN_TAGS_ENV: json.dumps(tags)})
+        resumed_run = str((resumed or {}).get("mlflow_run_id") or "")
+        if resumed_run:
+            retag_resumed_run(setup.tracking_uri, resumed_run, {**tags, TAG_RESUMED_AT: str(resumed.get("step"))})
         if attempt > 1:
-            mark_earlier_attempts(setup.tracking_uri, tags.get(TAG_RUN_KEY, ""), attempt)
+            mark_earlier_attempts(setup.tracking_uri, tags.get(TAG_RUN_KEY, ""), attempt, keep=resumed_run)
         if setup.mirror:
             env["PALBERT_DATA_MIRROR"] = setup.mirror
         with FileLock(str(cache / "data.lock")):  # one preparation per node; the others restore it from DVC's cache
@@ -158,18 +225,38 @@ def run_task(run: PlannedRun, scale_name: str, bundle: bytes, setup: TaskSetup, 
         if code != 0:
             raise RunFailed(f"{run.name} failed on {node} (exit {code}); log: {log_file}\n{_tail(log_file)}")
         record_dir = workspace / ".record"
+        shutil.rmtree(record_dir, ignore_errors=True)
         record_from_workspace(workspace, record_dir, run, scale_name, code_commit=setup.commit,
                               execution={"node": node, "attempt": attempt})
         files = {str(path.relative_to(record_dir)): path.read_bytes()
                  for path in sorted(record_dir.rglob("*")) if path.is_file()}
+        shutil.rmtree(workspace, ignore_errors=True)  # the record is made: nothing left to resume
         return {"files": files, "node": node, "log": str(log_file), "wall_s": time.monotonic() - started}
     finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        lock.release()
 
 
-def mark_earlier_attempts(uri: str, key: str, attempt: int) -> None:
+def retag_resumed_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """The MLflow run that a resumed training reopens takes this attempt's tags (node, attempt, run key), and
+    loses the ``retried`` mark an earlier attempt's retry gave it: it is the one that finishes."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_run(run_id)
+    except MlflowException:
+        return  # not in this store: the training starts a new run, tagged with where it resumed from
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    if TAG_RETRIED in found.data.tags:
+        client.delete_tag(run_id, TAG_RETRIED)
+
+
+def mark_earlier_attempts(uri: str, key: str, attempt: int, keep: str = "") -> None:
     """The MLflow runs of this run's earlier attempts (their node died under them) are ended as KILLED and tagged
-    ``retried``, so that the compare view shows one finished run per row x seed."""
+    ``retried``, so that the compare view shows one finished run per row x seed; ``keep`` is the run this attempt
+    resumes, which it finishes."""
     from mlflow import MlflowClient
 
     if not key:
@@ -177,6 +264,8 @@ def mark_earlier_attempts(uri: str, key: str, attempt: int) -> None:
     client = MlflowClient(tracking_uri=uri)
     for experiment in client.search_experiments():
         for found in client.search_runs([experiment.experiment_id], filter_string=f"tags.{TAG_RUN_KEY} = '{key}'"):
+            if found.info.run_id == keep:
+                continue
             client.set_tag(found.info.run_id, TAG_RETRIED, f"yes: attempt {attempt} runs it again")
             # KILLED whatever the stopped stage wrote last: only the last attempt's run counts as finished
             client.set_terminated(found.info.run_id, status="KILLED")
