@@ -247,8 +247,9 @@ def execute(runs: Sequence[PlannedRun], scale_name: str, root: Path, tracking_ur
                     outcome.failed.append(f"{run.name}: record refused ({exc})")
                 else:
                     overall = record.dev["overall"] if hasattr(record, "dev") else float("nan")
+                    resumed = f", resumed at step {result['resumed_at']}" if result.get("resumed_at") else ""
                     progress.line(f"{run.name}: finished on {result['node']}, dev overall {overall:.4f} "
-                                  f"({result['wall_s']:.0f} s)")
+                                  f"({result['wall_s']:.0f} s{resumed})")
                     outcome.finished.append(run.name)
                 progress.step()
         return outcome

@@ -231,7 +231,8 @@ def run_task(run: PlannedRun, scale_name: str, bundle: bytes, setup: TaskSetup, 
         files = {str(path.relative_to(record_dir)): path.read_bytes()
                  for path in sorted(record_dir.rglob("*")) if path.is_file()}
         shutil.rmtree(workspace, ignore_errors=True)  # the record is made: nothing left to resume
-        return {"files": files, "node": node, "log": str(log_file), "wall_s": time.monotonic() - started}
+        return {"files": files, "node": node, "log": str(log_file), "wall_s": time.monotonic() - started,
+                "resumed_at": (resumed or {}).get("step")}
     finally:
         lock.release()
 
