@@ -161,6 +161,14 @@ def test_the_readme_shows_the_committed_table3(table3):
     assert f"{table['records']} of the" in text, f"{document}: the count of recorded runs is not table.json's"
 
 
+def test_the_readme_shows_the_recipe_confirmation_as_committed():
+    """The README's "beyond the paper" block quotes the full-scale recipe table's rows as its table.md has them."""
+    table = _json(Path("results/table3/recipes-full/table.json"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "\n".join(rows_table(table)) in readme, "README.md: its recipe rows are not recipes-full's; copy them"
+    assert f"{table['records']} of the" in readme
+
+
 def test_the_readme_leads_with_the_paper_scale_table3():
     """The README's headline table is generated from the committed table.json files, never copied by hand."""
     sys.path.insert(0, str(ROOT / "scripts"))
