@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import yaml
 
 from palbert.config import params_to_dict
+from palbert.paths import CHECKPOINTS
 from palbert.table3.plan import PlannedRun, Table3Error
 from palbert.tracking.tags import RUN_TAGS_ENV
 
@@ -146,7 +147,7 @@ def _unfinished_training(workspace: Path) -> dict[str, Any] | None:
     """The state of the workspace's training checkpoint when the training stage would resume from it (the rule of
     ``palbert.train.checkpoint.resumable_state``, read without importing torch): its step and MLflow run."""
     try:
-        state = json.loads((workspace / "checkpoints" / "latest" / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((workspace / CHECKPOINTS / "latest" / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(state, dict) or not state.get("mlflow_run_id"):
