@@ -232,10 +232,44 @@ def test_the_local_instance_is_private_whatever_ray_address_or_ray_start_say(mon
 # --------------------------------------------------------------------------------------------
 
 
+def assert_a_run_by_hand_makes_the_same_record(project: Path, table_id: str, row_id: str, seed: int,
+                                               out: Path, shared_dvc_cache: Path) -> None:
+    """The same row, seed, scale and thread count at the same commit: the record Ray returned and the record of a
+    plain `dvc exp run` in the workspace hold the same dev scores and the same predictions, byte for byte. The
+    workspace uses the node's DVC cache too (its data stages come from the run-cache)."""
+    from palbert.params_file import TABLE3_FILE, load_table3
+    from palbert.table3.plan import committed_params, plan_runs
+    from palbert.table3.records import record_from_workspace
+
+    through_ray = json.loads((project / "results" / "table3" / table_id / f"{row_id}-s{seed}" / "record.json")
+                             .read_text())
+    params = load_table3(project / TABLE3_FILE, committed_params(project))
+    (run,) = plan_runs(params, [row for row in params.table3.rows if row.id == row_id], [seed], table_id,
+                       through_ray["scale"]["overrides"])
+    (project / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {shared_dvc_cache}\n")  # git-ignored
+    by_hand = [*run.exp_run_command(), "-S", "train.threads=1"]  # what each Ray run sets: --cpus-per-run's threads
+    done = subprocess.run(by_hand, cwd=project, env={**ray_env(), "PYTHONPATH": str(project)}, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    record_from_workspace(project, out, run, through_ray["scale"]["name"], code_commit=head,
+                          execution={"node": "by hand", "attempt": 1})
+    made_by_hand = json.loads((out / "record.json").read_text())
+
+    assert through_ray["code_commit"] == made_by_hand["code_commit"] == head
+    assert made_by_hand["settings"] == through_ray["settings"]
+    assert made_by_hand["dev"] == through_ray["dev"]
+    predictions = {name: digest for name, digest in through_ray["files"].items() if name.startswith("predictions/")}
+    assert len(predictions) >= 3
+    assert {name: made_by_hand["files"][name] for name in predictions} == predictions
+
+
 @needs_mirror
-def test_a_tiny_table_on_two_nodes_and_a_failing_run(project: Path, cluster):
+def test_a_tiny_table_on_two_nodes_and_a_failing_run(project: Path, cluster, tmp_path: Path,
+                                                        shared_dvc_cache: Path):
     """Two good runs and one whose stage fails: the failure is reported at once with its log tail and not run
-    again; the good runs' records land, checked, in the table; MLflow has one finished run each, tagged."""
+    again; the good runs' records land, checked, in the table; MLflow has one finished run each, tagged; and a
+    plain `dvc exp run` of one of them at the same commit makes the same record."""
     add_node(cluster)
     result = run_table3(project, "--rows", "0,BP1,broken", "--seeds", "1", "--table-id", "two", "--jobs", "3",
                         "--address", cluster.address)
@@ -256,6 +290,7 @@ def test_a_tiny_table_on_two_nodes_and_a_failing_run(project: Path, cluster):
                   for r in runs) == [("0", "1", "1", "FINISHED"), ("BP1", "1", "1", "FINISHED")]
     assert all(run.data.tags["node"] for run in runs)
     assert not stage_processes(project)
+    assert_a_run_by_hand_makes_the_same_record(project, "two", "BP1", 1, tmp_path / "by-hand", shared_dvc_cache)
 
 
 @needs_mirror
@@ -334,38 +369,3 @@ def test_a_killed_driver_leaves_no_run_and_the_same_command_resumes_only_the_mis
     assert resumed.info.status == "FINISHED" and resumed.data.tags["table3_resumed_at_step"] == str(stopped_at)
     record = json.loads((folder / "BP1-s1" / "record.json").read_text())
     assert record["mlflow_run_id"] == resumed.info.run_id
-
-
-@needs_mirror
-def test_a_run_through_ray_equals_the_same_run_by_hand_with_dvc_exp_run(project: Path, tmp_path: Path,
-                                                                       shared_dvc_cache: Path):
-    """The same row, seed, scale and thread count at the same commit: the record Ray returns and the record of a
-    plain `dvc exp run` in the workspace hold the same dev scores and the same predictions, byte for byte. The
-    workspace uses the node's DVC cache too (its data stages come from the run-cache)."""
-    from palbert.params_file import TABLE3_FILE, load_table3
-    from palbert.table3.plan import committed_params, plan_runs
-    from palbert.table3.records import record_from_workspace
-
-    result = run_table3(project, "--rows", "BP1", "--seeds", "1", "--table-id", "same", "--cpus-per-run", "1")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    through_ray = json.loads((project / "results" / "table3" / "same" / "BP1-s1" / "record.json").read_text())
-
-    params = load_table3(project / TABLE3_FILE, committed_params(project))
-    (run,) = plan_runs(params, [row for row in params.table3.rows if row.id == "BP1"], [1], "same",
-                       through_ray["scale"]["overrides"])
-    (project / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {shared_dvc_cache}\n")  # git-ignored
-    by_hand = [*run.exp_run_command(), "-S", "train.threads=1"]  # what each Ray run sets: --cpus-per-run's threads
-    done = subprocess.run(by_hand, cwd=project, env={**ray_env(), "PYTHONPATH": str(project)}, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    record_from_workspace(project, tmp_path / "by-hand", run, through_ray["scale"]["name"], code_commit=head,
-                          execution={"node": "by hand", "attempt": 1})
-    made_by_hand = json.loads((tmp_path / "by-hand" / "record.json").read_text())
-
-    assert through_ray["code_commit"] == made_by_hand["code_commit"] == head
-    assert made_by_hand["settings"] == through_ray["settings"]
-    assert made_by_hand["dev"] == through_ray["dev"]
-    predictions = {name: digest for name, digest in through_ray["files"].items() if name.startswith("predictions/")}
-    assert len(predictions) >= 3
-    assert {name: made_by_hand["files"][name] for name in predictions} == predictions
