@@ -84,6 +84,14 @@ def _check_address(address: str) -> None:
                           f"(`ray start --head`) or leave --address out to run on this machine") from None
 
 
+class _LocalTokenNotice(logging.Filter):
+    """Drops Ray's notice that a new local instance uses token authentication: the table's private instance always
+    does, and the notice's advice (how to opt out) is not one a table's user needs on every command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def start_ray(settings: ExecutorSettings) -> None:
     import ray
 
@@ -100,6 +108,7 @@ def start_ray(settings: ExecutorSettings) -> None:
                               f"{hint}") from None
     else:
         # "local": a new private instance, never one that `ray start` or RAY_ADDRESS points at
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_LocalTokenNotice())
         ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), num_gpus=settings.local_gpus,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES)
