@@ -39,6 +39,11 @@ def git(project: Path, *args: str) -> None:
                    capture_output=True)
 
 
+def head_commit(project: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def ray_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "PALBERT_PROJECT_ROOT", "DVC_ROOT", "RAY_ADDRESS", "PYTHONPATH")}
@@ -251,7 +256,7 @@ def assert_a_run_by_hand_makes_the_same_record(project: Path, table_id: str, row
     done = subprocess.run(by_hand, cwd=project, env={**ray_env(), "PYTHONPATH": str(project)}, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    head = head_commit(project)
     record_from_workspace(project, out, run, through_ray["scale"]["name"], code_commit=head,
                           execution={"node": "by hand", "attempt": 1})
     made_by_hand = json.loads((out / "record.json").read_text())
@@ -282,7 +287,7 @@ def test_a_tiny_table_on_two_nodes_and_a_failing_run(project: Path, cluster, tmp
     folder = project / "results" / "table3" / "two"
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["0-s1", "BP1-s1"]
     record = json.loads((folder / "BP1-s1" / "record.json").read_text())
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    head = head_commit(project)
     assert record["code_commit"] == head and record["execution"]["attempt"] == 1
     assert record["settings"]["train"]["steps_per_epoch"] == 2 and record["settings"]["model"]["pals"] is True
     runs = [run for run in mlflow_runs(project, "two") if run.data.tags["table3_row"] != "broken"]

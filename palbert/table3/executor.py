@@ -92,6 +92,10 @@ class _LocalTokenNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
+#: One instance, so that starting Ray again in the same process adds no second filter (``addFilter`` skips a known one).
+_LOCAL_TOKEN_NOTICE = _LocalTokenNotice()
+
+
 def start_ray(settings: ExecutorSettings) -> None:
     import ray
 
@@ -108,7 +112,7 @@ def start_ray(settings: ExecutorSettings) -> None:
                               f"{hint}") from None
     else:
         # "local": a new private instance, never one that `ray start` or RAY_ADDRESS points at
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_LocalTokenNotice())
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_LOCAL_TOKEN_NOTICE)
         ray.init(address="local", num_cpus=settings.local_cpus or os.cpu_count(), num_gpus=settings.local_gpus,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES)
