@@ -29,7 +29,10 @@ class PretrainedCosine:
 
     def __init__(self, pretrained: str, device: torch.device) -> None:
         config, state_dict = load_pretrained_bert(pretrained)
-        self.encoder = PalBertModel(config)
+        # Building the encoder draws its (then overwritten) initial weights from the global RNG; training builds
+        # this after seeding, so the draw must not move the RNG that its dropout and sampling go on from.
+        with torch.random.fork_rng(devices=[]):
+            self.encoder = PalBertModel(config)
         self.encoder.load_bert_state_dict(state_dict)
         self.encoder.to(device).eval()
         self._kept: dict[tuple[str, str, int], np.ndarray] = {}

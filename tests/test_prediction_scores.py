@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from transformers import BertModel
 
 from conftest import tiny_training_params
@@ -17,6 +18,7 @@ from palbert.data.batching import SpecialTokens
 from palbert.data.prepared import read_meta
 from palbert.evaluate_stage import EvaluationPaths, evaluate_trained_model
 from palbert.model import MultitaskBert
+from palbert.model.io import TASK_WEIGHTS_FILE, WEIGHTS_FILE
 from palbert.scoring import EvalSettings, load_eval_splits, predict_split, write_scores
 from palbert.train.loop import train
 from test_train_loop import _paths
@@ -114,3 +116,20 @@ def test_the_evaluate_stage_writes_score_files_only_when_asked(tmp_path, monkeyp
     assert scores == (sorted(name.replace(".csv", "-scores.csv") for name in plain) if save_scores else [])
     if save_scores:
         assert list(_rows(predictions / "sst-test-scores.csv")[0]) == ["id", *(f"p_{c}" for c in range(5))]
+
+
+def test_the_blend_leaves_training_as_it_is(tmp_path, monkeypatch, tiny_bert_dir, tiny_prepared):
+    # The blend changes scoring only: the same seed trains the same weights with it on or off.
+    monkeypatch.setenv("PALBERT_PROJECT_ROOT", str(tmp_path))
+    weights = {}
+    for weight in (0.0, 0.3):
+        params = tiny_training_params(tiny_bert_dir, train={"epochs": 1}, tracking={"enabled": False},
+                                      evaluate={"sts_cosine_blend": weight})
+        paths = _paths(tmp_path / f"blend-{weight}", tiny_prepared)
+        train(params, paths)
+        weights[weight] = {name: load_file(paths.best_model / name)
+                           for name in (WEIGHTS_FILE, TASK_WEIGHTS_FILE)}
+    for name, off in weights[0.0].items():
+        on = weights[0.3][name]
+        assert off.keys() == on.keys()
+        assert all(torch.equal(off[key], on[key]) for key in off), name
