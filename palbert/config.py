@@ -188,10 +188,16 @@ class Table3Row:
     #: The scales this row runs at (empty: every scale): a knob whose effect depends on the run's length has a row
     #: per scale, each of which belongs to its own scale's table only.
     scales: ListOf[Str] = Field(default_factory=list)
+    #: The seeds this row runs (empty: the table's): fewer for a row stopped after a first look, its ``note`` says why.
+    seeds: ListOf[Int] = Field(default_factory=list)
 
     def runs_at(self, scale_name: str) -> bool:
         """Whether the row belongs to a table of ``scale_name`` (an ad hoc ``reduced+...`` scale is its base's)."""
         return not self.scales or scale_name.split("+", 1)[0] in self.scales
+
+    def runs_seed(self, seed: int) -> bool:
+        """Whether the row runs with ``seed`` (every seed of the table unless it names its own)."""
+        return not self.seeds or seed in self.seeds
 
 
 @dataclass(config=CLOSED)
@@ -209,6 +215,10 @@ class Table3Params:
             if unknown:
                 raise ParamsError(f"table3.rows {row.id!r}: scales: no scale {unknown[0]!r} (known: "
                                   f"{', '.join(sorted(known))})")
+            other = [seed for seed in row.seeds if seed not in self.seeds]
+            if other or len(set(row.seeds)) != len(row.seeds):
+                raise ParamsError(f"table3.rows {row.id!r}: seeds: {row.seeds} must be distinct seeds of "
+                                  f"table3.seeds ({', '.join(map(str, self.seeds))})")
 
     def scale(self, name: str) -> dict[str, Any]:
         if name == "full":

@@ -46,7 +46,7 @@ def test_every_recipe_row_is_best_plus_its_changes(recipes, params):  # noqa: F8
 
 
 def test_a_row_keeps_a_scale_key_it_sets_and_knobs_are_added_to_params_yaml(recipes):
-    runs = {run.row: run for run in plan_runs(recipes, select_rows(recipes.table3.rows, None), [2],
+    runs = {run.row: run for run in plan_runs(recipes, select_rows(recipes.table3.rows, None), [11711],
                                               "recipes-reduced", REDUCED)}
     assert runs["no-simcse-reduced"].params.train.steps_per_epoch == 450  # the row's, not the scale's 300
     assert runs["best"].params.train.steps_per_epoch == 300 and runs["rdrop"].params.train.epochs == 3
@@ -75,7 +75,7 @@ def test_a_row_of_one_scale_belongs_to_that_scales_table_only(recipes, tmp_path)
 def test_the_recipe_table_compares_every_row_with_best(tmp_path, recipes, labels):  # noqa: F811
     folder = tmp_path / "results" / "table3" / "recipes-tiny"
     rng = np.random.default_rng(3)
-    quality = {"best": 0.8, "lr-8e-5": 0.8, "rdrop": 0.95}
+    quality = {"best": 0.8, "lr-8e-5": 0.8, "head-lr-x10": 0.95}
     for run in plan_runs(recipes, select_rows(recipes.table3.rows, list(quality)), [1, 2], "recipes-tiny",
                          {"train.epochs": 1, "train.steps_per_epoch": 3}):
         # an ad hoc reduced scale: the screen's single knobs are reduced-scale rows
@@ -84,14 +84,15 @@ def test_the_recipe_table_compares_every_row_with_best(tmp_path, recipes, labels
     rows = {row["id"]: row for row in table["rows"]}
     assert table["reference"] == "best" and table["margin"] == 0.005
     assert all(row.get("vs_previous") is None for row in table["rows"])
-    assert rows["rdrop"]["vs_reference"]["row"] == "best" and rows["rdrop"]["vs_reference"]["verdict"] == "better"
+    higher = rows["head-lr-x10"]["vs_reference"]
+    assert higher["row"] == "best" and higher["verdict"] == "better"
     assert rows["best"]["vs_reference"] is None and rows["best"]["note"].startswith("its recipe was chosen")
     assert table["claims"] == [] and table["claims_one_precision"] is None
     markdown = (folder / "table.md").read_text(encoding="utf-8")
     assert "| Δ overall vs previous row | Δ overall vs row best |" in markdown
     assert "smallest difference in overall that matters is declared as 0.005" in markdown
     assert "- Row best: its recipe was chosen" in markdown
-    line = next(text for text in markdown.splitlines() if text.startswith("| rdrop |"))
+    line = next(text for text in markdown.splitlines() if text.startswith("| head-lr-x10 |"))
     assert line.endswith(" * |") and "| – |" in line  # no comparison with the row above; a difference with best
 
 
@@ -113,3 +114,38 @@ def test_claims_are_also_given_from_the_commonest_precision_alone(tmp_path, para
     assert "The same claims from the 8 fp32 runs alone (seeds 2, 3)" in markdown
     assert "| the paper's claim | rows | fp32 runs: Δ overall, 95% interval | fp32 runs: verdict | all runs: verdict " \
            "| changed |" in markdown
+
+
+def test_a_row_stopped_after_a_first_look_runs_only_its_own_seeds(tmp_path, recipes, labels):  # noqa: F811
+    from palbert.errors import ParamsError
+    from palbert.table3 import Table3Error, Table3Request, make_table3
+    from palbert.table3.report import progress_line
+
+    stopped = {row.id: row for row in recipes.table3.rows if row.seeds}
+    assert sorted(stopped) == ["ema-reduced", "label-smoothing", "llrd-0.9", "rdrop"]
+    assert all(row.seeds == [11711] and row.note.startswith("stopped after a first look") for row in stopped.values())
+    tiny = {"train.epochs": 1, "train.steps_per_epoch": 3}
+    runs = plan_runs(recipes, select_rows(recipes.table3.rows, ["best", "rdrop"]), [11711, 1], "recipes-tiny", tiny)
+    assert [(run.row, run.seed) for run in runs] == [("best", 11711), ("rdrop", 11711), ("best", 1)]
+
+    folder = tmp_path / "results" / "table3" / "recipes-tiny"
+    rng = np.random.default_rng(4)
+    for run in runs:
+        fake_record(folder, run, labels, fake_predictions(rng, labels, 0.8), scale_name="reduced+tiny")
+    table = rebuild_table(tmp_path, recipes, "recipes-tiny")
+    rows = {row["id"]: row for row in table["rows"]}
+    assert rows["rdrop"]["planned_seeds"] == [11711] and "planned_seeds" not in rows["best"]
+    line = progress_line(table, [11711, 1, 2])
+    assert line.startswith("**3 of the 22 runs** (10 rows × 3 seeds, 1 seed for rdrop, llrd-0.9, label-smoothing "
+                           "and ema-reduced) are recorded; rows with fewer than their planned seeds (seeds so far): "
+                           "best (2), lr-8e-5 (0), ")
+    assert "rdrop" not in line.split("seeds so far")[1]  # its one seed is all it runs
+
+    with pytest.raises(Table3Error, match=r"row\(s\) rdrop \(11711\) run only the seeds named beside them .* none "
+                                          r"of 1, 2"):
+        make_table3(tmp_path, recipes, Table3Request(rows=["rdrop"], seeds=[1, 2], scale="reduced"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPES.read_text().replace("seeds: [11711]", "seeds: [7]", 1))
+    with pytest.raises(ParamsError, match=r"rows 'rdrop': seeds: \[7\] must be distinct seeds of table3.seeds "
+                                          r"\(11711, 1, 2\)"):
+        load_table3(bad, load_params(REPO / "params.yaml"))

@@ -131,7 +131,8 @@ def committed_params(root: Path) -> Params:
 
 def plan_runs(base: Params, rows: Sequence[Table3Row], seeds: Sequence[int], table_id: str,
               scale: Mapping[str, Any]) -> list[PlannedRun]:
-    """One run per row x seed, each with every override that defines it.
+    """One run per row x seed (a row that names its own seeds: those of ``seeds`` only), each with every
+    override that defines it.
 
     Seed-major: all rows of the first seed, then of the next, so that a table whose runs are cut short
     (a job's time limit) is a whole table with fewer seeds, not some rows with all seeds.
@@ -146,7 +147,7 @@ def plan_runs(base: Params, rows: Sequence[Table3Row], seeds: Sequence[int], tab
         check_name("row id", row.id)
     runs = []
     for seed in seeds:
-        for row in rows:
+        for row in (row for row in rows if row.runs_seed(seed)):
             # a row that sets a key of the scale keeps its own value (e.g. more steps for a cheaper step)
             overrides = {**row.overrides, **_scale_left(scale, row.overrides), "train.seed": int(seed)}
             params = params_from_dict(apply_overrides(raw, overrides))

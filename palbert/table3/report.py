@@ -164,6 +164,8 @@ def build_table(rows: Sequence[Table3Row], records: Mapping[str, Sequence[RunRec
         entry: dict[str, Any] = {"id": row.id, "name": row.name, "overrides": row.overrides, "paper": dict(row.paper),
                                  "seeds": [record.seed for record in runs],
                                  "records": [record.folder.name for record in runs]}
+        if row.seeds:  # a row that runs fewer seeds than the table, by its catalogue row
+            entry["planned_seeds"] = list(row.seeds)
         if not runs:
             out_rows.append({**entry, "measured": False})
             continue
@@ -331,10 +333,24 @@ def render_markdown(table: Mapping[str, Any]) -> str:
 
 def progress_line(table: Mapping[str, Any], seeds: Sequence[int]) -> str:
     """How much of the table is measured: the README says so while a table is still being run."""
-    planned = len(table["rows"]) * len(seeds)
-    short = [f"{row['id']} ({len(row['seeds'])})" for row in table["rows"] if len(row["seeds"]) < len(seeds)]
-    line = f"**{table['records']} of the {planned} runs** ({len(table['rows'])} rows × {len(seeds)} seeds) are recorded"
-    return line + (f"; rows with fewer than {len(seeds)} seeds (seeds so far): {', '.join(short)}." if short else ".")
+    def planned(row: Mapping[str, Any]) -> list[int]:
+        return [seed for seed in seeds if seed in row.get("planned_seeds", seeds)]
+
+    rows = table["rows"]
+    fewer: dict[int, list[str]] = {}
+    for row in rows:
+        if len(planned(row)) < len(seeds):
+            fewer.setdefault(len(planned(row)), []).append(row["id"])
+    shape = f"{len(rows)} rows × {len(seeds)} seeds" + "".join(
+        f", {count} seed{'s' if count != 1 else ''} for {_and(ids)}" for count, ids in sorted(fewer.items()))
+    short = [f"{row['id']} ({len(row['seeds'])})" for row in rows if len(row["seeds"]) < len(planned(row))]
+    line = f"**{table['records']} of the {sum(len(planned(row)) for row in rows)} runs** ({shape}) are recorded"
+    than = "their planned seeds" if fewer else f"{len(seeds)} seeds"
+    return line + (f"; rows with fewer than {than} (seeds so far): {', '.join(short)}." if short else ".")
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def claims_across_scales(table: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:

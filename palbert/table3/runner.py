@@ -113,6 +113,11 @@ def make_table3(root: Path, params: Params, request: Table3Request) -> dict[str,
                           "`scales` in the catalogue)")
     rows = [row for row in rows if row.runs_at(request.scale)]
     seeds = list(request.seeds or params.table3.seeds)
+    seedless = [f"{row.id} ({', '.join(map(str, row.seeds))})" for row in rows
+                if not any(row.runs_seed(seed) for seed in seeds)]
+    if seedless and request.rows:
+        raise Table3Error(f"row(s) {', '.join(seedless)} run only the seeds named beside them (their `seeds` in "
+                          f"the catalogue), none of {', '.join(map(str, seeds))}")
     scale = params.table3.scale(request.scale)
     table_id = request.table_id or request.scale
     folder = table_folder(root, table_id)
