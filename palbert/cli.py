@@ -79,7 +79,8 @@ def add_table3(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rows", type=_comma_list, default=None,
                         help="row ids of table3.yaml, e.g. 0,BP1 (default: all)")
     parser.add_argument("--seeds", type=_comma_ints, default=None,
-                        help="seeds, e.g. 1,2 (default: table3.yaml's seeds)")
+                        help="seeds, e.g. 1,2 (default: table3.yaml's seeds); a row that names its own seeds runs "
+                             "those of them only")
     parser.add_argument("--epochs", type=_positive, default=None, help="also set train.epochs for every run")
     parser.add_argument("--steps-per-epoch", type=_positive, default=None,
                         help="also set train.steps_per_epoch for every run")
