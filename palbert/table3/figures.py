@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from palbert.atomic import atomic_path  # noqa: E402
 from palbert.metrics import DEV_METRICS  # noqa: E402
 from palbert.table3.records import RunRecord  # noqa: E402
+from palbert.table3.verdicts import tests_the_paper  # noqa: E402
 from palbert.tasks import DATASET_TASK, EXTRA_DATASETS, TASK_SPECS  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,16 @@ def rows_figure(table: Mapping[str, Any], out: Path) -> Path:
                                 sharey=True)
     labels = [f"{row['id']}: {row['name']}" for row in table["rows"]]
     position = {row["id"]: i for i, row in enumerate(table["rows"])}
+    arrows = False  # whether any value is drawn as an arrow at a panel's edge
     for axis, metric in zip(axes, DEV_METRICS):
         limits = _scale_limits(scaled, metric)
         axis.set_xlim(*limits)
         for row in measured:
             stats, y = row[metric], position[row["id"]]
             interval = f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
-            if not _off_scale(axis, stats["mean"], y, limits, interval, "tab:blue"):
+            off = _off_scale(axis, stats["mean"], y, limits, interval, "tab:blue")
+            arrows |= off
+            if not off:
                 axis.errorbar([stats["mean"]], [y],
                               xerr=[[stats["mean"] - stats["low"]], [stats["high"] - stats["mean"]]],
                               fmt="o", color="tab:blue", capsize=3, label="palbert (95% interval)")
@@ -101,13 +105,16 @@ def rows_figure(table: Mapping[str, Any], out: Path) -> Path:
             if value is None:
                 continue
             y = position[row["id"]]
-            if not _off_scale(axis, value, y - 0.22, limits, f"paper {value:.3f}", "tab:red"):
+            off = _off_scale(axis, value, y - 0.22, limits, f"paper {value:.3f}", "tab:red")
+            arrows |= off
+            if not off:
                 axis.plot([value], [y], "x", color="tab:red", label="paper (BERT-base)")
         axis.set_title(_metric_title(metric))
         axis.set_xlabel(f"dev {_metric_title(metric)}")
         axis.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(labels)), labels)
-    axes[0].set_ylabel("Table 3 row")
+    paper = tests_the_paper(table)
+    axes[0].set_ylabel("Table 3 row" if paper else "row")
     axes[0].invert_yaxis()
     handles, names = [], []
     for axis in axes:
@@ -115,11 +122,13 @@ def rows_figure(table: Mapping[str, Any], out: Path) -> Path:
             if name not in names:
                 handles.append(handle)
                 names.append(name)
-    handles.append(plt.Line2D([], [], marker="<", linestyle="", color="gray"))
-    names.append("off this scale (value written beside)")
+    if arrows:
+        handles.append(plt.Line2D([], [], marker="<", linestyle="", color="gray"))
+        names.append("off this scale (value written beside)")
     figure.legend(handles, names, loc="lower center", ncol=4, frameon=False)
     scale = table["scale"].get("name", "?")
-    figure.suptitle(f"Table 3 ({scale} scale): seed mean with its 95% interval (dev examples and seeds)")
+    title = "Table 3" if paper else f"Table {table.get('table3_id')}"
+    figure.suptitle(f"{title} ({scale} scale): seed mean with its 95% interval (dev examples and seeds)")
     figure.tight_layout(rect=(0, 0.06, 1, 0.95))
     _save(figure, out)
     return out

@@ -23,7 +23,8 @@ from palbert.config import Table3Row
 from palbert.tasks import TASK_SPECS, TASKS
 from palbert.metrics import DEV_METRICS, RowBootstrap, bootstrap_rows
 from palbert.table3.records import RecordError, RunRecord
-from palbert.table3.verdicts import MARGIN, MARKS, PAPER_CLAIMS, PaperClaim, claim_verdict, verdict, verdict_words
+from palbert.table3.verdicts import (MARGIN, MARKS, PAPER_CLAIMS, PaperClaim, claim_verdict, tests_the_paper, verdict,
+                                     verdict_words)
 
 __all__ = ["MARGIN", "PAPER_CLAIMS", "claim_verdict", "verdict", "verdict_words", "build_table", "render_markdown",
            "readme_block", "rows_table", "claims_table", "claims_across_scales"]
@@ -257,12 +258,6 @@ def rows_table(table: Mapping[str, Any]) -> list[str]:
                      + " | ".join(_cell(row[metric]) for metric in DEV_METRICS)
                      + f" | {_delta(row['vs_previous'])} | {_delta(row['vs_reference'])} |")
     return lines
-
-
-def tests_the_paper(table: Mapping[str, Any]) -> bool:
-    """Whether the table's catalogue holds the rows of the paper's claims (table3.yaml does, recipes.yaml not)."""
-    ids = {row["id"] for row in table["rows"]}
-    return any(claim.row in ids and claim.other in ids for claim in PAPER_CLAIMS)
 
 
 def claims_table(table: Mapping[str, Any]) -> list[str]:

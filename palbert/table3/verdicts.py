@@ -72,3 +72,9 @@ def verdict_words(table: Mapping[str, Any]) -> str:
     return (f"The smallest difference in overall that matters is declared as {margin:.3f}: a Δ is a difference "
             f"(* better or worse) when its interval excludes 0, **equivalent** (≈) when the interval lies inside "
             f"±{margin:.3f}, and **inconclusive** when neither (the data cannot tell).")
+
+
+def tests_the_paper(table: Mapping[str, Any]) -> bool:
+    """Whether the table's catalogue holds the rows of the paper's claims (table3.yaml does, recipes.yaml not)."""
+    ids = {row["id"] for row in table["rows"]}
+    return any(claim.row in ids and claim.other in ids for claim in PAPER_CLAIMS)
