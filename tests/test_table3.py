@@ -359,7 +359,8 @@ def test_a_rebuild_refuses_records_that_disagree_with_their_row(tmp_path, params
     else:
         rows = [row for row in params.table3.rows if row.id != "0"]
         changed = dataclasses.replace(params, table3=dataclasses.replace(params.table3, rows=rows))
-        expected = r"2 record\(s\) no longer match their row.*0-s1 \(not a row x seed of table3.yaml\)"
+        expected = (r"2 record\(s\) no longer match their row.*0-s1 \(not a row x seed of the catalogue \(its rows, "
+                    r"their scales and seeds\)\)")
     with pytest.raises(Table3Error, match=expected + r".*git checkout params.yaml table3.yaml.*Nothing was written"):
         rebuild_table(tmp_path, changed, "tiny")
     assert {name: (folder / name).read_bytes() for name in before} == before

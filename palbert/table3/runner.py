@@ -179,8 +179,8 @@ def rebuild_table(root: Path, params: Params, table_id: str,
     runs = plan_runs(params, rows, seeds, table_id, scale)
     check = check_records(folder, runs, row_only=True)
     known = {str(folder / run.folder) for run in runs}
-    check.stale += [(str(path), "not a row x seed of table3.yaml") for path in found
-                    if str(path) not in known]
+    outside = "not a row x seed of the catalogue (its rows, their scales and seeds)"
+    check.stale += [(str(path), outside) for path in found if str(path) not in known]
     _refuse_stale(check.stale, "the rebuilt table would leave them out",
                   "delete their folders (or run them again with `palbert table3 --rerun-changed`)")
     records, bad = check.good, check.bad
