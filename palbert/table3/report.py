@@ -328,18 +328,17 @@ def render_markdown(table: Mapping[str, Any]) -> str:
 
 def progress_line(table: Mapping[str, Any], seeds: Sequence[int]) -> str:
     """How much of the table is measured: the README says so while a table is still being run."""
-    def planned(row: Mapping[str, Any]) -> list[int]:
-        return [seed for seed in seeds if seed in row.get("planned_seeds", seeds)]
-
     rows = table["rows"]
+    # how many runs each row is planned for: the table's seeds, or those of them its catalogue row names
+    planned = {row["id"]: sum(seed in row.get("planned_seeds", seeds) for seed in seeds) for row in rows}
     fewer: dict[int, list[str]] = {}
     for row in rows:
-        if len(planned(row)) < len(seeds):
-            fewer.setdefault(len(planned(row)), []).append(row["id"])
+        if planned[row["id"]] < len(seeds):
+            fewer.setdefault(planned[row["id"]], []).append(row["id"])
     shape = f"{len(rows)} rows × {len(seeds)} seeds" + "".join(
         f", {count} seed{'s' if count != 1 else ''} for {_and(ids)}" for count, ids in sorted(fewer.items()))
-    short = [f"{row['id']} ({len(row['seeds'])})" for row in rows if len(row["seeds"]) < len(planned(row))]
-    line = f"**{table['records']} of the {sum(len(planned(row)) for row in rows)} runs** ({shape}) are recorded"
+    short = [f"{row['id']} ({len(row['seeds'])})" for row in rows if len(row["seeds"]) < planned[row["id"]]]
+    line = f"**{table['records']} of the {sum(planned.values())} runs** ({shape}) are recorded"
     than = "their planned seeds" if fewer else f"{len(seeds)} seeds"
     return line + (f"; rows with fewer than {than} (seeds so far): {', '.join(short)}." if short else ".")
 
